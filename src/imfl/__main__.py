@@ -1,0 +1,3 @@
+from imfl.cli import app
+
+app(prog_name="imfl")

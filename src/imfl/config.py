@@ -1,0 +1,271 @@
+"""Typed settings for a run: every default lives here, and every validation message is written here.
+
+A run's configuration is a TOML file whose tables mirror the models below (``[data]``, ``[budget]``,
+``[llm]``, ...). ``load_config`` reads it, applies ``--set key=value`` overrides and returns a
+``RunConfig``; paths in the file are resolved relative to the file's own folder.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from imfl.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Where the pool and the test set are, and which fields hold what."""
+
+    pool: Path = Field(description="Unlabeled pool (JSONL, CSV or Parquet). Its label field, if any, is the simulated expert.")
+    test: Path | None = Field(None, description="Held-out labeled file for evaluation after every round.")
+    id_field: str = "id"
+    text_field: str = "text"
+    text_pair_field: str | None = Field(
+        None, description="Second input (e.g. a context); found automatically when the pool has a `text_pair` field."
+    )
+    label_field: str = "label"
+    labels: list[str] = Field(default_factory=list, description="The label set; empty = the labels found in the data.")
+    instruction: str = Field(
+        "",
+        description="What the LLM annotator is asked to do; empty = a generic classification instruction naming the labels.",
+    )
+
+
+class BudgetConfig(_Section):
+    """How many labels may be bought, from whom, and when."""
+
+    total: int = Field(1000, description="Total annotations (human + LLM) over the whole run.")
+    human: int = Field(200, description="How many of them go to human experts.")
+    rounds: int = Field(5, description="Number of query–annotate–train rounds.")
+    schedule: Literal["geometric", "linear", "fixed"] = Field(
+        "geometric", description="How the human batch shrinks from round to round (fixed = equal batches)."
+    )
+    decay: float = Field(0.5, gt=0, le=1, description="Ratio between consecutive human batches for `geometric`.")
+    order: Literal["human-first", "llm-first"] = Field(
+        "human-first", description="Whether a round's human labels are collected before its LLM prompts are built."
+    )
+
+
+class QueryConfig(_Section):
+    """Which items a round asks about."""
+
+    strategy: str = Field("eeq", description="Query strategy: eeq, random, uncertainty or diversity.")
+    kmeans_iter: int = Field(100, ge=1, description="Maximum k-means iterations.")
+
+
+class HumanConfig(_Section):
+    annotator: str = Field("oracle", description="Who plays the expert: `oracle` replays the pool's gold labels.")
+    cost: float = Field(1.0, ge=0, description="Cost of one human label (any unit; used in reports).")
+
+
+class LLMConfig(_Section):
+    annotator: str = Field("local", description="`local` (a transformers causal LM) or `recorded` (a column of labels).")
+    model: str | None = Field(None, description="Local Hugging Face model dir; empty = the bundled SmolLM2-135M-Instruct.")
+    column: str | None = Field(None, description="For `recorded`: the pool field holding the recorded LLM labels.")
+    k: int = Field(4, ge=0, description="Number of demonstrations in each prompt.")
+    demos: Literal["retrieved", "random", "none"] = Field(
+        "retrieved", description="retrieved = the k most similar human-labeled items; random = k random ones."
+    )
+    max_length: int = Field(2048, ge=64, description="Longest prompt in tokens; demos are dropped to fit.")
+    cost: float = Field(0.0, ge=0, description="Cost of one LLM label (any unit; used in reports).")
+
+
+class StudentConfig(_Section):
+    model: str | None = Field(None, description="Local encoder dir; empty = the bundled all-MiniLM-L6-v2.")
+    epochs: int = Field(10, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    batch_size: int = Field(16, ge=1)
+    max_length: int = Field(128, ge=8)
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    weights: dict[str, float] = Field(
+        default_factory=lambda: {"human": 1.0, "llm": 1.0},
+        description="Training weight of each label source; a source not named keeps 1.0.",
+    )
+
+    @field_validator("weights")
+    @classmethod
+    def _fill_weights(cls, v: dict[str, float]) -> dict[str, float]:
+        return {"human": 1.0, "llm": 1.0} | v
+
+
+class EmbeddingsConfig(_Section):
+    model: str | None = Field(None, description="Sentence-transformers dir; empty = the bundled all-MiniLM-L6-v2.")
+    batch_size: int = Field(64, ge=1)
+
+
+class RunConfig(_Section):
+    """The whole run. ``strategy`` is a preset that fills in the other sections (see ``STRATEGIES``)."""
+
+    name: str = "run"
+    seed: int = 0
+    strategy: str = Field("imfl", description="imfl, random, uncertainty, diversity, human-only or llm-only.")
+    output_dir: Path = Field(Path("runs"), description="Runs are written to output_dir/name/.")
+    cache_dir: Path | None = Field(None, description="Embedding and model cache; empty = $IMFL_CACHE or ~/.cache/imfl.")
+    data: DataConfig
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    query: QueryConfig = Field(default_factory=QueryConfig)
+    human: HumanConfig = Field(default_factory=HumanConfig)
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    embeddings: EmbeddingsConfig = Field(default_factory=EmbeddingsConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> "RunConfig":
+        b = self.budget
+        if b.rounds < 1:
+            raise ValueError(f"budget.rounds is {b.rounds}: a run needs at least 1 round")
+        if b.total < 1:
+            raise ValueError(f"budget.total is {b.total}: give a positive number of annotations")
+        if not 0 <= b.human <= b.total:
+            raise ValueError(f"budget.human is {b.human}: it must be between 0 and budget.total ({b.total})")
+        if b.total < b.rounds:
+            raise ValueError(f"budget.total ({b.total}) is smaller than budget.rounds ({b.rounds}): each round needs a label")
+        if self.llm.annotator == "recorded" and not self.llm.column:
+            raise ValueError("llm.annotator is 'recorded' but llm.column is empty: name the pool field with the LLM labels")
+        if bad := set(self.student.weights) - {"human", "llm"}:
+            raise ValueError(f"student.weights has unknown source {sorted(bad)[0]!r}: use 'human' and 'llm'")
+        return self
+
+
+# Named strategies: each is a set of overrides on top of the user's configuration, applied once by
+# ``resolve_strategy``. Adding a strategy is one line here.
+STRATEGIES: dict[str, dict[str, Any]] = {
+    "imfl": {"query.strategy": "eeq"},
+    "random": {"query.strategy": "random"},
+    "uncertainty": {"query.strategy": "uncertainty"},
+    "diversity": {"query.strategy": "diversity"},
+    "human-only": {"budget.human": "{total}"},
+    "llm-only": {"budget.human": 0},
+}
+
+
+def resolve_strategy(cfg: RunConfig) -> RunConfig:
+    """Apply the named strategy's preset and return a new config (the input is not changed)."""
+    if cfg.strategy not in STRATEGIES:
+        raise ConfigError(f"strategy {cfg.strategy!r} is unknown: use one of {', '.join(STRATEGIES)}")
+    data = cfg.model_dump()
+    for key, value in STRATEGIES[cfg.strategy].items():
+        if value == "{total}":
+            value = cfg.budget.total
+        _set_path(data, key, value)
+    return _validate(data, source="strategy preset")
+
+
+def _set_path(data: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = data
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: {part!r} is a value, not a section")
+    node[leaf] = value
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """Parse ``key.sub=value``; the value is read as TOML (numbers, booleans, lists), else as a string."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: write it as key=value, e.g. --set budget.total=500")
+    key, raw = item.split("=", 1)
+    key, raw = key.strip(), raw.strip()
+    if not key:
+        raise ConfigError(f"--set {item!r}: the key before '=' is empty")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value
+
+
+def _validate(data: dict, source: str) -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "config"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "missing":
+            msg = "is required"
+        elif err["type"] == "extra_forbidden":
+            msg = "is not a known setting (check the spelling; see the README's configuration reference)"
+        elif "input" in err and err["type"] != "value_error":
+            msg = f"{msg} (got {err['input']!r})"
+        raise ConfigError(f"{source}: {where} {msg}" if err["type"] != "value_error" else f"{source}: {msg}") from None
+
+
+def config_from_dict(data: dict, overrides: list[str] = (), base_dir: Path | None = None, source: str = "config") -> RunConfig:
+    """Build a validated config from a plain dict plus ``key=value`` overrides; relative paths are
+    resolved against ``base_dir``."""
+    import copy
+
+    data = copy.deepcopy(data)
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_path(data, key, value)
+    cfg = _validate(data, source)
+    if base_dir is not None:
+        cfg = _resolve_paths(cfg, base_dir)
+    return cfg
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    """Read a TOML config file; relative paths inside it are relative to the file's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found; pass the path of a TOML file (see configs/ for examples)")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; save the config as UTF-8") from None
+    return config_from_dict(data, overrides, base_dir=path.parent.resolve(), source=str(path))
+
+
+def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
+    def fix(p: Path | None) -> Path | None:
+        return p if p is None or p.is_absolute() else (base / p)
+
+    data = cfg.model_copy(deep=True)
+    data.data.pool = fix(cfg.data.pool)
+    data.data.test = fix(cfg.data.test)
+    data.output_dir = fix(cfg.output_dir)
+    data.cache_dir = fix(cfg.cache_dir)
+    return data
+
+
+def config_to_toml(cfg: RunConfig) -> str:
+    """Write a config back as TOML (the run's record of what it used)."""
+    return _dump_toml(cfg.model_dump(mode="json", exclude_none=True))
+
+
+def _toml_value(v: Any) -> str:
+    import json
+
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{json.dumps(k)} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    raise TypeError(type(v))
+
+
+def _dump_toml(data: dict) -> str:
+    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)]
+    for k, v in data.items():
+        if isinstance(v, dict):
+            lines.append(f"\n[{k}]")
+            lines.extend(f"{kk} = {_toml_value(vv)}" for kk, vv in v.items())
+    return "\n".join(lines) + "\n"

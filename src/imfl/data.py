@@ -1,0 +1,227 @@
+"""Reading examples from JSONL, CSV or Parquet, and checking them before any model is touched.
+
+Every problem is reported as a ``DataError`` naming the file, the line (1-based, as an editor shows
+it; for CSV the header is line 1) and the field, so that the user can fix the file. Input files are
+only ever read.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imfl.config import DataConfig
+from imfl.errors import DataError
+
+DEFAULT_INSTRUCTION = "Classify the text into exactly one of these labels: {labels}. Answer with the label only."
+
+
+@dataclass(frozen=True)
+class Example:
+    """One item: what the models read (text, optional text_pair), the gold label when known, and
+    every other field of the row (e.g. recorded LLM labels) in ``extra``."""
+
+    id: str
+    text: str
+    text_pair: str | None = None
+    label: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    line: int = field(default=0, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """One label with its provenance. ``source`` is the fidelity it counts as (``human`` or ``llm``:
+    the budget and the training weights go by it); ``annotator`` names who actually gave it
+    (``oracle``, ``recorded:<column>``, ``local:<model>``, a person). ``label`` is None when the
+    annotator gave no usable label: such an annotation spends no budget and the item stays in the pool."""
+
+    item_id: str
+    round: int
+    source: str  # "human" or "llm"
+    annotator: str
+    label: str | None  # None: the annotator gave no usable label (the item goes back to the pool)
+    probs: dict[str, float] | None = None
+    confidence: float | None = None
+    cost: float = 0.0
+    prompt_hash: str | None = None
+    demo_ids: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.label is not None
+
+
+@dataclass(frozen=True)
+class Task:
+    """What is being learned: the label set, in a fixed order (label index = position), and the
+    instruction given to the LLM annotator."""
+
+    labels: tuple[str, ...]
+    instruction: str
+    has_pair: bool = False
+
+    def index(self, label: str) -> int:
+        return self.labels.index(label)
+
+
+def _rows_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno}); fix or remove the line") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object per line, got {type(row).__name__}")
+            yield lineno, row
+
+
+def _rows_csv(path: Path) -> Iterator[tuple[int, dict]]:
+    with path.open(encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh)
+        for row in reader:
+            # The reader's line_num is the line the record ended on: right for one-line records.
+            yield reader.line_num, {k: (v if v != "" else None) for k, v in row.items() if k is not None}
+
+
+def _rows_parquet(path: Path) -> Iterator[tuple[int, dict]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(f"{path}: reading Parquet needs pyarrow; install it with `pip install pyarrow`") from None
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises several types for a damaged file
+        raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
+    lineno = 0
+    for batch in pf.iter_batches(batch_size=10_000):
+        for row in batch.to_pylist():
+            lineno += 1
+            yield lineno, row
+
+
+_READERS = {".jsonl": _rows_jsonl, ".json": _rows_jsonl, ".ndjson": _rows_jsonl, ".csv": _rows_csv, ".parquet": _rows_parquet}
+
+
+def read_rows(path: Path, what: str = "file") -> Iterator[tuple[int, dict]]:
+    """Yield (line number, row dict) from a JSONL, CSV or Parquet file, chosen by its suffix."""
+    path = Path(path)
+    if not path.is_file():
+        hint = f"set data.{what} to an existing file" if what in ("pool", "test") else "check the path"
+        raise DataError(f"{path}: {what} file not found; {hint}")
+    reader = _READERS.get(path.suffix.lower())
+    if reader is None:
+        raise DataError(f"{path}: unknown file type {path.suffix!r}; use .jsonl, .csv or .parquet")
+    try:
+        yield from reader(path)
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 text; save the file as UTF-8") from None
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else str(value)
+    return text if text.strip() else None
+
+
+def load_examples(path: Path, cfg: DataConfig, what: str = "pool", labels: tuple[str, ...] | None = None,
+                  require_label: bool = False) -> list[Example]:
+    """Read and check one file. ``labels`` (when given) is the allowed label set; ``require_label``
+    makes a missing gold label an error (test files)."""
+    path = Path(path)
+    pair_field = cfg.text_pair_field
+    examples: list[Example] = []
+    seen: dict[str, int] = {}
+    for lineno, row in read_rows(path, what):
+        where = f"{path}:{lineno}"
+        if not examples and pair_field is None and "text_pair" in row:
+            pair_field = "text_pair"
+        raw_id = row.get(cfg.id_field)
+        if raw_id is None or (isinstance(raw_id, str) and not raw_id.strip()):
+            raise DataError(f"{where}: field {cfg.id_field!r} (the id) is missing or empty; give every row a unique id or set data.id_field")
+        item_id = str(raw_id)
+        if item_id in seen:
+            raise DataError(f"{where}: id {item_id!r} already used on line {seen[item_id]}; ids must be unique")
+        seen[item_id] = lineno
+        text = _text(row.get(cfg.text_field))
+        if text is None:
+            raise DataError(f"{where}: field {cfg.text_field!r} (the text) is missing or empty; fill it, remove the row, or set data.text_field")
+        pair = None
+        if pair_field is not None:
+            pair = _text(row.get(pair_field))
+            if pair is None:
+                raise DataError(f"{where}: field {pair_field!r} (the second input) is missing or empty; fill it or remove the row")
+        label = _text(row.get(cfg.label_field))
+        if label is not None:
+            label = label.strip()
+            if labels is not None and label not in labels:
+                raise DataError(
+                    f"{where}: label {label!r} in field {cfg.label_field!r} is not in the label set "
+                    f"({', '.join(labels)}); fix the row or add the label to data.labels"
+                )
+        elif require_label:
+            raise DataError(f"{where}: field {cfg.label_field!r} (the gold label) is missing; a {what} file needs a label on every row")
+        used = {cfg.id_field, cfg.text_field, cfg.label_field, pair_field}
+        extra = {k: v for k, v in row.items() if k not in used}
+        examples.append(Example(item_id, text, pair, label, extra, lineno))
+    if not examples:
+        raise DataError(f"{path}: the {what} file has no rows")
+    return examples
+
+
+@dataclass(frozen=True)
+class Dataset:
+    task: Task
+    pool: list[Example]
+    test: list[Example]
+
+
+def load_dataset(cfg: DataConfig) -> Dataset:
+    """Read the pool and the test file, settle the label set, and check that the test set is held out."""
+    declared = tuple(cfg.labels) or None
+    if declared is not None and len(set(declared)) != len(declared):
+        raise DataError(f"data.labels lists a label twice ({', '.join(declared)}); list each label once")
+    pool = load_examples(cfg.pool, cfg, "pool", declared)
+    test = load_examples(cfg.test, cfg, "test", declared, require_label=True) if cfg.test else []
+    if declared is None:
+        found = sorted({e.label for e in pool + test if e.label is not None})
+        if len(found) < 2:
+            raise DataError(
+                f"{cfg.pool}: found {len(found)} distinct label(s) in field {cfg.label_field!r}; "
+                "list the label set in data.labels"
+            )
+        labels = tuple(found)
+    else:
+        labels = declared
+    _check_held_out(cfg, pool, test)
+    has_pair = pool[0].text_pair is not None
+    if test and (test[0].text_pair is not None) != has_pair:
+        raise DataError(f"{cfg.test}: the pool {'has' if has_pair else 'has no'} second input (text_pair) but the test file "
+                        f"{'does not' if has_pair else 'does'}; both files must have the same fields")
+    instruction = cfg.instruction or DEFAULT_INSTRUCTION
+    task = Task(labels=labels, instruction=instruction.replace("{labels}", ", ".join(labels)), has_pair=has_pair)
+    return Dataset(task, pool, test)
+
+
+def _check_held_out(cfg: DataConfig, pool: list[Example], test: list[Example]) -> None:
+    by_id = {e.id: e for e in pool}
+    by_text = {(e.text, e.text_pair): e for e in pool}
+    for e in test:
+        other = by_id.get(e.id)
+        reason = f"id {e.id!r}"
+        if other is None:
+            other = by_text.get((e.text, e.text_pair))
+            reason = "the same text"
+        if other is not None:
+            raise DataError(
+                f"{cfg.test}:{e.line}: {reason} is also in the pool ({cfg.pool}:{other.line}); "
+                "the test set must be held out: remove the overlap from one of the files"
+            )

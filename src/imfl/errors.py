@@ -1,0 +1,26 @@
+"""One exception family. Every message is written for the person running imfl: it names the file,
+line, field or value at fault and says what to do. The CLI prints it on one line, without a traceback."""
+
+
+class ImflError(Exception):
+    """Base of every error imfl raises on purpose."""
+
+
+class ConfigError(ImflError):
+    """A setting is missing, of the wrong type, or inconsistent with another."""
+
+
+class DataError(ImflError):
+    """An input file is missing or one of its rows is malformed."""
+
+
+class BudgetError(ImflError):
+    """The annotation budget cannot be spent as configured (e.g. larger than the pool)."""
+
+
+class ModelError(ImflError):
+    """A model could not be found or loaded."""
+
+
+class AnnotatorError(ImflError):
+    """An annotator cannot label the items it was given."""

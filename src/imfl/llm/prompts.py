@@ -1,0 +1,113 @@
+"""Chat prompts for LLM annotation: the instruction, labeled demonstrations, then the item to label.
+
+The layout (chosen on the FPB pool with SmolLM2-135M-Instruct; see ``tests/test_llm_local.py`` and the
+project notes) is a multi-turn chat::
+
+    system:    <instruction> Answer with exactly one of: <label>, <label>, ...
+    user:      Text: <demo 1 text>            \\
+    assistant: <demo 1 label>                 /  one user/assistant pair per demonstration, in the given order
+    ...
+    user:      Text: <item text>              <- always the last message; its answer should be one label
+
+With a second input, each user turn reads ``Context: <text_pair>`` then ``Text: <text>`` (the names are
+``pair_names``), the main text last so that it stands right before the answer. Long ``text_pair`` values are
+shortened in the middle to ``max_pair_chars`` characters, keeping their beginning and end.
+
+Because every demonstration is its own pair of turns, a backend whose context is too short can drop the oldest
+demonstrations without touching the item (``LocalBackend`` does).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from imfl.errors import ModelError
+
+#: Default cap on the characters of each ``text_pair`` (a PubMedQA abstract averages ~1,350 characters).
+DEFAULT_MAX_PAIR_CHARS = 1000
+_ELLIPSIS = " [...] "
+
+
+@dataclass(frozen=True)
+class Demo:
+    """A human-labeled demonstration shown to the LLM before the item."""
+
+    id: str
+    text: str
+    label: str
+    text_pair: str | None = None
+
+
+def shorten(text: str, max_chars: int | None) -> str:
+    """``text`` cut in the middle to at most ``max_chars`` characters (beginning and end kept, at word
+    boundaries where possible, joined by `` [...] ``); unchanged if short enough or ``max_chars`` is None."""
+    if max_chars is None or len(text) <= max_chars:
+        return text
+    keep = max_chars - len(_ELLIPSIS)
+    if keep < 2:
+        return text[:max_chars]
+    head, tail = text[: (keep + 1) // 2], text[len(text) - keep // 2 :]
+    if " " in head:
+        head = head[: head.rindex(" ")]
+    if " " in tail:
+        tail = tail[tail.index(" ") + 1 :]
+    return head.rstrip() + _ELLIPSIS + tail.lstrip()
+
+
+def _user_turn(text: str, text_pair: str | None, pair_names: tuple[str, str], max_pair_chars: int | None) -> str:
+    main = f"{pair_names[0]}: {text}"
+    if text_pair is None:
+        return main
+    return f"{pair_names[1]}: {shorten(text_pair, max_pair_chars)}\n{main}"
+
+
+def _system_turn(instruction: str, labels: Sequence[str]) -> str:
+    instruction = instruction.strip()
+    if all(label in instruction for label in labels):
+        return instruction  # the instruction already names the answers
+    answer = "Answer with exactly one of: " + ", ".join(labels) + "."
+    return f"{instruction} {answer}" if instruction else answer
+
+
+def build_messages(
+    instruction: str,
+    labels: Sequence[str],
+    text: str,
+    text_pair: str | None = None,
+    demos: Sequence[Demo] = (),
+    *,
+    pair_names: tuple[str, str] = ("Text", "Context"),
+    max_pair_chars: int | None = DEFAULT_MAX_PAIR_CHARS,
+) -> list[dict[str, str]]:
+    """Chat messages (OpenAI format: role/content) whose assistant answer should be exactly one label.
+
+    A system message holds the instruction (followed by the list of labels unless it already names them all);
+    each demonstration becomes a user turn answered by an assistant turn holding its label, in the order given
+    (put the most similar last); the item is the final user turn. ``pair_names`` name the two inputs (e.g.
+    ``("Question", "Context")`` for PubMedQA); every ``text_pair`` is shortened to ``max_pair_chars``
+    (``None``: never), while ``text`` is never cut.
+    """
+    labels = list(labels)
+    if not labels:
+        raise ModelError("build_messages() got no labels; give the task's label set")
+    if len(pair_names) != 2:
+        raise ModelError(f"pair_names={pair_names!r} must be two names, e.g. ('Question', 'Context')")
+    if max_pair_chars is not None and max_pair_chars < 1:
+        raise ModelError(f"max_pair_chars={max_pair_chars!r} must be a positive number of characters, or None for no limit")
+    messages = [{"role": "system", "content": _system_turn(instruction, labels)}]
+    for demo in demos:
+        if demo.label not in labels:
+            raise ModelError(f"demonstration {demo.id!r} has label {demo.label!r}, which is not one of {labels}; fix its label or the label set")
+        messages.append({"role": "user", "content": _user_turn(demo.text, demo.text_pair, pair_names, max_pair_chars)})
+        messages.append({"role": "assistant", "content": demo.label})
+    messages.append({"role": "user", "content": _user_turn(text, text_pair, pair_names, max_pair_chars)})
+    return messages
+
+
+def prompt_hash(messages: list[dict[str, str]]) -> str:
+    """SHA-256 hex digest of a canonical JSON dump of ``messages`` (sorted keys, no whitespace, UTF-8)."""
+    dump = json.dumps(messages, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(dump.encode("utf-8")).hexdigest()

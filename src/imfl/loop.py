@@ -1,0 +1,316 @@
+"""One round and the whole run of Interactive Multi-Fidelity Learning.
+
+Each round t: the current student's least-confidence uncertainty over the unlabeled pool and the
+pool's embeddings feed the query (EEQ by default), which picks b_t items; the b_h(t) most uncertain
+go to the human, the rest to the LLM. With ``order = "human-first"`` the human labels are committed
+before the LLM's prompts are built, so they are already among its demonstrations. Then a fresh
+student is fine-tuned on every label so far and evaluated on the test set.
+
+Every step is committed to the run's store before the next starts; a run whose store already holds
+rounds continues after the last evaluated one (same config required).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from sklearn.metrics import accuracy_score, f1_score
+
+from imfl.annotators import AnnotationContext, Annotator, make_human, make_llm
+from imfl.annotators.recorded import RecordedAnnotator
+from imfl.config import RunConfig, config_to_toml, resolve_strategy
+from imfl.data import Dataset, Example, load_dataset
+from imfl.embeddings import Embedder, embedding_input
+from imfl.errors import AnnotatorError, BudgetError, ConfigError
+from imfl.progress import Reporter, Silent
+from imfl.query import get_query, least_confidence, round_plan, split_by_uncertainty
+from imfl.store import Store
+
+if TYPE_CHECKING:
+    from imfl.student import Student
+
+LLM_COMMIT_EVERY = 32  # LLM labels are committed in chunks: a crash loses at most this many calls
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: list[dict]
+    budget_used: dict[str, int]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def check_budget(cfg: RunConfig, ds: Dataset) -> None:
+    n = len(ds.pool)
+    if cfg.budget.total > n:
+        raise BudgetError(
+            f"budget.total ({cfg.budget.total}) is larger than the pool ({n} items in {cfg.data.pool}); lower budget.total or add items"
+        )
+    if cfg.human.annotator == "oracle" and cfg.budget.human > 0:
+        missing = [e for e in ds.pool if e.label is None]
+        if missing:
+            raise AnnotatorError(
+                f"{cfg.data.pool}:{missing[0].line}: {len(missing)} pool rows have no label, but the simulated expert "
+                f"(human.annotator = 'oracle') needs one on every row; label them or use a real human annotator"
+            )
+
+
+def _student(cfg: RunConfig, seed: int) -> Student:
+    from imfl.student import Student
+
+    s = cfg.student
+    return Student(
+        s.model, epochs=s.epochs, learning_rate=s.learning_rate, batch_size=s.batch_size, max_length=s.max_length,
+        lora_r=s.lora_r, lora_alpha=s.lora_alpha, seed=seed,
+    )
+
+
+class Run:
+    """A run bound to its directory and store. ``Run(cfg).execute()`` runs or continues it."""
+
+    def __init__(self, cfg: RunConfig, reporter: Reporter | None = None):
+        self.cfg = cfg
+        self.reporter = reporter or Silent()
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def _prepare(self) -> None:
+        self.cfg = cfg = resolve_strategy(self.cfg)
+        self.ds = load_dataset(cfg.data)
+        check_budget(cfg, self.ds)
+        get_query(cfg.query.strategy)  # fail early on an unknown strategy
+        self.human: Annotator = make_human(cfg, self.ds.task)
+        self.llm: Annotator = make_llm(cfg, self.ds.task)
+        if isinstance(self.llm, RecordedAnnotator):
+            self.llm.check(self.ds.pool, str(cfg.data.pool))
+        self.run_dir = Path(cfg.output_dir) / cfg.name
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.store = Store.open(self.run_dir / "store.sqlite")
+        config_text = config_to_toml(cfg)
+        previous = self.store.get_meta("config")
+        if previous is None:
+            with self.store.transaction():
+                self.store.set_meta("config", config_text)
+                self.store.set_meta("labels", json.dumps(self.ds.task.labels))
+            self.store.add_items(self.ds.pool)
+        elif previous != config_text:
+            self.store.close()
+            raise ConfigError(
+                f"{self.run_dir} holds a run with a different configuration; choose another name (--set name=...) "
+                "or move that folder away"
+            )
+        (self.run_dir / "config.toml").write_text(config_text, encoding="utf-8")
+        self.index = {e.id: i for i, e in enumerate(self.ds.pool)}
+        self.plan = round_plan(cfg.budget.total, cfg.budget.human, cfg.budget.rounds, cfg.budget.schedule, cfg.budget.decay)
+        self.timings: dict[str, float] = {}
+        with self.reporter.phase("embedding the pool", len(self.ds.pool)) as advance:
+            self.embeddings = self._embedder().encode([embedding_input(e.text, e.text_pair) for e in self.ds.pool], advance)
+
+    def _embedder(self) -> Embedder:
+        return Embedder(self.cfg.embeddings.model, self.cfg.embeddings.batch_size, self.cfg.cache_dir)
+
+    # -- the run --------------------------------------------------------------------------------
+    def execute(self) -> RunResult:
+        self._prepare()
+        try:
+            proba = None
+            for t in range(1, self.cfg.budget.rounds + 1):
+                if self.store.round_state(t) == "evaluated":
+                    proba = self._load_proba(t)
+                    continue
+                proba = self._round(t, proba)
+            return RunResult(self.run_dir, self.metrics(), self.store.budget_used(), self.timings)
+        finally:
+            self.store.close()
+
+    def _timed(self, phase: str, start: float) -> float:
+        spent = time.perf_counter() - start
+        self.timings[phase] = self.timings.get(phase, 0.0) + spent
+        return spent
+
+    def _labeled_ids(self) -> set[str]:
+        return {a.item_id for a in self.store.annotations()}
+
+    def _round(self, t: int, proba: dict[str, np.ndarray] | None) -> dict[str, np.ndarray] | None:
+        cfg, store = self.cfg, self.store
+        seconds: dict[str, float] = {}
+        if store.round_state(t) is None:
+            start = time.perf_counter()
+            self._select(t, proba)
+            seconds["select"] = self._timed("select", start)
+        steps = [("human", self.human), ("llm", self.llm)]
+        if cfg.budget.order == "llm-first":
+            steps.reverse()
+        for source, annotator in steps:
+            start = time.perf_counter()
+            self._annotate(t, source, annotator)
+            seconds[source] = self._timed(f"{source} annotation", start)
+        store.set_round_state(t, "llm_done")
+
+        start = time.perf_counter()
+        student = self._train(t)
+        seconds["train"] = self._timed("training", start)
+        store.set_round_state(t, "trained")
+
+        start = time.perf_counter()
+        metrics, proba = self._evaluate(t, student)
+        seconds["evaluate"] = self._timed("evaluation", start)
+        metrics["seconds"] = {k: round(v, 2) for k, v in seconds.items()}
+        store.set_round_state(t, "evaluated", metrics)
+        self._write_outputs(student)
+        self.reporter.log(_round_line(metrics))
+        return proba
+
+    def _select(self, t: int, proba: dict[str, np.ndarray] | None) -> None:
+        """Pick this round's items and split them between human and LLM; commits the round's plan."""
+        cfg = self.cfg
+        used = self.store.budget_used()
+        planned_h = sum(h for h, _ in self.plan[:t])
+        planned_l = sum(l for _, l in self.plan[:t])
+        # What earlier rounds did not spend (failed LLM calls) is carried into this round.
+        n_h, n_l = planned_h - used["human"], planned_l - used["llm"]
+        labeled = self._labeled_ids()
+        free = np.array([i for i, e in enumerate(self.ds.pool) if e.id not in labeled])
+        n_h, n_l = min(n_h, len(free)), min(n_l, max(len(free) - n_h, 0))
+        unc = None
+        if proba is not None:
+            unc = least_confidence(np.stack([proba[self.ds.pool[i].id] for i in free]))
+        seed = cfg.seed * 1000 + t
+        picked = get_query(cfg.query.strategy)(self.embeddings[free], unc, n_h + n_l, seed) if n_h + n_l else np.zeros(0, int)
+        to_human, to_llm = split_by_uncertainty(picked, unc, n_h)
+
+        def rows(local: np.ndarray) -> list[tuple[str, float | None]]:
+            return [(self.ds.pool[free[j]].id, float(unc[j]) if unc is not None else None) for j in local]
+
+        self.store.record_selection(t, (n_h, n_l), rows(to_human), rows(to_llm))
+
+    def _annotate(self, t: int, source: str, annotator: Annotator) -> None:
+        """Label this round's items for ``source`` that have no annotation yet, committing as it goes."""
+        done = {a.item_id for a in self.store.annotations(round=t, source=source, ok_only=False)}
+        todo = [self.ds.pool[self.index[i]] for i in self.store.selection(t, source) if i not in done]
+        if not todo:
+            return
+        context = self._context(t, todo)
+        label = "human experts" if source == "human" else f"LLM ({annotator.name})"
+        chunk = len(todo) if source == "human" else LLM_COMMIT_EVERY
+        with self.reporter.phase(f"round {t}: {label}", len(todo)) as advance:
+            context.progress = advance
+            for start in range(0, len(todo), chunk):
+                part = todo[start : start + chunk]
+                context.item_embeddings = self.embeddings[[self.index[e.id] for e in part]]
+                self.store.add_annotations(annotator.annotate(part, context))
+        if source == "human":
+            self.store.set_round_state(t, "human_done")
+
+    def _context(self, t: int, items: Sequence[Example]) -> AnnotationContext:
+        human = self.store.annotations(source="human")
+        demos = [(self.ds.pool[self.index[a.item_id]], a.label) for a in human]
+        return AnnotationContext(
+            round=t,
+            human_labeled=demos,
+            human_embeddings=self.embeddings[[self.index[a.item_id] for a in human]] if human else None,
+            seed=self.cfg.seed * 1000 + t,
+        )
+
+    def _train(self, t: int) -> Student:
+        annotations = self.store.annotations()
+        task = self.ds.task
+        items = [self.ds.pool[self.index[a.item_id]] for a in annotations]
+        weights = [self.cfg.student.weights.get(a.source, 1.0) for a in annotations]
+        student = _student(self.cfg, self.cfg.seed)
+        with self.reporter.phase(f"round {t}: training the student on {len(items)} labels", len(items) * self.cfg.student.epochs) as advance:
+            student.fit(
+                [e.text for e in items], [task.index(a.label) for a in annotations], len(task.labels),
+                text_pairs=[e.text_pair for e in items] if task.has_pair else None,
+                sample_weight=weights, progress=advance,
+            )
+        return student
+
+    def _evaluate(self, t: int, student: Student) -> tuple[dict, dict[str, np.ndarray] | None]:
+        task, store = self.ds.task, self.store
+        this_round = store.annotations(round=t, ok_only=False)
+        used = store.budget_used()
+        metrics: dict = {
+            "round": t,
+            "human_labels": sum(a.ok and a.source == "human" for a in this_round),
+            "llm_labels": sum(a.ok and a.source == "llm" for a in this_round),
+            "llm_failed": sum(not a.ok and a.source == "llm" for a in this_round),
+            "human_total": used["human"],
+            "llm_total": used["llm"],
+            "human_cost": round(sum(a.cost for a in store.annotations(source="human")), 6),
+            "llm_cost": round(sum(a.cost for a in store.annotations(source="llm")), 6),
+        }
+        gold = {e.id: e.label for e in self.ds.pool}
+        llm = [a for a in this_round if a.ok and a.source == "llm" and gold.get(a.item_id) is not None]
+        metrics["llm_accuracy"] = round(float(np.mean([a.label == gold[a.item_id] for a in llm])), 4) if llm else None
+        if self.ds.test:
+            with self.reporter.phase(f"round {t}: evaluating on {len(self.ds.test)} test items", len(self.ds.test)) as advance:
+                p = _predict(student, self.ds.test, task.has_pair, advance)
+            y = [task.index(e.label) for e in self.ds.test]
+            pred = p.argmax(axis=1)
+            metrics["test_accuracy"] = round(float(accuracy_score(y, pred)), 4)
+            metrics["test_macro_f1"] = round(float(f1_score(y, pred, average="macro", labels=range(len(task.labels)), zero_division=0)), 4)
+        proba = None
+        if t < self.cfg.budget.rounds:
+            labeled = self._labeled_ids()
+            free = [e for e in self.ds.pool if e.id not in labeled]
+            with self.reporter.phase(f"round {t}: student uncertainty on {len(free)} pool items", len(free)) as advance:
+                p = _predict(student, free, task.has_pair, advance)
+            proba = {e.id: row for e, row in zip(free, p)}
+            np.savez(self._state_dir() / f"proba_round{t}.npz", ids=np.array([e.id for e in free]), proba=p)
+        return metrics, proba
+
+    def _state_dir(self) -> Path:
+        d = self.run_dir / "state"
+        d.mkdir(exist_ok=True)
+        return d
+
+    def _load_proba(self, t: int) -> dict[str, np.ndarray] | None:
+        if t >= self.cfg.budget.rounds:
+            return None
+        data = np.load(self._state_dir() / f"proba_round{t}.npz")
+        return dict(zip(data["ids"].tolist(), data["proba"]))
+
+    # -- outputs ----------------------------------------------------------------------------------
+    def metrics(self) -> list[dict]:
+        return [r["metrics"] for r in self.store.rounds() if r["state"] == "evaluated" and r["metrics"]]
+
+    def _write_outputs(self, student: Student) -> None:
+        rows = self.metrics()
+        (self.run_dir / "metrics.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
+        flat = [{k: v for k, v in r.items() if k != "seconds"} | {f"seconds_{k}": v for k, v in r["seconds"].items()} for r in rows]
+        columns = list(dict.fromkeys(k for r in flat for k in r))
+        with (self.run_dir / "metrics.csv").open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(flat)
+        with (self.run_dir / "labels.jsonl").open("w", encoding="utf-8") as fh:
+            for a in self.store.annotations():
+                fh.write(json.dumps({"id": a.item_id, "label": a.label, "source": a.source, "annotator": a.annotator,
+                                     "round": a.round, "confidence": a.confidence}, ensure_ascii=False) + "\n")
+        student.save(self.run_dir / "adapter")
+
+
+def _predict(student: Student, items: Sequence[Example], has_pair: bool, progress) -> np.ndarray:
+    return student.predict_proba(
+        [e.text for e in items], text_pairs=[e.text_pair for e in items] if has_pair else None, progress=progress
+    )
+
+
+def _round_line(m: dict) -> str:
+    test = f", test accuracy {m['test_accuracy']:.3f}, macro-F1 {m['test_macro_f1']:.3f}" if "test_accuracy" in m else ""
+    llm = f", LLM accuracy {m['llm_accuracy']:.3f}" if m.get("llm_accuracy") is not None else ""
+    return f"round {m['round']}: +{m['human_labels']} human, +{m['llm_labels']} LLM{llm}{test}"
+
+
+def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunResult:
+    """Run (or continue) the IMFL loop described by ``cfg``; returns per-round metrics and where the
+    outputs are."""
+    return Run(cfg, reporter).execute()
+

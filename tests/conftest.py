@@ -1,0 +1,67 @@
+"""Shared fixtures: the real datasets in ../shared/data (or $IMFL_SHARED_DATA), small slices of them
+written to temporary files, and a per-session cache so models are converted/embedded once."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("IMFL_SHARED_DATA", REPO.parent / "shared" / "data")).resolve()
+
+
+def pytest_configure(config):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not SHARED_DATA.is_dir():
+        raise pytest.UsageError(f"the shared datasets are not at {SHARED_DATA}; set IMFL_SHARED_DATA to the shared data folder")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def fpb_rows() -> dict[str, list[dict]]:
+    return {"pool": read_jsonl(SHARED_DATA / "fpb" / "pool.jsonl"), "test": read_jsonl(SHARED_DATA / "fpb" / "test.jsonl")}
+
+
+@pytest.fixture(scope="session")
+def small_fpb(tmp_path_factory, fpb_rows) -> dict[str, Path]:
+    """60 pool items (20 per label) and 30 test items from the real FPB files."""
+    d = tmp_path_factory.mktemp("fpb-small")
+
+    def take(rows, per_label):
+        out, seen = [], {}
+        for r in rows:
+            if seen.get(r["label"], 0) < per_label:
+                seen[r["label"]] = seen.get(r["label"], 0) + 1
+                out.append(r)
+        return out
+
+    return {
+        "pool": write_jsonl(d / "pool.jsonl", take(fpb_rows["pool"], 20)),
+        "test": write_jsonl(d / "test.jsonl", take(fpb_rows["test"], 10)),
+    }
+
+
+@pytest.fixture(scope="session")
+def imfl_cache(tmp_path_factory) -> Path:
+    """One cache for the whole session, unless the developer points IMFL_CACHE elsewhere (e.g. to reuse a
+    converted LLM between test runs)."""
+    return Path(os.environ.get("IMFL_CACHE") or tmp_path_factory.mktemp("imfl-cache"))

@@ -1,0 +1,177 @@
+"""The prompt builder and the local LLM backend, with the real bundled SmolLM2-135M-Instruct (no mocks).
+
+The model is converted once per session into the session cache (see ``imfl_cache`` in conftest.py)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imfl.errors import ModelError
+from imfl.llm import local
+from imfl.llm.local import LocalBackend, bundled_llm_path
+from imfl.llm.prompts import Demo, build_messages, prompt_hash
+
+pytestmark = pytest.mark.slow
+
+LABELS = ["neutral", "positive", "negative"]
+INSTRUCTION = "Classify the sentiment of the financial news sentence."
+DEMOS = [
+    Demo("d1", "Operating profit rose to EUR 13.1 mn from EUR 8.7 mn .", "positive"),
+    Demo("d2", "The company will hold its annual general meeting on 5 April .", "neutral"),
+    Demo("d3", "Net sales fell by 12 % and the company cut 40 jobs .", "negative"),
+]
+ITEMS = [
+    "Profit before taxes doubled to EUR 4.2 mn .",
+    "The shares were delisted after the loss widened .",
+    "The report is available on the company website .",
+]
+
+
+@pytest.fixture(scope="session")
+def backend(imfl_cache: Path) -> LocalBackend:
+    b = LocalBackend(cache_dir=str(imfl_cache))
+    b.load()
+    return b
+
+
+def naive_scores(b: LocalBackend, messages: list[dict[str, str]], labels: list[str]) -> np.ndarray:
+    """One full forward pass per label over prompt + label tokens, then a log-softmax across labels."""
+    import torch
+
+    prompt = b._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ids = b._tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    totals = []
+    for label_ids in b._label_tokens(labels):
+        with torch.inference_mode():
+            logits = b._model(input_ids=torch.tensor([ids + label_ids])).logits[0].double()
+        logp = torch.log_softmax(logits, dim=-1)
+        totals.append(sum(logp[len(ids) - 1 + j, t].item() for j, t in enumerate(label_ids)))
+    totals = np.array(totals)
+    return totals - np.logaddexp.reduce(totals)
+
+
+# ------------------------------------------------------------------ prompts
+
+
+def test_build_messages_puts_demos_in_order_and_the_item_last():
+    messages = build_messages(INSTRUCTION, LABELS, "The item .", demos=DEMOS)
+    assert [m["role"] for m in messages] == ["system"] + ["user", "assistant"] * 3 + ["user"]
+    assert INSTRUCTION in messages[0]["content"] and all(label in messages[0]["content"] for label in LABELS)
+    assert [m["content"] for m in messages[2:-1:2]] == [d.label for d in DEMOS]
+    assert [d.text in m["content"] for d, m in zip(DEMOS, messages[1:-1:2])] == [True] * 3
+    assert messages[-1] == {"role": "user", "content": "Text: The item ."}
+
+
+def test_build_messages_shortens_only_the_pair():
+    long_context = " ".join(f"word{i}" for i in range(2000))
+    question = "Does the long question stay whole? " * 20
+    messages = build_messages(
+        "Answer the question.", ["yes", "no", "maybe"], question, long_context,
+        [Demo("p1", "A demo question?", "maybe", long_context)], pair_names=("Question", "Context"), max_pair_chars=300,
+    )
+    item = messages[-1]["content"]
+    assert item.endswith("Question: " + question) and item.startswith("Context: word0 ")
+    assert len(item) <= len("Context: \nQuestion: ") + len(question) + 300 and "word1999" in item
+    assert len(messages[1]["content"]) < 400
+    assert long_context in build_messages("Q.", ["yes"], "q", long_context, max_pair_chars=None)[-1]["content"]
+
+
+def test_build_messages_rejects_a_demo_label_outside_the_label_set():
+    with pytest.raises(ModelError, match="'d9'"):
+        build_messages(INSTRUCTION, LABELS, "x", demos=[Demo("d9", "t", "bullish")])
+
+
+def test_prompt_hash_is_stable_and_changes_with_a_demo():
+    a = build_messages(INSTRUCTION, LABELS, ITEMS[0], demos=DEMOS)
+    assert prompt_hash(a) == prompt_hash(build_messages(INSTRUCTION, LABELS, ITEMS[0], demos=list(DEMOS)))
+    assert len(prompt_hash(a)) == 64 and int(prompt_hash(a), 16) >= 0
+    changed = [DEMOS[0], Demo("d2", DEMOS[1].text, "positive"), DEMOS[2]]
+    assert prompt_hash(a) != prompt_hash(build_messages(INSTRUCTION, LABELS, ITEMS[0], demos=changed))
+    assert prompt_hash(a) != prompt_hash(build_messages(INSTRUCTION, LABELS, ITEMS[0], demos=DEMOS[::-1]))
+
+
+# ------------------------------------------------------------------ conversion and loading
+
+
+def test_missing_model_dir_is_a_model_error(tmp_path):
+    missing = tmp_path / "no-such-model"
+    b = LocalBackend(str(missing))
+    assert b.name == "local:no-such-model"
+    with pytest.raises(ModelError, match="no-such-model"):
+        b.score([build_messages(INSTRUCTION, LABELS, "x")], LABELS)
+
+
+def test_conversion_is_cached(backend, imfl_cache, monkeypatch):
+    path = bundled_llm_path(imfl_cache)
+    stamp = (path / "imfl_conversion.json").read_text()
+
+    def fail(*args, **kwargs):
+        raise AssertionError("converted again")
+
+    monkeypatch.setattr(local, "_convert_gguf", fail)
+    start = time.perf_counter()
+    assert bundled_llm_path(imfl_cache) == path
+    assert time.perf_counter() - start < 1.0
+    assert (path / "imfl_conversion.json").read_text() == stamp
+    config = json.loads((path / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"] and "quantization_config" not in config
+    assert (path / "chat_template.jinja").is_file() or "chat_template" in (path / "tokenizer_config.json").read_text()
+    assert backend.name == "local:SmolLM2-135M-Instruct"
+    other = LocalBackend(str(path))  # the converted checkpoint is an ordinary model directory
+    assert other.name == f"local:{path.name}"
+
+
+def test_interrupted_conversion_leaves_no_checkpoint(tmp_path, monkeypatch):
+    def crash(gguf, out):
+        (out / "config.json").write_text("{}")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(local, "_convert_gguf", crash)
+    with pytest.raises(ModelError, match="No space left"):
+        bundled_llm_path(tmp_path)
+    models = tmp_path / "models"
+    assert list(models.iterdir()) == []
+
+
+# ------------------------------------------------------------------ scoring
+
+
+def test_scores_every_label_and_rows_sum_to_one(backend):
+    prompts = [build_messages(INSTRUCTION, LABELS, text, demos=DEMOS) for text in ITEMS]
+    calls = []
+    logp = backend.score(prompts, LABELS, progress=calls.append)
+    assert logp.shape == (3, 3) and np.isfinite(logp).all() and (logp <= 0).all()
+    np.testing.assert_allclose(np.exp(logp).sum(axis=1), 1.0, atol=1e-9)
+    assert calls == [1, 1, 1]
+    assert np.array_equal(logp, backend.score(prompts, LABELS))  # deterministic
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_kv_cache_scoring_matches_naive_per_label_scoring(backend, imfl_cache, batch_size):
+    labels = ["neutral", "card arrival", "exchange_rate", "not applicable at all"]
+    assert len({len(ids) for ids in backend._label_tokens(labels)}) > 2  # labels of different token lengths
+    prompts = [
+        build_messages(INSTRUCTION, labels, ITEMS[0], demos=[Demo("a", "Cards arrive in 5 days .", "card arrival")]),
+        build_messages(INSTRUCTION, labels, ITEMS[1]),
+        build_messages(INSTRUCTION, labels, "x"),
+    ]
+    b = LocalBackend(cache_dir=str(imfl_cache), batch_size=batch_size)
+    fast = b.score(prompts, labels)
+    slow = np.stack([naive_scores(backend, p, labels) for p in prompts])
+    np.testing.assert_allclose(fast, slow, atol=1e-4)
+
+
+def test_long_prompts_lose_their_oldest_demos_not_the_item(backend, imfl_cache):
+    full = build_messages(INSTRUCTION, LABELS, ITEMS[0], demos=DEMOS)
+    without_first = build_messages(INSTRUCTION, LABELS, ITEMS[0], demos=DEMOS[1:])
+    n_tokens = len(backend._render(without_first)) + 1  # room for the one-token labels
+    short = LocalBackend(cache_dir=str(imfl_cache), max_length=n_tokens)
+    np.testing.assert_allclose(short.score([full], LABELS), backend.score([without_first], LABELS), atol=1e-6)
+    tiny = LocalBackend(cache_dir=str(imfl_cache), max_length=20)
+    with pytest.raises(ModelError, match="max_length=20"):
+        tiny.score([full], LABELS)

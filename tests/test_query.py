@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+
+from imfl.query import QUERY_STRATEGIES, eeq, least_confidence, round_plan, split_by_uncertainty
+from imfl.query.strategies import kmeans
+
+
+def blobs(n_per=30, centers=8, dim=16, seed=0):
+    rng = np.random.default_rng(seed)
+    c = rng.normal(size=(centers, dim)) * 10
+    x = np.concatenate([c[i] + rng.normal(size=(n_per, dim)) for i in range(centers)])
+    return x.astype(np.float32), np.repeat(np.arange(centers), n_per)
+
+
+def test_least_confidence():
+    p = np.array([[0.9, 0.05, 0.05], [1 / 3, 1 / 3, 1 / 3], [0.5, 0.5, 0.0]])
+    np.testing.assert_allclose(least_confidence(p), [0.1, 2 / 3, 0.5])
+
+
+def test_eeq_takes_the_most_uncertain_item_of_each_cluster():
+    x, _ = blobs()
+    unc = np.random.default_rng(1).random(len(x))
+    picked = eeq(x, unc, 8, seed=3)
+    assign, _ = kmeans(x, 8, seed=3)
+    # one item per cluster, and it is that cluster's most uncertain member
+    assert sorted(assign[picked]) == list(range(8))
+    for i in picked:
+        members = np.flatnonzero(assign == assign[i])
+        assert unc[i] == unc[members].max()
+    # ordered most uncertain first
+    assert list(unc[picked]) == sorted(unc[picked], reverse=True)
+
+
+def test_eeq_without_a_student_is_diversity_alone():
+    x, true = blobs()
+    picked = eeq(x, None, 8, seed=0)
+    assert sorted(true[picked]) == list(range(8))  # well-separated blobs: one from each
+    assign, centres = kmeans(x, 8, seed=0)
+    for i in picked:  # the member nearest its centre
+        members = np.flatnonzero(assign == assign[i])
+        d = np.linalg.norm(x[members] - centres[assign[i]], axis=1)
+        assert np.isclose(np.linalg.norm(x[i] - centres[assign[i]]), d.min())
+
+
+def test_split_sends_the_most_uncertain_to_the_human():
+    unc = np.array([0.1, 0.9, 0.5, 0.7, 0.3])
+    human, llm = split_by_uncertainty(np.array([0, 1, 2, 3, 4]), unc, 2)
+    assert list(human) == [1, 3]
+    assert sorted(llm) == [0, 2, 4]
+    assert unc[human].min() >= unc[llm].max()
+
+
+@pytest.mark.parametrize("schedule", ["geometric", "linear"])
+@pytest.mark.parametrize("total,human,rounds", [(1000, 200, 5), (250, 50, 5), (500, 100, 4), (97, 31, 3)])
+def test_human_batches_decay_and_sum_to_the_human_budget(schedule, total, human, rounds):
+    plan = round_plan(total, human, rounds, schedule)
+    hs = [h for h, _ in plan]
+    assert sum(hs) == human
+    assert sum(h + l for h, l in plan) == total
+    assert all(a >= b for a, b in zip(hs, hs[1:])) and hs[0] > hs[-1]
+    assert all(l >= 0 for _, l in plan)
+
+
+def test_schedule_caps_human_at_the_round_size():
+    plan = round_plan(1000, 1000, 5)  # human-only
+    assert plan == [(200, 0)] * 5
+    plan = round_plan(1000, 600, 5)  # the first rounds are full of humans, the rest spills over
+    assert [h for h, _ in plan] == sorted((h for h, _ in plan), reverse=True)
+    assert sum(h for h, _ in plan) == 600 and all(h <= 200 for h, _ in plan)
+
+
+def test_fixed_schedule_is_flat():
+    assert [h for h, _ in round_plan(1000, 200, 5, "fixed")] == [40] * 5
+
+
+@pytest.mark.parametrize("name", sorted(QUERY_STRATEGIES))
+def test_strategies_are_seeded_and_return_distinct_indices(name):
+    x, _ = blobs()
+    unc = np.random.default_rng(2).random(len(x))
+    a = QUERY_STRATEGIES[name](x, unc, 10, 7)
+    b = QUERY_STRATEGIES[name](x, unc, 10, 7)
+    assert list(a) == list(b)
+    assert len(set(a.tolist())) == 10 and a.max() < len(x)
