@@ -1,0 +1,212 @@
+"""Any OpenAI-compatible chat-completions endpoint (OpenAI, Azure OpenAI, vLLM, Ollama, llama.cpp's
+server, ``transformers serve``) as a label scorer, over plain ``httpx``.
+
+Per prompt: one greedy request asking for token log-probabilities. When the server returns them and
+they agree with the answer, the label probabilities come from the first answer token's alternatives
+(``method = "logprobs"``). Otherwise they come from votes over several sampled answers
+(``self-consistency``): first one request with ``n`` samples; if the server returns fewer choices,
+separate requests whose demonstrations are shuffled. An answer that names no label is ``unparsed``:
+recorded, never mapped to a label.
+
+Faults (timeouts, refused connections, HTTP 429 and 5xx, bodies that are not the expected JSON, empty
+choice lists) are retried with bounded exponential backoff; a prompt that still fails gets a
+``Scored`` with ``error`` set, so its item goes back to the pool. Answers 401/403/404 stop the run
+with a message, since every later call would fail the same way. The API key is sent in a header
+only: it is never logged, stored, or part of a cache key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+
+import httpx
+import numpy as np
+
+from imfl.errors import AnnotatorError
+from imfl.llm.base import Scored, first_token_probs, parse_label, vote_probs
+
+FATAL_STATUS = {401: "the API key was refused", 403: "access is forbidden", 404: "the URL or model does not exist"}
+
+
+class _Failed(Exception):
+    """A request that failed after its retries (the message says how)."""
+
+
+class OpenAIBackend:
+    def __init__(self, base_url: str, model: str, api_key: str | None = None, *, samples: int = 5,
+                 temperature: float = 0.7, logprobs: bool = True, top_logprobs: int = 20, max_tokens: int = 16,
+                 timeout: float = 60.0, max_retries: int = 4, backoff: float = 0.5, max_backoff: float = 8.0,
+                 max_concurrency: int = 4, seed: int = 0):
+        self.base_url = base_url
+        self.model = model
+        self.api_key = api_key
+        self.samples = samples
+        self.temperature = temperature
+        self.logprobs = logprobs
+        self.top_logprobs = top_logprobs
+        self.max_tokens = max_tokens
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.max_concurrency = max_concurrency
+        self.seed = seed
+        self.requests_sent = 0
+        self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return f"openai:{self.model}"
+
+    def cache_key(self) -> dict:
+        return {"backend": "openai", "model": self.model, "samples": self.samples, "temperature": self.temperature,
+                "logprobs": self.logprobs, "top_logprobs": self.top_logprobs, "max_tokens": self.max_tokens, "seed": self.seed}
+
+    # -- HTTP --------------------------------------------------------------------------------
+    def _client(self) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        return httpx.Client(base_url=self.base_url.rstrip("/") + "/", headers=headers, timeout=self.timeout)
+
+    def _post(self, client: httpx.Client, body: dict) -> dict:
+        """POST chat/completions with retries; returns the parsed JSON with a non-empty choice list."""
+        problem = ""
+        for attempt in range(self.max_retries + 1):
+            if attempt:
+                time.sleep(min(self.max_backoff, self.backoff * 2 ** (attempt - 1)) * (0.5 + random.random() / 2))
+            with self._lock:
+                self.requests_sent += 1
+            try:
+                r = client.post("chat/completions", json=body)
+            except httpx.TimeoutException:
+                problem = f"timed out after {self.timeout:g} s"
+                continue
+            except httpx.TransportError as exc:
+                problem = f"connection failed ({type(exc).__name__})"
+                continue
+            if r.status_code in FATAL_STATUS:
+                raise AnnotatorError(
+                    f"{self.base_url}: HTTP {r.status_code}, {FATAL_STATUS[r.status_code]} (model {self.model!r}); "
+                    "check llm.base_url, llm.model and the API key"
+                )
+            if r.status_code == 429 or r.status_code >= 500:
+                problem = f"HTTP {r.status_code}"
+                continue
+            if r.status_code >= 400:
+                raise _Failed(f"HTTP {r.status_code}: {r.text[:200]}")
+            try:
+                data = r.json()
+                choices = data["choices"]
+            except (ValueError, KeyError, TypeError):
+                problem = "malformed response body"
+                continue
+            if not choices:
+                problem = "empty choice list"
+                continue
+            return data
+        raise _Failed(f"{problem} ({self.max_retries + 1} attempts)")
+
+    # -- one prompt ------------------------------------------------------------------------
+    def _one(self, client: httpx.Client, messages: list[dict], labels: Sequence[str]) -> Scored:
+        usage = [0, 0]
+
+        def post(body: dict) -> dict:
+            data = self._post(client, {"model": self.model, "messages": body.pop("messages", messages),
+                                       "max_tokens": self.max_tokens, **body})
+            u = data.get("usage") or {}
+            usage[0] += int(u.get("prompt_tokens") or 0)
+            usage[1] += int(u.get("completion_tokens") or 0)
+            return data
+
+        try:
+            greedy: dict = {"temperature": 0.0}
+            if self.logprobs:
+                greedy |= {"logprobs": True, "top_logprobs": self.top_logprobs}
+            data = post(greedy)
+            choice = data["choices"][0]
+            answer = _content(choice)
+            label = parse_label(answer, labels) if answer is not None else None
+            p = _logprob_probs(choice, labels) if label is not None else None
+            method = "logprobs"
+            if p is None or labels[int(np.argmax(p))] != label:
+                method = "self-consistency"
+                answers = [label] + self._samples(post, messages, labels)
+                p = vote_probs(answers, labels)
+        except _Failed as exc:
+            return Scored(None, "failed", usage[0], usage[1], error=str(exc))
+        if p is None:
+            return Scored(None, method, usage[0], usage[1], answer=answer, error=f"unparsed: {str(answer)[:80]!r}")
+        return Scored(np.log(np.clip(p, 1e-12, None)).tolist(), method, usage[0], usage[1], answer=answer)
+
+    def _samples(self, post, messages: list[dict], labels: Sequence[str]) -> list[str | None]:
+        need = self.samples
+        if need <= 0:
+            return []
+        data = post({"temperature": self.temperature, "n": need})
+        answers = [_content(c) for c in data["choices"][:need]]
+        # A server that ignores `n` gave one choice: the rest come from prompts with shuffled demonstrations.
+        rng = random.Random(int(hashlib.sha256(json.dumps(messages).encode()).hexdigest()[:8], 16) ^ self.seed)
+        while len(answers) < need:
+            shuffled = _shuffle_demos(messages, rng)
+            data = post({"messages": shuffled, "temperature": self.temperature})
+            answers.append(_content(data["choices"][0]))
+        return [parse_label(a, labels) if a is not None else None for a in answers]
+
+    # -- many prompts ---------------------------------------------------------------------------
+    def score_items(self, prompts: Sequence[list[dict[str, str]]], labels: Sequence[str],
+                    progress: Callable[[int], None] | None = None,
+                    on_result: Callable[[int, Scored], None] | None = None) -> list[Scored]:
+        """Score every prompt with at most ``max_concurrency`` requests in flight; ``on_result(i, s)`` is
+        called (in this thread) as each prompt finishes, so results can be kept as soon as they are paid."""
+        out: list[Scored | None] = [None] * len(prompts)
+        labels = list(labels)
+        with self._client() as client, ThreadPoolExecutor(max_workers=max(1, self.max_concurrency)) as pool:
+            futures = {pool.submit(self._one, client, list(p), labels): i for i, p in enumerate(prompts)}
+            try:
+                for fut in as_completed(futures):
+                    i = futures[fut]
+                    out[i] = fut.result()
+                    if on_result:
+                        on_result(i, out[i])
+                    if progress:
+                        progress(1)
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+        return out  # type: ignore[return-value]
+
+
+def _content(choice: dict) -> str | None:
+    msg = choice.get("message") or {}
+    content = msg.get("content") if isinstance(msg, dict) else None
+    if content is None:
+        content = choice.get("text")
+    return content if isinstance(content, str) else None
+
+
+def _logprob_probs(choice: dict, labels: Sequence[str]) -> np.ndarray | None:
+    try:
+        first = choice["logprobs"]["content"][0]
+        top = {alt["token"]: float(alt["logprob"]) for alt in first.get("top_logprobs") or []}
+        top.setdefault(first["token"], float(first["logprob"]))
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+    return first_token_probs(top, labels)
+
+
+def _shuffle_demos(messages: list[dict], rng: random.Random) -> list[dict]:
+    """The same prompt with its demonstrations (user/assistant turn pairs before the last user turn) in
+    another order."""
+    start = 1 if messages and messages[0]["role"] == "system" else 0
+    body, last = messages[start:-1], messages[-1]
+    pairs = [body[i : i + 2] for i in range(0, len(body) - 1, 2)]
+    if len(pairs) < 2 or any(len(p) != 2 for p in pairs):
+        return messages
+    rng.shuffle(pairs)
+    return messages[:start] + [m for p in pairs for m in p] + [last]
