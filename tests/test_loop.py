@@ -17,7 +17,7 @@ def tiny(pool, test, out, cache, **over):
         "name": "tiny", "seed": 0, "output_dir": str(out), "cache_dir": str(cache),
         "data": {"pool": str(pool), "test": str(test)},
         "budget": {"total": 24, "human": 8, "rounds": 3},
-        "student": {"epochs": 1, "max_length": 32, "batch_size": 16},
+        "student": {"epochs": 1, "min_steps": 0, "max_length": 32, "batch_size": 16},
         "llm": {"max_length": 512},
     }
     for key, value in over.items():

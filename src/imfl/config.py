@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from imfl.errors import ConfigError
 
@@ -25,12 +25,12 @@ class DataConfig(_Section):
 
     pool: Path = Field(description="Unlabeled pool (JSONL, CSV or Parquet). Its label field, if any, is the simulated expert.")
     test: Path | None = Field(None, description="Held-out labeled file for evaluation after every round.")
-    id_field: str = "id"
-    text_field: str = "text"
+    id_field: str = Field("id", description="Field with each row's unique id.")
+    text_field: str = Field("text", description="Field with the text to classify.")
     text_pair_field: str | None = Field(
         None, description="Second input (e.g. a context); found automatically when the pool has a `text_pair` field."
     )
-    label_field: str = "label"
+    label_field: str = Field("label", description="Field with the gold label (optional in the pool).")
     labels: list[str] = Field(default_factory=list, description="The label set; empty = the labels found in the data.")
     instruction: str = Field(
         "",
@@ -66,25 +66,58 @@ class HumanConfig(_Section):
 
 
 class LLMConfig(_Section):
-    annotator: str = Field("local", description="`local` (a transformers causal LM) or `recorded` (a column of labels).")
-    model: str | None = Field(None, description="Local Hugging Face model dir; empty = the bundled SmolLM2-135M-Instruct.")
-    column: str | None = Field(None, description="For `recorded`: the pool field holding the recorded LLM labels.")
+    annotator: str = Field("local", description="local (a transformers causal LM), openai (any OpenAI-compatible endpoint) or recorded (a column of labels).")
+    model: str | None = Field(
+        None, description="local: a Hugging Face model dir (empty = the bundled SmolLM2-135M-Instruct); openai: the model name."
+    )
+    column: str | None = Field(None, description="recorded: the pool field holding the recorded LLM labels.")
     k: int = Field(4, ge=0, description="Number of demonstrations in each prompt.")
     demos: Literal["retrieved", "random", "none"] = Field(
         "retrieved", description="retrieved = the k most similar human-labeled items; random = k random ones."
     )
-    max_length: int = Field(2048, ge=64, description="Longest prompt in tokens; demos are dropped to fit.")
-    cost: float = Field(0.0, ge=0, description="Cost of one LLM label (any unit; used in reports).")
+    balanced: bool = Field(False, description="Retrieved demos include the most similar item of each label first (as k allows).")
+    calibrate: bool = Field(False, description="Contextual calibration: divide by the probabilities of a content-free input.")
+    max_length: int = Field(2048, ge=64, description="local: longest prompt in tokens; demos are dropped to fit.")
+    cost: float = Field(0.0, ge=0, description="Fixed cost of one LLM label (any unit), added to the token prices.")
+    prompt_price: float = Field(0.0, ge=0, description="Price per 1,000,000 prompt tokens (same unit as human.cost).")
+    completion_price: float = Field(0.0, ge=0, description="Price per 1,000,000 completion tokens.")
+    cache: bool = Field(True, description="Keep every answer in the cache dir, so no prompt is ever paid twice.")
+    eval_sample: int = Field(
+        0, ge=0, description="Each round the LLM also labels this many human-labeled items (leave-one-out demos) to measure its accuracy and ECE."
+    )
+    on_failure: Literal["requeue", "human"] = Field(
+        "requeue", description="An item whose LLM call failed goes back to the pool (requeue) or to the next round's human batch (human)."
+    )
+    # openai backend
+    base_url: str | None = Field(None, description="openai: the endpoint, e.g. http://127.0.0.1:8000/v1 or https://api.openai.com/v1.")
+    api_key: SecretStr | None = Field(None, description="openai: the API key (better: set the variable named by api_key_env). Never written out.")
+    api_key_env: str = Field("OPENAI_API_KEY", description="openai: the environment variable holding the API key.")
+    max_concurrency: int = Field(4, ge=1, description="openai: requests in flight at once.")
+    logprobs: bool = Field(True, description="openai: ask for token log-probabilities (the cheapest way to label probabilities).")
+    samples: int = Field(5, ge=0, description="openai: sampled answers for self-consistency when log-probabilities are missing.")
+    temperature: float = Field(0.7, ge=0, description="openai: sampling temperature of the self-consistency samples.")
+    max_tokens: int = Field(16, ge=1, description="openai: longest answer.")
+    timeout: float = Field(60.0, gt=0, description="openai: seconds before a request is given up (then retried).")
+    max_retries: int = Field(4, ge=0, description="openai: retries of a failed request, with exponential backoff.")
 
 
 class StudentConfig(_Section):
+    """The small model trained every round (defaults tuned on splits of the FPB pool; see student.py)."""
+
     model: str | None = Field(None, description="Local encoder dir; empty = the bundled all-MiniLM-L6-v2.")
-    epochs: int = Field(10, ge=1)
-    learning_rate: float = Field(1e-3, gt=0)
-    batch_size: int = Field(16, ge=1)
-    max_length: int = Field(128, ge=8)
-    lora_r: int = Field(8, ge=1)
-    lora_alpha: int = Field(16, ge=1)
+    epochs: int = Field(4, ge=1, description="Passes over the labels (more for small sets, see min_steps).")
+    min_steps: int = Field(200, ge=0, description="Small label sets get whole extra epochs until this many optimizer steps.")
+    learning_rate: float = Field(1e-3, gt=0, description="AdamW step size of the LoRA matrices.")
+    head_learning_rate: float = Field(1e-2, gt=0, description="Step size of the classification head.")
+    batch_size: int = Field(16, ge=1, description="Labels per optimizer step.")
+    max_length: int = Field(128, ge=8, description="Tokens per input (text and text_pair together).")
+    lora_r: int = Field(8, ge=1, description="Rank of the LoRA adapters.")
+    lora_alpha: int = Field(16, ge=1, description="LoRA scaling (alpha / r multiplies the adapter's output).")
+    lora_target_modules: str | list[str] = Field("all-linear", description="Which layers get LoRA adapters.")
+    predict_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="Precision of predictions (bfloat16: about 3x faster on CPUs with bf16 support)."
+    )
+    num_threads: int | None = Field(None, ge=1, description="CPU threads for training and prediction; empty = torch's default.")
     weights: dict[str, float] = Field(
         default_factory=lambda: {"human": 1.0, "llm": 1.0},
         description="Training weight of each label source; a source not named keeps 1.0.",
@@ -98,14 +131,14 @@ class StudentConfig(_Section):
 
 class EmbeddingsConfig(_Section):
     model: str | None = Field(None, description="Sentence-transformers dir; empty = the bundled all-MiniLM-L6-v2.")
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1, description="Texts per embedding batch.")
 
 
 class RunConfig(_Section):
     """The whole run. ``strategy`` is a preset that fills in the other sections (see ``STRATEGIES``)."""
 
-    name: str = "run"
-    seed: int = 0
+    name: str = Field("run", description="Run folder name under output_dir.")
+    seed: int = Field(0, description="Seeds the query, k-means, demo sampling and the student: same seed, same run.")
     strategy: str = Field("imfl", description="imfl, random, uncertainty, diversity, human-only or llm-only.")
     output_dir: Path = Field(Path("runs"), description="Runs are written to output_dir/name/.")
     cache_dir: Path | None = Field(None, description="Embedding and model cache; empty = $IMFL_CACHE or ~/.cache/imfl.")
@@ -130,6 +163,8 @@ class RunConfig(_Section):
             raise ValueError(f"budget.total ({b.total}) is smaller than budget.rounds ({b.rounds}): each round needs a label")
         if self.llm.annotator == "recorded" and not self.llm.column:
             raise ValueError("llm.annotator is 'recorded' but llm.column is empty: name the pool field with the LLM labels")
+        if self.llm.annotator == "openai" and not (self.llm.base_url and self.llm.model):
+            raise ValueError("llm.annotator is 'openai': set llm.base_url (e.g. http://127.0.0.1:8000/v1) and llm.model")
         if bad := set(self.student.weights) - {"human", "llm"}:
             raise ValueError(f"student.weights has unknown source {sorted(bad)[0]!r}: use 'human' and 'llm'")
         return self
@@ -243,7 +278,9 @@ def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
 
 def config_to_toml(cfg: RunConfig) -> str:
     """Write a config back as TOML (the run's record of what it used)."""
-    return _dump_toml(cfg.model_dump(mode="json", exclude_none=True))
+    data = cfg.model_dump(mode="json", exclude_none=True)
+    data["llm"].pop("api_key", None)  # secrets never leave memory
+    return _dump_toml(data)
 
 
 def _toml_value(v: Any) -> str:

@@ -50,6 +50,8 @@ class Annotation:
     cost: float = 0.0
     prompt_hash: str | None = None
     demo_ids: tuple[str, ...] = ()
+    method: str | None = None  # how the probabilities were obtained (LLM: loglik, logprobs, self-consistency)
+    error: str | None = None  # why there is no label (failed call, unparsed answer)
 
     @property
     def ok(self) -> bool:

@@ -67,8 +67,9 @@ def _student(cfg: RunConfig, seed: int) -> Student:
 
     s = cfg.student
     return Student(
-        s.model, epochs=s.epochs, learning_rate=s.learning_rate, batch_size=s.batch_size, max_length=s.max_length,
-        lora_r=s.lora_r, lora_alpha=s.lora_alpha, seed=seed,
+        s.model, epochs=s.epochs, min_steps=s.min_steps, learning_rate=s.learning_rate, head_learning_rate=s.head_learning_rate,
+        batch_size=s.batch_size, max_length=s.max_length, lora_r=s.lora_r, lora_alpha=s.lora_alpha,
+        lora_target_modules=s.lora_target_modules, predict_dtype=s.predict_dtype, num_threads=s.num_threads, seed=seed,
     )
 
 
@@ -109,6 +110,7 @@ class Run:
         self.index = {e.id: i for i, e in enumerate(self.ds.pool)}
         self.plan = round_plan(cfg.budget.total, cfg.budget.human, cfg.budget.rounds, cfg.budget.schedule, cfg.budget.decay)
         self.timings: dict[str, float] = {}
+        self._round_extra: dict[int, dict] = {}
         with self.reporter.phase("embedding the pool", len(self.ds.pool)) as advance:
             self.embeddings = self._embedder().encode([embedding_input(e.text, e.text_pair) for e in self.ds.pool], advance)
 
@@ -147,11 +149,21 @@ class Run:
         steps = [("human", self.human), ("llm", self.llm)]
         if cfg.budget.order == "llm-first":
             steps.reverse()
+        stats_before = dict(getattr(self.llm, "stats", {}))
         for source, annotator in steps:
             start = time.perf_counter()
             self._annotate(t, source, annotator)
             seconds[source] = self._timed(f"{source} annotation", start)
+            if source == "human" and cfg.llm.eval_sample and hasattr(self.llm, "self_evaluate"):
+                start = time.perf_counter()
+                self._self_evaluate(t)
+                seconds["llm_self_eval"] = self._timed("LLM self-evaluation", start)
         store.set_round_state(t, "llm_done")
+        stats = getattr(self.llm, "stats", {})
+        if "calls" in stats:
+            self._round_extra.setdefault(t, {}).update(
+                llm_calls=stats["calls"] - stats_before.get("calls", 0), llm_cached=stats["cached"] - stats_before.get("cached", 0)
+            )
 
         start = time.perf_counter()
         student = self._train(t)
@@ -182,8 +194,17 @@ class Run:
         if proba is not None:
             unc = least_confidence(np.stack([proba[self.ds.pool[i].id] for i in free]))
         seed = cfg.seed * 1000 + t
-        picked = get_query(cfg.query.strategy)(self.embeddings[free], unc, n_h + n_l, seed) if n_h + n_l else np.zeros(0, int)
-        to_human, to_llm = split_by_uncertainty(picked, unc, n_h)
+        # Items whose LLM call failed last round may go to the human first (llm.on_failure = "human").
+        first = []
+        if cfg.llm.on_failure == "human" and t > 1:
+            failed = {a.item_id for a in self.store.annotations(round=t - 1, source="llm", ok_only=False) if not a.ok}
+            first = [j for j, i in enumerate(free) if self.ds.pool[i].id in failed][:n_h]
+        rest = np.setdiff1d(np.arange(len(free)), first)
+        n_query = n_h + n_l - len(first)
+        picked = rest[get_query(cfg.query.strategy)(self.embeddings[free[rest]], unc[rest] if unc is not None else None,
+                                                   n_query, seed)] if n_query else np.zeros(0, int)
+        to_human, to_llm = split_by_uncertainty(picked, unc, n_h - len(first))
+        to_human = np.concatenate([np.array(first, dtype=int), to_human])
 
         def rows(local: np.ndarray) -> list[tuple[str, float | None]]:
             return [(self.ds.pool[free[j]].id, float(unc[j]) if unc is not None else None) for j in local]
@@ -208,6 +229,15 @@ class Run:
         if source == "human":
             self.store.set_round_state(t, "human_done")
 
+    def _self_evaluate(self, t: int) -> None:
+        """How good is the LLM on this task right now: it labels a sample of the human-labeled items,
+        each with demonstrations from the other human-labeled items."""
+        with self.reporter.phase(f"round {t}: LLM self-check on human labels", None):
+            result = self.llm.self_evaluate(self._context(t, []), self.cfg.llm.eval_sample, self.cfg.seed * 1000 + t)
+        if result:
+            self._round_extra.setdefault(t, {}).update(llm_self_accuracy=result["accuracy"], llm_self_ece=result["ece"],
+                                                       llm_self_n=result["n"])
+
     def _context(self, t: int, items: Sequence[Example]) -> AnnotationContext:
         human = self.store.annotations(source="human")
         demos = [(self.ds.pool[self.index[a.item_id]], a.label) for a in human]
@@ -224,7 +254,8 @@ class Run:
         items = [self.ds.pool[self.index[a.item_id]] for a in annotations]
         weights = [self.cfg.student.weights.get(a.source, 1.0) for a in annotations]
         student = _student(self.cfg, self.cfg.seed)
-        with self.reporter.phase(f"round {t}: training the student on {len(items)} labels", len(items) * self.cfg.student.epochs) as advance:
+        n_used = sum(w > 0 for w in weights)
+        with self.reporter.phase(f"round {t}: training the student on {len(items)} labels", student.effective_epochs(n_used) * n_used) as advance:
             student.fit(
                 [e.text for e in items], [task.index(a.label) for a in annotations], len(task.labels),
                 text_pairs=[e.text_pair for e in items] if task.has_pair else None,
@@ -236,16 +267,22 @@ class Run:
         task, store = self.ds.task, self.store
         this_round = store.annotations(round=t, ok_only=False)
         used = store.budget_used()
+        everything = store.annotations()
+        llm_missing = [a for a in this_round if a.source == "llm" and not a.ok]
         metrics: dict = {
             "round": t,
             "human_labels": sum(a.ok and a.source == "human" for a in this_round),
             "llm_labels": sum(a.ok and a.source == "llm" for a in this_round),
-            "llm_failed": sum(not a.ok and a.source == "llm" for a in this_round),
+            "llm_failed": sum(not (a.error or "").startswith("unparsed") for a in llm_missing),
+            "llm_unparsed": sum((a.error or "").startswith("unparsed") for a in llm_missing),
             "human_total": used["human"],
             "llm_total": used["llm"],
-            "human_cost": round(sum(a.cost for a in store.annotations(source="human")), 6),
-            "llm_cost": round(sum(a.cost for a in store.annotations(source="llm")), 6),
+            "human_cost": round(sum(a.cost for a in this_round if a.source == "human"), 6),
+            "llm_cost": round(sum(a.cost for a in this_round if a.source == "llm"), 6),
+            "human_cost_total": round(sum(a.cost for a in everything if a.source == "human"), 6),
+            "llm_cost_total": round(sum(a.cost for a in store.annotations(source="llm", ok_only=False)), 6),
         }
+        metrics.update(self._round_extra.pop(t, {}))
         gold = {e.id: e.label for e in self.ds.pool}
         llm = [a for a in this_round if a.ok and a.source == "llm" and gold.get(a.item_id) is not None]
         metrics["llm_accuracy"] = round(float(np.mean([a.label == gold[a.item_id] for a in llm])), 4) if llm else None
@@ -306,6 +343,8 @@ def _predict(student: Student, items: Sequence[Example], has_pair: bool, progres
 def _round_line(m: dict) -> str:
     test = f", test accuracy {m['test_accuracy']:.3f}, macro-F1 {m['test_macro_f1']:.3f}" if "test_accuracy" in m else ""
     llm = f", LLM accuracy {m['llm_accuracy']:.3f}" if m.get("llm_accuracy") is not None else ""
+    if m.get("llm_failed") or m.get("llm_unparsed"):
+        llm += f" ({m['llm_failed']} failed, {m['llm_unparsed']} unparsed: back to the pool)"
     return f"round {m['round']}: +{m['human_labels']} human, +{m['llm_labels']} LLM{llm}{test}"
 
 

@@ -59,6 +59,8 @@ MIGRATIONS: dict[int, str] = {
         cost REAL NOT NULL DEFAULT 0,
         prompt_hash TEXT,
         demo_ids TEXT,                      -- JSON list of item ids shown as demonstrations
+        method TEXT,                        -- how the probabilities were obtained
+        error TEXT,                         -- why there is no label
         created_at REAL NOT NULL
     );
     CREATE INDEX annotations_item ON annotations(item_id);
@@ -170,12 +172,12 @@ class Store:
         now = time.time()
         with self.transaction():
             self.conn.executemany(
-                "INSERT INTO annotations(item_id, round, source, annotator, label, probs, confidence, cost, prompt_hash, demo_ids, created_at)"
-                " VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO annotations(item_id, round, source, annotator, label, probs, confidence, cost, prompt_hash,"
+                " demo_ids, method, error, created_at) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     (a.item_id, a.round, a.source, a.annotator, a.label,
                      json.dumps(a.probs) if a.probs is not None else None, a.confidence, a.cost,
-                     a.prompt_hash, json.dumps(list(a.demo_ids)) if a.demo_ids else None, now)
+                     a.prompt_hash, json.dumps(list(a.demo_ids)) if a.demo_ids else None, a.method, a.error, now)
                     for a in annotations
                 ),
             )
@@ -201,7 +203,7 @@ def _annotation(r: sqlite3.Row) -> Annotation:
     return Annotation(
         r["item_id"], r["round"], r["source"], r["annotator"], r["label"],
         json.loads(r["probs"]) if r["probs"] else None, r["confidence"], r["cost"],
-        r["prompt_hash"], tuple(json.loads(r["demo_ids"])) if r["demo_ids"] else (),
+        r["prompt_hash"], tuple(json.loads(r["demo_ids"])) if r["demo_ids"] else (), r["method"], r["error"],
     )
 
 

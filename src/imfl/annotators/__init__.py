@@ -3,7 +3,9 @@ build them from the configuration. Adding one is a new module plus one line in a
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 from imfl.annotators.base import Annotation, AnnotationContext, Annotator
 from imfl.annotators.llm import LLMAnnotator
@@ -12,13 +14,36 @@ from imfl.annotators.recorded import RecordedAnnotator
 from imfl.config import RunConfig
 from imfl.data import Task
 from imfl.errors import ConfigError
+from imfl.llm.base import ArrayScorer
+from imfl.llm.cache import AnswerCache
+from imfl.paths import cache_dir
+
+
+def _with_backend(cfg: RunConfig, task: Task, backend) -> LLMAnnotator:
+    c = cfg.llm
+    cache = AnswerCache(cache_dir(cfg.cache_dir) / "llm-answers.sqlite") if c.cache else None
+    return LLMAnnotator(backend, task, k=c.k, demos=c.demos, balanced=c.balanced, calibrate=c.calibrate,
+                        cost_per_label=c.cost, prompt_price=c.prompt_price, completion_price=c.completion_price, cache=cache)
 
 
 def _local(cfg: RunConfig, task: Task) -> LLMAnnotator:
     from imfl.llm.local import LocalBackend
 
-    backend = LocalBackend(cfg.llm.model, cache_dir=str(cfg.cache_dir) if cfg.cache_dir else None, max_length=cfg.llm.max_length)
-    return LLMAnnotator(backend, task, k=cfg.llm.k, demos=cfg.llm.demos, cost=cfg.llm.cost)
+    backend = LocalBackend(cfg.llm.model, cache_dir=str(cache_dir(cfg.cache_dir)), max_length=cfg.llm.max_length)
+    model = str(Path(cfg.llm.model).resolve()) if cfg.llm.model else "bundled"
+    return _with_backend(cfg, task, ArrayScorer(backend, model=model, max_length=cfg.llm.max_length))
+
+
+def _openai(cfg: RunConfig, task: Task) -> LLMAnnotator:
+    from imfl.llm.openai_backend import OpenAIBackend
+
+    c = cfg.llm
+    key = c.api_key.get_secret_value() if c.api_key else os.environ.get(c.api_key_env)
+    backend = OpenAIBackend(
+        c.base_url, c.model, key, samples=c.samples, temperature=c.temperature, logprobs=c.logprobs, max_tokens=c.max_tokens,
+        timeout=c.timeout, max_retries=c.max_retries, max_concurrency=c.max_concurrency, seed=cfg.seed,
+    )
+    return _with_backend(cfg, task, backend)
 
 
 HUMAN_ANNOTATORS: dict[str, Callable[[RunConfig, Task], Annotator]] = {
@@ -27,6 +52,7 @@ HUMAN_ANNOTATORS: dict[str, Callable[[RunConfig, Task], Annotator]] = {
 
 LLM_ANNOTATORS: dict[str, Callable[[RunConfig, Task], Annotator]] = {
     "local": _local,
+    "openai": _openai,
     "recorded": lambda cfg, task: RecordedAnnotator(task, cfg.llm.column, cost=cfg.llm.cost),
 }
 

@@ -1,71 +1,177 @@
 """The LLM annotator: for each item, a prompt with the instruction, the k most similar human-labeled
-items as demonstrations, and the item; the backend scores every label, so each annotation carries a
-probability for every label. Demonstrations are shown least similar first, so the most similar one
-stands right before the item."""
+items as demonstrations (prompt retrieval), and the item; the backend gives a probability for every
+label, so each annotation carries them. Demonstrations are shown least similar first, so the most
+similar stands right before the item.
+
+Around any backend: a persistent answer cache (a prompt is never paid twice), optional label-balanced
+or random demonstrations, optional contextual calibration, cost from token prices, and a
+leave-one-out estimate of the LLM's own accuracy on human-labeled items.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from imfl.annotators.base import Annotation, AnnotationContext
 from imfl.data import Example, Task
+from imfl.llm.base import Scored
+from imfl.llm.cache import AnswerCache, cache_key
 from imfl.llm.prompts import Demo, build_messages, prompt_hash
-from imfl.llm.retrieval import nearest, random_choice
+from imfl.llm.retrieval import balanced_nearest, nearest, random_choice
+
+CONTENT_FREE = "N/A"
 
 
 class LLMAnnotator:
     source = "llm"
 
-    def __init__(self, backend, task: Task, k: int = 4, demos: str = "retrieved", cost: float = 0.0):
+    def __init__(self, backend, task: Task, k: int = 4, demos: str = "retrieved", *, balanced: bool = False,
+                 calibrate: bool = False, cost_per_label: float = 0.0, prompt_price: float = 0.0,
+                 completion_price: float = 0.0, cache: AnswerCache | None = None):
         self.backend = backend
         self.task = task
         self.k = k
         self.demos = demos
-        self.cost = cost
+        self.balanced = balanced
+        self.calibrate = calibrate
+        self.cost_per_label = cost_per_label
+        self.prompt_price = prompt_price
+        self.completion_price = completion_price
+        self.cache = cache
+        self.stats = {"calls": 0, "cached": 0, "failed": 0, "unparsed": 0}
 
     @property
     def name(self) -> str:
         return self.backend.name
 
-    def _demo_indices(self, context: AnnotationContext, n_items: int) -> np.ndarray:
-        m = len(context.human_labeled)
+    # -- prompts -----------------------------------------------------------------------------------
+    def _demo_indices(self, n_items: int, pool: Sequence[tuple[Example, str]], pool_emb: np.ndarray | None,
+                      item_emb: np.ndarray | None, seed: int, exclude: Sequence[int] | None = None) -> list[list[int]]:
+        m = len(pool)
         if self.demos == "none" or self.k == 0 or m == 0:
-            return np.zeros((n_items, 0), dtype=int)
+            return [[] for _ in range(n_items)]
         if self.demos == "random":
-            return random_choice(n_items, m, self.k, context.seed)
-        return nearest(context.item_embeddings, context.human_embeddings, self.k)
+            rows = random_choice(n_items, m, self.k + (1 if exclude is not None else 0), seed)
+        elif self.balanced:
+            rows = balanced_nearest(item_emb, pool_emb, [label for _, label in pool], self.k + (1 if exclude is not None else 0))
+        else:
+            rows = nearest(item_emb, pool_emb, self.k + (1 if exclude is not None else 0))
+        out = []
+        for i, row in enumerate(rows):
+            row = [int(j) for j in row if exclude is None or j != exclude[i]]
+            out.append(row[: self.k])
+        return out
 
-    def prompts(self, items: Sequence[Example], context: AnnotationContext) -> list[tuple[list[dict], tuple[str, ...]]]:
-        """The chat messages for each item and the ids of the demonstrations they carry."""
-        chosen = self._demo_indices(context, len(items))
+    def _messages(self, text: str, text_pair: str | None, demos: Sequence[Demo]) -> list[dict]:
+        return build_messages(self.task.instruction, self.task.labels, text, text_pair, demos)
+
+    def prompts(self, items: Sequence[Example], context: AnnotationContext,
+                exclude: Sequence[int] | None = None) -> list[tuple[list[dict], list[Demo]]]:
+        """The chat messages for each item and the demonstrations they carry."""
+        chosen = self._demo_indices(len(items), context.human_labeled, context.human_embeddings,
+                                    context.item_embeddings, context.seed, exclude)
         out = []
         for e, idx in zip(items, chosen):
-            demos = [context.human_labeled[i] for i in idx[::-1]]
-            messages = build_messages(
-                self.task.instruction,
-                self.task.labels,
-                e.text,
-                e.text_pair,
-                [Demo(d.id, d.text, label, d.text_pair) for d, label in demos],
-            )
-            out.append((messages, tuple(d.id for d, _ in demos)))
+            demos = [Demo(d.id, d.text, label, d.text_pair) for d, label in (context.human_labeled[i] for i in idx[::-1])]
+            out.append((self._messages(e.text, e.text_pair, demos), demos))
         return out
+
+    # -- scoring -------------------------------------------------------------------------------------
+    def score(self, messages: Sequence[list[dict]], progress: Callable[[int], None] | None = None) -> list[Scored]:
+        """Scores for each prompt, from the cache where this exact prompt was answered before."""
+        labels = self.task.labels
+        keys = [cache_key(self.backend.cache_key(), labels, m) for m in messages] if self.cache else [None] * len(messages)
+        out: list[Scored | None] = [self.cache.get(k) if self.cache else None for k in keys]
+        hits = sum(s is not None for s in out)
+        if progress and hits:
+            progress(hits)
+        todo = [i for i, s in enumerate(out) if s is None]
+
+        def keep(j: int, s: Scored) -> None:
+            out[todo[j]] = s
+            if self.cache:
+                self.cache.put(keys[todo[j]], s)
+
+        if todo:
+            self.backend.score_items([messages[i] for i in todo], labels, progress=progress, on_result=keep)
+        self.stats["calls"] += len(todo)
+        self.stats["cached"] += hits
+        return out  # type: ignore[return-value]
+
+    def _calibrated(self, items: Sequence[Example], prompts, scored: list[Scored]) -> list[np.ndarray | None]:
+        """Contextual calibration: divide each item's label probabilities by those the model gives the same
+        prompt with a content-free input ("N/A"), then renormalise."""
+        probs = [np.exp(s.logprobs) if s.ok else None for s in scored]
+        if not self.calibrate:
+            return probs
+        has_pair = items[0].text_pair is not None if items else False
+        base = self.score([self._messages(CONTENT_FREE, CONTENT_FREE if has_pair else None, demos) for _, demos in prompts])
+        out = []
+        for p, b in zip(probs, base):
+            if p is None or not b.ok:
+                out.append(p)
+                continue
+            q = p / np.clip(np.exp(b.logprobs), 1e-6, None)
+            out.append(q / q.sum())
+        return out
+
+    def _cost(self, s: Scored) -> float:
+        return self.cost_per_label + (s.prompt_tokens * self.prompt_price + s.completion_tokens * self.completion_price) / 1e6
 
     def annotate(self, items: Sequence[Example], context: AnnotationContext) -> list[Annotation]:
         prompts = self.prompts(items, context)
-        logp = self.backend.score([m for m, _ in prompts], self.task.labels, progress=context.progress)
-        probs = np.exp(logp)
+        scored = self.score([m for m, _ in prompts], progress=context.progress)
+        probs = self._calibrated(items, prompts, scored)
         out = []
-        for e, (messages, demo_ids), p in zip(items, prompts, probs):
+        for e, (messages, demos), s, p in zip(items, prompts, scored, probs):
+            demo_ids = tuple(d.id for d in demos)
+            self.stats["failed"] += int(not s.ok and not s.unparsed)
+            self.stats["unparsed"] += int(s.unparsed)
+            if p is None:
+                out.append(Annotation(e.id, context.round, "llm", self.name, None, cost=self._cost(s),
+                                      prompt_hash=prompt_hash(messages), demo_ids=demo_ids, error=s.error))
+                continue
             best = int(np.argmax(p))
-            out.append(
-                Annotation(
-                    e.id, context.round, "llm", self.name, self.task.labels[best],
-                    probs={lab: float(x) for lab, x in zip(self.task.labels, p)},
-                    confidence=float(p[best]), cost=self.cost,
-                    prompt_hash=prompt_hash(messages), demo_ids=demo_ids,
-                )
-            )
+            out.append(Annotation(
+                e.id, context.round, "llm", self.name, self.task.labels[best],
+                probs={lab: float(x) for lab, x in zip(self.task.labels, p)}, confidence=float(p[best]),
+                cost=self._cost(s), prompt_hash=prompt_hash(messages), demo_ids=demo_ids, method=s.method,
+            ))
         return out
+
+    # -- how good is the LLM here? ---------------------------------------------------------------------
+    def self_evaluate(self, context: AnnotationContext, sample: int, seed: int) -> dict | None:
+        """The LLM labels a sample of human-labeled items, each with demonstrations drawn from the *other*
+        human-labeled items (leave-one-out); returns its accuracy and expected calibration error there."""
+        pool = list(context.human_labeled)
+        if not pool or sample <= 0:
+            return None
+        pick = np.random.default_rng(seed).choice(len(pool), size=min(sample, len(pool)), replace=False)
+        items = [pool[i][0] for i in pick]
+        sub = AnnotationContext(context.round, pool, context.human_embeddings,
+                                context.human_embeddings[pick] if context.human_embeddings is not None else None,
+                                seed=seed)
+        prompts = self.prompts(items, sub, exclude=list(pick))
+        scored = self.score([m for m, _ in prompts])
+        probs = self._calibrated(items, prompts, scored)
+        gold = [pool[i][1] for i in pick]
+        rows = [(p, self.task.index(g)) for p, g in zip(probs, gold) if p is not None]
+        if not rows:
+            return {"n": 0, "accuracy": None, "ece": None}
+        conf = np.array([p.max() for p, _ in rows])
+        hit = np.array([int(p.argmax()) == g for p, g in rows], dtype=float)
+        return {"n": len(rows), "accuracy": round(float(hit.mean()), 4), "ece": round(expected_calibration_error(conf, hit), 4)}
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
+    """Weighted mean gap between confidence and accuracy over equal-width confidence bins."""
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    gap = 0.0
+    for b in range(bins):
+        m = which == b
+        if m.any():
+            gap += m.mean() * abs(confidence[m].mean() - correct[m].mean())
+    return float(gap)

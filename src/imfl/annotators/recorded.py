@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from imfl.annotators.base import Annotation, AnnotationContext
 from imfl.data import Example, Task
 from imfl.errors import AnnotatorError
+from imfl.llm.base import parse_label
 
 
 class RecordedAnnotator:
@@ -36,8 +37,10 @@ class RecordedAnnotator:
         out = []
         for e in items:
             raw = e.extra.get(self.column)
-            label = raw.strip() if isinstance(raw, str) and raw.strip() in self.task.labels else None
-            out.append(Annotation(e.id, context.round, "llm", self.name, label, cost=self.cost if label else 0.0))
+            label = parse_label(str(raw), self.task.labels) if raw is not None else None
+            error = None if label else ("no recorded answer" if raw is None else f"unparsed: {str(raw)[:80]!r}")
+            out.append(Annotation(e.id, context.round, "llm", self.name, label, cost=self.cost if label else 0.0,
+                                  method="recorded", error=error))
             if context.progress:
                 context.progress(1)
         return out

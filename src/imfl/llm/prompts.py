@@ -1,17 +1,22 @@
 """Chat prompts for LLM annotation: the instruction, labeled demonstrations, then the item to label.
 
-The layout (chosen on the FPB pool with SmolLM2-135M-Instruct; see ``tests/test_llm_local.py`` and the
-project notes) is a multi-turn chat::
+The layout was chosen on the FPB pool with SmolLM2-135M-Instruct (4 retrieved demonstrations: 63% accuracy
+against 52% with the instruction in the system message only; 39% with all examples listed in one user
+message). It is a multi-turn chat in which every user turn restates the task::
 
-    system:    <instruction> Answer with exactly one of: <label>, <label>, ...
-    user:      Text: <demo 1 text>            \\
-    assistant: <demo 1 label>                 /  one user/assistant pair per demonstration, in the given order
+    system:    <task>
+    user:      <task>\n\nText: <demo 1 text>     \
+    assistant: <demo 1 label>                    /  one user/assistant pair per demonstration, in the given order
     ...
-    user:      Text: <item text>              <- always the last message; its answer should be one label
+    user:      <task>\n\nText: <item text>       <- always the last message; its answer should be one label
+
+where ``<task>`` is the instruction followed by ``Answer with exactly one of: <labels>.`` (left out when the
+instruction already names every label). With ``repeat_instruction=False`` the user turns hold only the text,
+which saves tokens when the instruction is long (e.g. 77 intent names) at some cost in accuracy.
 
 With a second input, each user turn reads ``Context: <text_pair>`` then ``Text: <text>`` (the names are
-``pair_names``), the main text last so that it stands right before the answer. Long ``text_pair`` values are
-shortened in the middle to ``max_pair_chars`` characters, keeping their beginning and end.
+``pair_names``), so that the main text stands right before the answer. Long ``text_pair`` values are shortened
+in the middle to ``max_pair_chars`` characters, keeping their beginning and end; ``text`` is never cut.
 
 Because every demonstration is its own pair of turns, a backend whose context is too short can drop the oldest
 demonstrations without touching the item (``LocalBackend`` does).
@@ -64,7 +69,7 @@ def _user_turn(text: str, text_pair: str | None, pair_names: tuple[str, str], ma
     return f"{pair_names[1]}: {shorten(text_pair, max_pair_chars)}\n{main}"
 
 
-def _system_turn(instruction: str, labels: Sequence[str]) -> str:
+def _task(instruction: str, labels: Sequence[str]) -> str:
     instruction = instruction.strip()
     if all(label in instruction for label in labels):
         return instruction  # the instruction already names the answers
@@ -81,12 +86,14 @@ def build_messages(
     *,
     pair_names: tuple[str, str] = ("Text", "Context"),
     max_pair_chars: int | None = DEFAULT_MAX_PAIR_CHARS,
+    repeat_instruction: bool = True,
 ) -> list[dict[str, str]]:
     """Chat messages (OpenAI format: role/content) whose assistant answer should be exactly one label.
 
-    A system message holds the instruction (followed by the list of labels unless it already names them all);
-    each demonstration becomes a user turn answered by an assistant turn holding its label, in the order given
-    (put the most similar last); the item is the final user turn. ``pair_names`` name the two inputs (e.g.
+    A system message holds the task: the instruction, then the list of labels unless the instruction already
+    names them all. Each demonstration becomes a user turn answered by an assistant turn holding its label, in
+    the order given (put the most similar last); the item is the final user turn. Every user turn starts with
+    the task again unless ``repeat_instruction`` is False. ``pair_names`` name the two inputs (e.g.
     ``("Question", "Context")`` for PubMedQA); every ``text_pair`` is shortened to ``max_pair_chars``
     (``None``: never), while ``text`` is never cut.
     """
@@ -97,13 +104,15 @@ def build_messages(
         raise ModelError(f"pair_names={pair_names!r} must be two names, e.g. ('Question', 'Context')")
     if max_pair_chars is not None and max_pair_chars < 1:
         raise ModelError(f"max_pair_chars={max_pair_chars!r} must be a positive number of characters, or None for no limit")
-    messages = [{"role": "system", "content": _system_turn(instruction, labels)}]
+    task = _task(instruction, labels)
+    prefix = f"{task}\n\n" if repeat_instruction else ""
+    messages = [{"role": "system", "content": task}]
     for demo in demos:
         if demo.label not in labels:
             raise ModelError(f"demonstration {demo.id!r} has label {demo.label!r}, which is not one of {labels}; fix its label or the label set")
-        messages.append({"role": "user", "content": _user_turn(demo.text, demo.text_pair, pair_names, max_pair_chars)})
+        messages.append({"role": "user", "content": prefix + _user_turn(demo.text, demo.text_pair, pair_names, max_pair_chars)})
         messages.append({"role": "assistant", "content": demo.label})
-    messages.append({"role": "user", "content": _user_turn(text, text_pair, pair_names, max_pair_chars)})
+    messages.append({"role": "user", "content": prefix + _user_turn(text, text_pair, pair_names, max_pair_chars)})
     return messages
 
 
