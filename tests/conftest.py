@@ -31,6 +31,20 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def small_config(settings: dict, **over):
+    """A validated run config from ``settings`` with overrides: ``section__key=value`` sets one key of a
+    section, ``key=value`` a top-level key or a whole section."""
+    from imfl.config import config_from_dict
+
+    for key, value in over.items():
+        section, _, leaf = key.partition("__")
+        if leaf:
+            settings.setdefault(section, {})[leaf] = value
+        else:
+            settings[section] = value
+    return config_from_dict(settings)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     return SHARED_DATA

@@ -144,3 +144,19 @@ def test_concurrency_is_bounded_and_results_keep_their_order():
     assert srv.max_in_flight <= 3 and srv.max_in_flight >= 2
     assert [LABELS[int(np.argmax(s.logprobs))] for s in out] == [answers[i % 3] for i in range(12)]
     assert sorted(seen) == list(range(12))
+
+
+def test_a_refusal_before_any_answer_stops_the_run_but_later_ones_fail_one_item():
+    with FaultServer(lambda n, body: (400, {"error": "Server is pinned to '/models/x'"}, 0)) as srv:
+        with pytest.raises(AnnotatorError, match="HTTP 400 before any successful answer.*pinned"):
+            backend(srv.url).score_items([PROMPT], LABELS)
+
+    def handler(n, body):
+        if body["messages"][-1]["content"] == "too long":
+            return 400, {"error": "context length exceeded"}, 0
+        return 200, completion("neutral", {"neutral": -0.01}), 0
+
+    with FaultServer(handler) as srv:
+        b = backend(srv.url, max_concurrency=1)
+        good, bad = b.score_items([PROMPT, PROMPT[:-1] + [{"role": "user", "content": "too long"}]], LABELS)
+    assert good.ok and not bad.ok and "HTTP 400" in bad.error and "context length" in bad.error

@@ -13,14 +13,14 @@ requests of ``OpenAIBackend``:
 * ``n``: ignored too: one choice comes back, so the backend sends one request per missing sample (with
   shuffled demonstrations). With ``samples = s`` an item costs 1 + s requests.
 * ``temperature = 0`` is greedy decoding (``do_sample = False``): the first answer to a prompt, hence
-  whether an item gets a label at all, is deterministic.
-* ``/health`` and ``/v1/models`` answer offline (``/v1/models`` lists the pinned dir).
+  whether an item gets a label at all, is deterministic. A temperature > 0 does *not* turn sampling on: that
+  comes from the model's ``generation_config.json``, which is why the bundled checkpoint imfl writes sets
+  ``do_sample`` (checked below: answers at a positive temperature differ).
+* ``/health`` answers offline (so does ``/v1/models``, listing the pinned dir; imfl does not use it).
 
 Speed on two shared, busy cores: the server runs with ``OMP_NUM_THREADS=1`` and this module sets torch to one
 thread (torch's default two threads, fighting other processes for the cores, made a request ~4x slower and
-a student fit ~40x slower). The student is a tiny random BERT with the bundled encoder's tokenizer
-(``student.model``): the student enforces a minimum of optimizer steps, which on all-MiniLM-L6-v2 costs
-minutes per round here, and these tests are about the LLM side.
+a student fit ~40x slower). The student is the bundled MiniLM with one short epoch (``min_steps = 0``).
 """
 
 from __future__ import annotations
@@ -41,11 +41,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import write_jsonl
-from imfl.config import config_from_dict
+from conftest import small_config, write_jsonl
 from imfl.llm.local import bundled_llm_path
 from imfl.loop import LLM_COMMIT_EVERY, Run
-from imfl.paths import bundled_encoder
 from imfl.progress import Silent
 from imfl.query import round_plan
 
@@ -161,38 +159,16 @@ def server(served_model, tmp_path_factory):
         s.kill()
 
 
-@pytest.fixture(scope="session")
-def tiny_student(tmp_path_factory) -> str:
-    """A 1-layer, 32-wide BERT (random weights, fixed seed) with the bundled encoder's tokenizer."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    out = tmp_path_factory.mktemp("tiny-student")
-    tokenizer = AutoTokenizer.from_pretrained(str(bundled_encoder()))
-    tokenizer.save_pretrained(str(out))
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                             intermediate_size=64, max_position_embeddings=64)).save_pretrained(str(out))
-    return str(out)
-
-
-def serve_cfg(pool, test, out, cache, server, student, **over):
+def serve_cfg(pool, test, out, cache, server, **over):
     settings = {
         "name": "serve", "seed": 0, "output_dir": str(out), "cache_dir": str(cache),
         "data": {"pool": str(pool), "test": str(test)},
         "budget": {"total": 12, "human": 4, "rounds": 2},
-        "student": {"model": student, "epochs": 1, "max_length": 32, "batch_size": 16},
+        "student": {"epochs": 1, "min_steps": 0, "max_length": 32, "batch_size": 16},
         "llm": {"annotator": "openai", "base_url": f"{server.url}/v1", "model": server.model,
                 "samples": 3, "max_concurrency": 2, "k": 2, "max_tokens": 8, "timeout": 60.0},
     }
-    for key, value in over.items():
-        section, _, leaf = key.partition("__")
-        if leaf:
-            settings.setdefault(section, {})[leaf] = value
-        else:
-            settings[section] = value
-    return config_from_dict(settings)
+    return small_config(settings, **over)
 
 
 def rows(db: Path, sql: str, args=()) -> list[tuple]:
@@ -222,15 +198,22 @@ def test_what_the_server_does_with_our_requests(server):
     choices = r.json()["choices"]
     assert len(choices) == 1, "transformers serve now honours `n`: update this module's docstring"
     assert not choices[0].get("logprobs"), "transformers serve now returns logprobs: update this module's docstring"
-    models = httpx.get(f"{server.url}/v1/models", timeout=30)
-    assert models.status_code == 200 and server.model in models.text
+
+
+def test_answers_at_a_positive_temperature_are_samples(server):
+    msgs = [{"role": "system", "content": "Answer with exactly one of: negative, neutral, positive."},
+            {"role": "user", "content": "Text: The company said its quarterly results were in line with expectations."}]
+    answers = {httpx.post(f"{server.url}/v1/chat/completions", timeout=60,
+                          json={"model": server.model, "messages": msgs, "max_tokens": 6, "temperature": 1.0}
+                          ).json()["choices"][0]["message"]["content"] for _ in range(5)}
+    assert len(answers) > 1, answers
 
 
 # -- a whole run over HTTP, then the same run again from the answer cache ---------------------------------
 @pytest.fixture(scope="module")
-def first_run(server, small_fpb, tiny_student, tmp_path_factory):
+def first_run(server, small_fpb, tmp_path_factory):
     out, cache = tmp_path_factory.mktemp("serve-runs"), tmp_path_factory.mktemp("serve-cache")  # an empty answer cache
-    cfg = serve_cfg(small_fpb["pool"], small_fpb["test"], out, cache, server, tiny_student)
+    cfg = serve_cfg(small_fpb["pool"], small_fpb["test"], out, cache, server)
     before = server.chat_requests()
     run = Run(cfg)
     result = run.execute()
@@ -296,7 +279,7 @@ class StopAtRound(Silent):
         yield lambda n: None
 
 
-def test_a_server_killed_mid_run_loses_nothing(served_model, fpb_rows, small_fpb, tiny_student, tmp_path):
+def test_a_server_killed_mid_run_loses_nothing(served_model, fpb_rows, small_fpb, tmp_path):
     # LLM labels are committed in chunks of LLM_COMMIT_EVERY: round 1 gives the LLM one chunk and a few
     # more items, and the server is SIGKILLed as soon as the first chunk is in the store, so the rest of
     # round 1 fails. The first attempt is stopped on entering round 2; the server comes back on the same
@@ -307,7 +290,7 @@ def test_a_server_killed_mid_run_loses_nothing(served_model, fpb_rows, small_fpb
     pool = write_jsonl(tmp_path / "pool.jsonl", fpb_rows["pool"][:100])
     server = Server(served_model, free_port(), tmp_path / "serve.log").start()
     try:
-        cfg = serve_cfg(pool, small_fpb["test"], tmp_path / "runs", tmp_path / "cache", server, tiny_student,
+        cfg = serve_cfg(pool, small_fpb["test"], tmp_path / "runs", tmp_path / "cache", server,
                         budget={"total": total, "human": human, "rounds": rounds},
                         llm__samples=0, llm__k=1, llm__max_tokens=4, llm__max_retries=1, llm__timeout=30.0)
         db = tmp_path / "runs" / cfg.name / "store.sqlite"

@@ -223,11 +223,11 @@ def test_any_local_encoder_directory_works(tmp_path) -> None:
     """A tiny random DistilBERT (another architecture, other LoRA target names) saved locally."""
     from transformers import AutoTokenizer, DistilBertConfig, DistilBertModel
 
-    from imfl.student import default_base_model
+    from imfl.paths import bundled_encoder
 
     config = DistilBertConfig(vocab_size=30522, dim=32, n_layers=1, n_heads=2, hidden_dim=64, max_position_embeddings=64)
     DistilBertModel(config).save_pretrained(tmp_path / "tiny")
-    AutoTokenizer.from_pretrained(str(default_base_model())).save_pretrained(tmp_path / "tiny")
+    AutoTokenizer.from_pretrained(str(bundled_encoder())).save_pretrained(tmp_path / "tiny")
     student = Student(str(tmp_path / "tiny"), **{**FAST, "epochs": 1}).fit(TEXTS[:8], LABELS[:8], 2)
     probs = student.predict_proba(TEXTS[:3])
     assert probs.shape == (3, 2)

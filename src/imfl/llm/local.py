@@ -55,8 +55,15 @@ def bundled_gguf_file() -> Path:
     return path
 
 
+_CONVERSION_VERSION = 2  # 2: generation config samples when a temperature is asked for (servers honour it)
+
+
 def _is_complete_checkpoint(path: Path) -> bool:
-    return (path / "config.json").is_file() and (path / _PROVENANCE).is_file()
+    try:
+        provenance = json.loads((path / _PROVENANCE).read_text())
+    except (OSError, ValueError):
+        return False
+    return (path / "config.json").is_file() and provenance.get("version") == _CONVERSION_VERSION
 
 
 def bundled_llm_path(cache_dir: str | Path | None = None) -> Path:
@@ -119,8 +126,11 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
         config.eos_token_id = end_of_turn
     model = LlamaForCausalLM(config).to(torch.float32)
     model.load_state_dict(loaded.state_dict(), strict=True)
+    # do_sample: servers such as `transformers serve` sample only when the checkpoint allows it, and
+    # self-consistency needs real samples; a request with temperature 0 still decodes greedily.
     model.generation_config = GenerationConfig(
-        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id
+        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id,
+        do_sample=True,
     )
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
@@ -128,6 +138,7 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
         "source": str(gguf),
         "source_bytes": gguf.stat().st_size,
         "converted_by": "imfl.llm.local.bundled_llm_path",
+        "version": _CONVERSION_VERSION,
         "seconds": round(time.perf_counter() - start, 1),
     }
     (out / _PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n")

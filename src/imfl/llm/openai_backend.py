@@ -58,6 +58,7 @@ class OpenAIBackend:
         self.max_concurrency = max_concurrency
         self.seed = seed
         self.requests_sent = 0
+        self._answered = False
         self._lock = threading.Lock()
 
     @property
@@ -98,7 +99,13 @@ class OpenAIBackend:
                 problem = f"HTTP {r.status_code}"
                 continue
             if r.status_code >= 400:
-                raise _Failed(f"HTTP {r.status_code}: {r.text[:200]}")
+                if not self._answered:
+                    # The very first answers refuse us: a wrong model name or parameter, not one bad prompt.
+                    raise AnnotatorError(
+                        f"{self.base_url}: HTTP {r.status_code} before any successful answer ({_brief(r.text)}); "
+                        "check llm.model and the other llm settings"
+                    )
+                raise _Failed(f"HTTP {r.status_code}: {_brief(r.text)}")
             try:
                 data = r.json()
                 choices = data["choices"]
@@ -108,6 +115,7 @@ class OpenAIBackend:
             if not choices:
                 problem = "empty choice list"
                 continue
+            self._answered = True
             return data
         raise _Failed(f"{problem} ({self.max_retries + 1} attempts)")
 
@@ -180,6 +188,10 @@ class OpenAIBackend:
                     f.cancel()
                 raise
         return out  # type: ignore[return-value]
+
+
+def _brief(text: str) -> str:
+    return " ".join(text.split())[:200]
 
 
 def _content(choice: dict) -> str | None:
