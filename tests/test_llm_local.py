@@ -64,7 +64,8 @@ def test_build_messages_puts_demos_in_order_and_the_item_last():
     assert INSTRUCTION in messages[0]["content"] and all(label in messages[0]["content"] for label in LABELS)
     assert [m["content"] for m in messages[2:-1:2]] == [d.label for d in DEMOS]
     assert [d.text in m["content"] for d, m in zip(DEMOS, messages[1:-1:2])] == [True] * 3
-    assert messages[-1] == {"role": "user", "content": "Text: The item ."}
+    assert messages[-1]["role"] == "user" and messages[-1]["content"].endswith("\n\nText: The item .")
+    assert messages[-1]["content"].startswith(INSTRUCTION)  # the task is restated in every user turn
 
 
 def test_build_messages_shortens_only_the_pair():
@@ -73,6 +74,7 @@ def test_build_messages_shortens_only_the_pair():
     messages = build_messages(
         "Answer the question.", ["yes", "no", "maybe"], question, long_context,
         [Demo("p1", "A demo question?", "maybe", long_context)], pair_names=("Question", "Context"), max_pair_chars=300,
+        repeat_instruction=False,
     )
     item = messages[-1]["content"]
     assert item.endswith("Question: " + question) and item.startswith("Context: word0 ")
