@@ -4,7 +4,6 @@ determinism, outputs."""
 import json
 import sqlite3
 
-import numpy as np
 import pytest
 
 from conftest import read_jsonl, small_config, write_jsonl

@@ -217,7 +217,7 @@ class Run:
         todo = [self.ds.pool[self.index[i]] for i in self.store.selection(t, source) if i not in done]
         if not todo:
             return
-        context = self._context(t, todo)
+        context = self._context(t)
         label = "human experts" if source == "human" else f"LLM ({annotator.name})"
         chunk = len(todo) if source == "human" else LLM_COMMIT_EVERY
         with self.reporter.phase(f"round {t}: {label}", len(todo)) as advance:
@@ -233,12 +233,12 @@ class Run:
         """How good is the LLM on this task right now: it labels a sample of the human-labeled items,
         each with demonstrations from the other human-labeled items."""
         with self.reporter.phase(f"round {t}: LLM self-check on human labels", None):
-            result = self.llm.self_evaluate(self._context(t, []), self.cfg.llm.eval_sample, self.cfg.seed * 1000 + t)
+            result = self.llm.self_evaluate(self._context(t), self.cfg.llm.eval_sample, self.cfg.seed * 1000 + t)
         if result:
             self._round_extra.setdefault(t, {}).update(llm_self_accuracy=result["accuracy"], llm_self_ece=result["ece"],
                                                        llm_self_n=result["n"])
 
-    def _context(self, t: int, items: Sequence[Example]) -> AnnotationContext:
+    def _context(self, t: int) -> AnnotationContext:
         human = self.store.annotations(source="human")
         demos = [(self.ds.pool[self.index[a.item_id]], a.label) for a in human]
         return AnnotationContext(

@@ -665,7 +665,6 @@ class Student:
         student = cls(**settings)
         student._validate_settings()
 
-        import torch
         from peft import PeftModel
         from safetensors.torch import load_file
 

