@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 from imfl.annotators.base import Annotation, AnnotationContext, Annotator
 from imfl.annotators.llm import LLMAnnotator
@@ -14,7 +13,6 @@ from imfl.annotators.recorded import RecordedAnnotator
 from imfl.config import RunConfig
 from imfl.data import Task
 from imfl.errors import ConfigError
-from imfl.llm.base import ArrayScorer
 from imfl.llm.cache import AnswerCache
 from imfl.paths import cache_dir
 
@@ -30,8 +28,7 @@ def _local(cfg: RunConfig, task: Task) -> LLMAnnotator:
     from imfl.llm.local import LocalBackend
 
     backend = LocalBackend(cfg.llm.model, cache_dir=str(cache_dir(cfg.cache_dir)), max_length=cfg.llm.max_length)
-    model = str(Path(cfg.llm.model).resolve()) if cfg.llm.model else "bundled"
-    return _with_backend(cfg, task, ArrayScorer(backend, model=model, max_length=cfg.llm.max_length))
+    return _with_backend(cfg, task, backend)
 
 
 def _openai(cfg: RunConfig, task: Task) -> LLMAnnotator:

@@ -106,17 +106,9 @@ class ArrayScorer:
     (the local transformers backend) the ``score_items`` contract, in chunks, so that each chunk's
     results can be kept (cached) as soon as they exist."""
 
-    def __init__(self, backend, chunk: int = 8, **key: object):
+    def __init__(self, backend, chunk: int = 8):
         self.backend = backend
         self.chunk = chunk
-        self.key = key
-
-    @property
-    def name(self) -> str:
-        return self.backend.name
-
-    def cache_key(self) -> dict:
-        return {"backend": self.backend.name, **self.key}
 
     def score_items(self, prompts, labels, progress=None, on_result=None) -> list[Scored]:
         out: list[Scored] = []

@@ -173,6 +173,18 @@ class LocalBackend:
             return f"local:{BUNDLED_NAME}"
         return f"local:{Path(self.model).expanduser().resolve().name}"
 
+    def cache_key(self) -> dict:
+        """What decides the scores besides the prompt (for the answer cache)."""
+        model = "bundled" if self.model is None else str(Path(self.model).expanduser().resolve())
+        return {"backend": "local", "model": model, "max_length": self.max_length}
+
+    def score_items(self, prompts, labels, progress=None, on_result=None):
+        """The common backend contract (see ``imfl.llm.base``): one ``Scored`` per prompt, in chunks, each
+        chunk handed to ``on_result`` as soon as it is scored."""
+        from imfl.llm.base import ArrayScorer
+
+        return ArrayScorer(self).score_items(prompts, labels, progress=progress, on_result=on_result)
+
     # ---------------------------------------------------------------- loading
 
     def _model_dir(self) -> Path:
