@@ -68,6 +68,16 @@ def test_build_messages_puts_demos_in_order_and_the_item_last():
     assert messages[-1]["content"].startswith(INSTRUCTION)  # the task is restated in every user turn
 
 
+def test_build_messages_names_the_labels_once_and_can_skip_the_restatement():
+    named = "Classify the text into exactly one of these labels: neutral, positive, negative. Answer with the label only."
+    messages = build_messages(named, LABELS, "The item .", demos=DEMOS[:1])
+    assert messages[0]["content"] == named and messages[-1]["content"] == named + "\n\nText: The item ."
+    knows = build_messages("Do you know? Answer yes or maybe.", ["yes", "no", "maybe"], "q")  # "no" only inside "know"
+    assert knows[0]["content"].endswith("Answer with exactly one of: yes, no, maybe.")
+    short = build_messages(INSTRUCTION, LABELS, "The item .", demos=DEMOS[:1], repeat_instruction=False)
+    assert [m["content"] for m in short[1:]] == ["Text: " + DEMOS[0].text, DEMOS[0].label, "Text: The item ."]
+
+
 def test_build_messages_shortens_only_the_pair():
     long_context = " ".join(f"word{i}" for i in range(2000))
     question = "Does the long question stay whole? " * 20
@@ -153,18 +163,26 @@ def test_scores_every_label_and_rows_sum_to_one(backend):
     assert np.array_equal(logp, backend.score(prompts, LABELS))  # deterministic
 
 
-@pytest.mark.parametrize("batch_size", [1, 3])
-def test_kv_cache_scoring_matches_naive_per_label_scoring(backend, imfl_cache, batch_size):
-    labels = ["neutral", "card arrival", "exchange_rate", "not applicable at all"]
-    assert len({len(ids) for ids in backend._label_tokens(labels)}) > 2  # labels of different token lengths
+MIXED_LABELS = ["neutral", "card arrival", "exchange_rate", "not applicable at all", "top up", "refund_not_showing_up"]
+
+
+@pytest.fixture(scope="module")
+def naive_reference(backend):
+    """Prompts, and their scores computed the slow way, for labels of 1 to 9 tokens (two of them of 2)."""
+    lengths = [len(ids) for ids in backend._label_tokens(MIXED_LABELS)]
+    assert len(set(lengths)) > 3 and len(set(lengths)) < len(lengths)
     prompts = [
-        build_messages(INSTRUCTION, labels, ITEMS[0], demos=[Demo("a", "Cards arrive in 5 days .", "card arrival")]),
-        build_messages(INSTRUCTION, labels, ITEMS[1]),
-        build_messages(INSTRUCTION, labels, "x"),
+        build_messages(INSTRUCTION, MIXED_LABELS, ITEMS[0], demos=[Demo("a", "Cards arrive in 5 days .", "card arrival")]),
+        build_messages(INSTRUCTION, MIXED_LABELS, ITEMS[1]),
+        build_messages(INSTRUCTION, MIXED_LABELS, "x"),
     ]
-    b = LocalBackend(cache_dir=str(imfl_cache), batch_size=batch_size)
-    fast = b.score(prompts, labels)
-    slow = np.stack([naive_scores(backend, p, labels) for p in prompts])
+    return prompts, np.stack([naive_scores(backend, p, MIXED_LABELS) for p in prompts])
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_kv_cache_scoring_matches_naive_per_label_scoring(naive_reference, imfl_cache, batch_size):
+    prompts, slow = naive_reference
+    fast = LocalBackend(cache_dir=str(imfl_cache), batch_size=batch_size).score(prompts, MIXED_LABELS)
     np.testing.assert_allclose(fast, slow, atol=1e-4)
 
 

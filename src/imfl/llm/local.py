@@ -7,12 +7,13 @@ The bundled model is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF file inside t
 such as ``transformers serve DIR`` can use it as well.
 
 :class:`LocalBackend` scores a prompt against a label set with one prefill of the prompt: the key/value cache of
-the prompt is reused for the continuations of all labels, so an item costs about one forward pass over its
-prompt, however many labels there are.
+the prompt is reused for the continuations of all labels (one batched pass per distinct label length), so an
+item with one-token labels costs one forward pass over its prompt, however many labels there are.
 """
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import inspect
 import json
@@ -92,7 +93,7 @@ def bundled_llm_path(cache_dir: str | Path | None = None) -> Path:
         for file in tmp.iterdir():
             os.chmod(file, 0o666 & ~umask)
         if target.exists() and not _is_complete_checkpoint(target):
-            shutil.rmtree(target)  # a leftover from an older layout; never produced by this function
+            shutil.rmtree(target)  # from an older conversion version (or damaged by hand): convert again
         try:
             os.rename(tmp, target)
         except OSError:
@@ -303,8 +304,9 @@ class LocalBackend:
         """Log-probability of every label token, shape (len(prompts), len(label_ids), longest label), float64.
 
         Positions past the end of a shorter label hold 0. One left-padded prefill of the prompts gives each label's
-        first token from its last-position logits; its key/value cache, repeated once per label, carries a single
-        batched forward over the remaining label tokens.
+        first token from its last-position logits; its key/value cache, repeated once per label, carries one
+        batched forward over the remaining tokens of all labels of the same length (one forward per distinct
+        label length, so no label token is padded).
         """
         import torch
 
@@ -335,29 +337,26 @@ class LocalBackend:
             return out
 
         cache = getattr(result, "cache", None) or getattr(result, "past_key_values", None)
-        cache.batch_repeat_interleave(n_labels)  # row p*L + l continues prompt p with label l
-        steps = longest - 1
-        cont = torch.full((n_labels, steps), pad, dtype=torch.long)
-        targets = torch.zeros((n_labels, steps), dtype=torch.long)
-        valid = torch.zeros((n_labels, steps), dtype=torch.bool)
+        groups: dict[int, list[int]] = {}  # labels grouped by length, so that no continuation is padded
         for col, ids in enumerate(label_ids):
-            k = len(ids) - 1
-            if k:
-                cont[col, :k] = torch.tensor(ids[:-1], dtype=torch.long)
-                targets[col, :k] = torch.tensor(ids[1:], dtype=torch.long)
-                valid[col, :k] = True
-        # padding sits after each label's tokens, so causal attention keeps it out of the real positions
-        cont_mask = torch.cat([mask.repeat_interleave(n_labels, dim=0), torch.ones((n_prompts * n_labels, steps), dtype=torch.long)], dim=1)
-        cont_pos = positions[:, -1:].repeat_interleave(n_labels, dim=0) + 1 + torch.arange(steps).unsqueeze(0)
-        result = model(
-            input_ids=cont.repeat(n_prompts, 1),
-            attention_mask=cont_mask,
-            position_ids=cont_pos,
-            use_cache=True,
-            **{self._cache_kw: cache},
-        )
-        logp = torch.log_softmax(result.logits.double(), dim=-1)  # (P*L, steps, V)
-        picked = logp.gather(-1, targets.repeat(n_prompts, 1).unsqueeze(-1)).squeeze(-1)
-        picked = torch.where(valid.repeat(n_prompts, 1), picked, torch.zeros_like(picked))
-        out[:, :, 1:] = picked.view(n_prompts, n_labels, steps)
+            if len(ids) > 1:
+                groups.setdefault(len(ids) - 1, []).append(col)
+        for n_group, (steps, cols) in enumerate(sorted(groups.items())):
+            # the last group may consume the prefill's cache; the others work on a copy of it
+            group_cache = cache if n_group == len(groups) - 1 else copy.deepcopy(cache)
+            group_cache.batch_repeat_interleave(len(cols))  # row p*G + g continues prompt p with label cols[g]
+            tokens = torch.tensor([label_ids[c] for c in cols], dtype=torch.long)  # (G, steps + 1)
+            rows = n_prompts * len(cols)
+            cont_mask = torch.cat([mask.repeat_interleave(len(cols), dim=0), torch.ones((rows, steps), dtype=torch.long)], dim=1)
+            cont_pos = positions[:, -1:].repeat_interleave(len(cols), dim=0) + 1 + torch.arange(steps).unsqueeze(0)
+            result = model(
+                input_ids=tokens[:, :-1].repeat(n_prompts, 1),
+                attention_mask=cont_mask,
+                position_ids=cont_pos,
+                use_cache=True,
+                **{self._cache_kw: group_cache},
+            )
+            logp = torch.log_softmax(result.logits.float(), dim=-1)  # (P*G, steps, V)
+            picked = logp.gather(-1, tokens[:, 1:].repeat(n_prompts, 1).unsqueeze(-1)).squeeze(-1)
+            out[:, cols, 1 : steps + 1] = picked.double().view(n_prompts, len(cols), steps)
         return out

@@ -1,8 +1,9 @@
 """Chat prompts for LLM annotation: the instruction, labeled demonstrations, then the item to label.
 
-The layout was chosen on the FPB pool with SmolLM2-135M-Instruct (4 retrieved demonstrations: 63% accuracy
-against 52% with the instruction in the system message only; 39% with all examples listed in one user
-message). It is a multi-turn chat in which every user turn restates the task::
+The layout was chosen on the FPB pool with SmolLM2-135M-Instruct (300 queries, 4 retrieved demonstrations
+from 200 labeled items): restating the task in every user turn gave 58-63% accuracy (the spread is the
+wording of the label line), against 52% with the task in the system message only and 40% with all examples
+listed in one user message; zero-shot it gave 54% against 31%. It is a multi-turn chat::
 
     system:    <task>
     user:      <task>\n\nText: <demo 1 text>     \
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -64,14 +66,14 @@ def shorten(text: str, max_chars: int | None) -> str:
 
 def _user_turn(text: str, text_pair: str | None, pair_names: tuple[str, str], max_pair_chars: int | None) -> str:
     main = f"{pair_names[0]}: {text}"
-    if text_pair is None:
+    if not text_pair:
         return main
     return f"{pair_names[1]}: {shorten(text_pair, max_pair_chars)}\n{main}"
 
 
 def _task(instruction: str, labels: Sequence[str]) -> str:
     instruction = instruction.strip()
-    if all(label in instruction for label in labels):
+    if all(re.search(rf"(?<!\w){re.escape(label)}(?!\w)", instruction) for label in labels):
         return instruction  # the instruction already names the answers
     answer = "Answer with exactly one of: " + ", ".join(labels) + "."
     return f"{instruction} {answer}" if instruction else answer
