@@ -50,9 +50,10 @@ for a in llm[:3]:
     print(f"LLM: {a.item_id} -> {a.label} (p={a.confidence:.2f}, demos {', '.join(a.demo_ids)})")
 
 # 4. The student learns from both. Per-source weights are a knob (the loop's default is 1.0 for both;
-#    here an LLM label counts half as much as a human one).
+#    here an LLM label counts half as much as a human one). Few steps keep the example quick; the
+#    defaults (at least 200 optimizer steps) are what the loop uses.
 labeled = [(pool[i], a) for i, a in zip(list(to_human) + list(to_llm), human + llm)]
-student = Student(epochs=3, max_length=64).fit(
+student = Student(epochs=3, min_steps=20, max_length=64).fit(
     [e.text for e, _ in labeled], [task.index(a.label) for _, a in labeled], len(task.labels),
     sample_weight=[1.0 if a.source == "human" else 0.5 for _, a in labeled],
 )
@@ -68,7 +69,7 @@ with tempfile.TemporaryDirectory() as out:
         "name": "api-example", "output_dir": out,
         "data": {"pool": str(data / "pool.jsonl"), "test": str(data / "test.jsonl")},
         "budget": {"total": 2 * (n_human + n_llm), "human": n_human, "rounds": 2},
-        "student": {"epochs": 3, "max_length": 64},
+        "student": {"epochs": 3, "min_steps": 20, "max_length": 64},
     })
     result = run(cfg)
     for m in result.metrics:

@@ -11,6 +11,14 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
+def text_completion(text: str, top_logprobs: dict[str, float]) -> dict:
+    """A legacy ``/v1/completions`` answer with its first token's alternatives (OpenAI's old format)."""
+    first = max(top_logprobs, key=top_logprobs.get)
+    logprobs = {"tokens": [first], "token_logprobs": [top_logprobs[first]], "top_logprobs": [top_logprobs], "text_offset": [0]}
+    return {"id": "x", "object": "text_completion", "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 40, "completion_tokens": 1}}
+
+
 def completion(content: str | list[str], top_logprobs: dict[str, float] | None = None, prompt_tokens: int = 50,
                completion_tokens: int = 2) -> dict:
     contents = [content] if isinstance(content, str) else content
@@ -34,6 +42,7 @@ class FaultServer:
     def __init__(self, handler: Callable[[int, dict], tuple[int, dict | bytes, float]]):
         self.handler = handler
         self.bodies: list[dict] = []
+        self.paths: list[str] = []
         self.auth: list[str | None] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -50,6 +59,7 @@ class FaultServer:
                 with outer._lock:
                     n = len(outer.bodies)
                     outer.bodies.append(body)
+                    outer.paths.append(self.path)
                     outer.auth.append(self.headers.get("Authorization"))
                     outer.in_flight += 1
                     outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)

@@ -29,7 +29,7 @@ def selections(run_dir):
 @pytest.fixture(scope="module")
 def imfl_run(tmp_path_factory, small_fpb, imfl_cache):
     out = tmp_path_factory.mktemp("runs")
-    cfg = tiny(small_fpb["pool"], small_fpb["test"], out, imfl_cache)
+    cfg = tiny(small_fpb["pool"], small_fpb["test"], out, imfl_cache, llm__eval_sample=3)
     return cfg, run(cfg)
 
 
@@ -83,6 +83,8 @@ def test_outputs_and_metrics(imfl_run):
     for m in metrics:
         assert 0 <= m["test_accuracy"] <= 1 and 0 <= m["test_macro_f1"] <= 1
         assert 0 <= m["llm_accuracy"] <= 1
+        # the LLM's self-check on 3 human-labeled items (leave-one-out demos), every round
+        assert m["llm_self_n"] == 3 and 0 <= m["llm_self_accuracy"] <= 1 and 0 <= m["llm_self_ece"] <= 1
     assert (d / "metrics.csv").read_text().splitlines()[0].startswith("round,")
 
 
@@ -136,6 +138,26 @@ def test_recorded_nulls_are_failed_calls_carried_over(tmp_path, recorded_pool, i
     # last round's failures stay unspent.
     assert result.budget_used["human"] == 12
     assert result.budget_used["llm"] == 48 - result.metrics[-1]["llm_failed"]
+
+
+def test_failed_llm_items_go_to_the_next_rounds_humans(tmp_path, shared_data, imfl_cache):
+    rows = read_jsonl(shared_data / "fpb_recorded" / "pool.jsonl")[:120]
+    for r in rows[::3]:
+        r["llm_llama2_7b"] = None  # a third of the LLM's answers are missing
+    pool = write_jsonl(tmp_path / "pool.jsonl", rows)
+    test = write_jsonl(tmp_path / "test.jsonl", read_jsonl(shared_data / "fpb_recorded" / "test.jsonl")[:40])
+    cfg = tiny(pool, test, tmp_path, imfl_cache, llm__annotator="recorded", llm__column="llm_llama2_7b",
+               llm__on_failure="human", budget={"total": 60, "human": 24, "rounds": 3})
+    result = run(cfg)
+    with sqlite3.connect(result.run_dir / "store.sqlite") as c:
+        ann = c.execute("SELECT round, item_id, source, label FROM annotations").fetchall()
+    failed = {t: {i for r, i, s, lab in ann if r == t and s == "llm" and lab is None} for t in (1, 2)}
+    assert failed[1] and failed[2]
+    for t in (2, 3):
+        human_t = {i for r, i, s, lab in ann if r == t and s == "human"}
+        # every failed item of the previous round is among this round's human items (as far as they fit)
+        assert len(failed[t - 1] & human_t) == min(len(failed[t - 1]), len(human_t))
+    assert result.budget_used["human"] == 24  # the human budget is never exceeded
 
 
 @pytest.mark.parametrize("strategy", ["human-only", "llm-only"])

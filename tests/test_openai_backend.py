@@ -6,10 +6,10 @@ import socket
 import numpy as np
 import pytest
 
-from fault_server import FaultServer, completion
+from fault_server import FaultServer, completion, text_completion
 from imfl.errors import AnnotatorError
 from imfl.llm.base import parse_label, vote_probs
-from imfl.llm.openai_backend import OpenAIBackend
+from imfl.llm.openai_backend import OpenAIBackend, render_completion_prompt
 
 LABELS = ["neutral", "positive", "negative"]
 PROMPT = [{"role": "system", "content": "Classify."},
@@ -54,6 +54,21 @@ def test_logprobs_give_probabilities_for_every_label():
     assert np.isclose(p.sum(), 1) and p.argmax() == 2
     np.testing.assert_allclose(p, np.array([0.2, 0.05, 0.7]) / 0.95, rtol=1e-6)
     assert len(srv.bodies) == 1 and srv.bodies[0]["logprobs"] is True and srv.bodies[0]["temperature"] == 0
+
+
+def test_the_completions_endpoint_gets_a_text_prompt_and_gives_probabilities():
+    top = {" negative": math.log(0.6), " neutral": math.log(0.3), " positive": math.log(0.1)}
+    with FaultServer(lambda n, body: (200, text_completion(" negative", top), 0)) as srv:
+        [s] = backend(srv.url, endpoint="completions").score_items([PROMPT], LABELS)
+    assert s.ok and s.method == "logprobs" and (s.prompt_tokens, s.completion_tokens) == (40, 1)
+    np.testing.assert_allclose(np.exp(s.logprobs), [0.3, 0.1, 0.6], rtol=1e-6)
+    assert srv.paths == ["/v1/completions"]
+    body = srv.bodies[0]
+    assert "messages" not in body and body["logprobs"] == 5 and "top_logprobs" not in body and body["stop"] == ["\n"]
+    assert body["prompt"] == render_completion_prompt(PROMPT)
+    assert body["prompt"] == ("Classify.\n\nText: up 5%\nAnswer: positive\n\nText: flat\nAnswer: neutral\n\n"
+                              "Text: profits fell\nAnswer:")
+    assert backend(srv.url, endpoint="completions").cache_key() != backend(srv.url).cache_key()
 
 
 def test_without_logprobs_it_falls_back_to_self_consistency_with_n():

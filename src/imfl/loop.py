@@ -62,14 +62,16 @@ def check_budget(cfg: RunConfig, ds: Dataset) -> None:
             )
 
 
-def _student(cfg: RunConfig, seed: int) -> Student:
+def make_student(cfg: RunConfig, seed: int) -> Student:
+    """The student the configuration describes (untrained)."""
     from imfl.student import Student
 
     s = cfg.student
     return Student(
         s.model, epochs=s.epochs, min_steps=s.min_steps, learning_rate=s.learning_rate, head_learning_rate=s.head_learning_rate,
         batch_size=s.batch_size, max_length=s.max_length, lora_r=s.lora_r, lora_alpha=s.lora_alpha,
-        lora_target_modules=s.lora_target_modules, predict_dtype=s.predict_dtype, num_threads=s.num_threads, seed=seed,
+        lora_target_modules=s.lora_target_modules, predict_dtype=s.predict_dtype, train_dtype=s.train_dtype,
+        num_threads=s.num_threads, seed=seed,
     )
 
 
@@ -111,8 +113,10 @@ class Run:
         self.plan = round_plan(cfg.budget.total, cfg.budget.human, cfg.budget.rounds, cfg.budget.schedule, cfg.budget.decay)
         self.timings: dict[str, float] = {}
         self._round_extra: dict[int, dict] = {}
+        start = time.perf_counter()
         with self.reporter.phase("embedding the pool", len(self.ds.pool)) as advance:
             self.embeddings = self._embedder().encode([embedding_input(e.text, e.text_pair) for e in self.ds.pool], advance)
+        self._timed("embedding", start)
 
     def _embedder(self) -> Embedder:
         return Embedder(self.cfg.embeddings.model, self.cfg.embeddings.batch_size, self.cfg.cache_dir)
@@ -253,7 +257,7 @@ class Run:
         task = self.ds.task
         items = [self.ds.pool[self.index[a.item_id]] for a in annotations]
         weights = [self.cfg.student.weights.get(a.source, 1.0) for a in annotations]
-        student = _student(self.cfg, self.cfg.seed)
+        student = make_student(self.cfg, self.cfg.seed)
         n_used = sum(w > 0 for w in weights)
         with self.reporter.phase(f"round {t}: training the student on {len(items)} labels", student.effective_epochs(n_used) * n_used) as advance:
             student.fit(

@@ -19,7 +19,9 @@ mean pooling (the BERT pooler as in BertForSequenceClassification: 65%; first to
 steps on small sets (4 epochs of 200 items, 52 steps: 59%, predicting mostly the majority class;
 ``min_steps=200``: 72-73%); a 10x larger step size for the head (+0.6-1% and faster to learn); LoRA on all
 linear layers rather than attention query/value only (+0.7-2% accuracy, +1-2.5 F1 points, ~40% slower
-training). Learning rates 5e-4..2e-3, r=16 and 300 minimum steps changed little.
+training). Learning rates 5e-4..2e-3, r=16 and 300 minimum steps changed little; 100 minimum steps (the
+default since, in bfloat16) gave the same as 200 in half the time: 75.3% against 74.1% on 200 items, 78.8%
+against 79.1% on 400.
 """
 
 from __future__ import annotations
@@ -171,7 +173,12 @@ class Student:
         is batched with), ``"bfloat16"`` (autocast in ``predict_proba``) or ``"auto"`` (bfloat16 on a CPU
         with native bf16 instructions, AVX512-BF16/AMX, else float32). On FPB, bfloat16 predicted 2-3x
         faster with the same predicted classes and the same 100 least-confident items of 1,000, but
-        probabilities moved by up to 0.03 and depend on the batch. Training is always float32.
+        probabilities moved by up to 0.03 and depend on the batch.
+    train_dtype:
+        ``"float32"`` (default), ``"bfloat16"`` or ``"auto"`` (as for ``predict_dtype``): autocast of the
+        forward pass in ``fit``; weights, gradients and optimizer state stay float32. On FPB pool splits
+        bfloat16 trained 16% faster with the same accuracy (74.1% against 73.6% on 200 items, 80.9% against
+        80.8% on 1,000).
     """
 
     def __init__(
@@ -188,7 +195,7 @@ class Student:
         lora_target_modules: str | Sequence[str] | None = "all-linear",
         pooling: str = "mean",
         head_learning_rate: float | None = 1e-2,
-        min_steps: int = 200,
+        min_steps: int = 100,
         warmup_ratio: float = 0.1,
         weight_decay: float = 0.01,
         max_grad_norm: float = 1.0,
@@ -198,6 +205,7 @@ class Student:
         device: str | None = None,
         num_threads: int | None = None,
         predict_dtype: str = "float32",
+        train_dtype: str = "float32",
     ) -> None:
         self.model = model
         self.epochs = epochs
@@ -220,6 +228,7 @@ class Student:
         self.device = device
         self.num_threads = num_threads
         self.predict_dtype = predict_dtype
+        self.train_dtype = train_dtype
 
     # ------------------------------------------------------------------ settings
 
@@ -227,7 +236,7 @@ class Student:
         "model", "epochs", "learning_rate", "batch_size", "max_length", "lora_r", "lora_alpha", "lora_dropout",
         "lora_target_modules", "pooling", "head_learning_rate", "min_steps", "warmup_ratio", "weight_decay",
         "max_grad_norm", "classifier_dropout", "group_by_length", "seed", "device", "num_threads",
-        "predict_dtype",
+        "predict_dtype", "train_dtype",
     )  # fmt: skip
 
     def get_params(self) -> dict[str, Any]:
@@ -265,6 +274,8 @@ class Student:
             raise ModelError(
                 f"Student predict_dtype={self.predict_dtype!r} is unknown: use 'auto', 'float32' or 'bfloat16'"
             )
+        if self.train_dtype not in ("auto", "float32", "bfloat16"):
+            raise ModelError(f"Student train_dtype={self.train_dtype!r} is unknown: use 'auto', 'float32' or 'bfloat16'")
         if self.pooling not in _POOLINGS:
             raise ModelError(f"Student pooling={self.pooling!r} is unknown: use one of {', '.join(_POOLINGS)}")
 
@@ -437,6 +448,8 @@ class Student:
         import torch
         from peft import get_peft_model
 
+        from imfl.precision import resolve_dtype
+
         device = self._torch_device()
         tokenizer, encoder = self._load_base()
         encoded = self._encode(texts, pairs, tokenizer, encoder.config)
@@ -476,12 +489,15 @@ class Student:
             y_t = torch.as_tensor(y, dtype=torch.long)
             w_t = torch.as_tensor(w, dtype=torch.float32)
             trainable = lora_params + head_params
+            in_bf16 = resolve_dtype(self.train_dtype, device.type) == "bfloat16"
+            autocast = torch.autocast(device.type, dtype=torch.bfloat16) if in_bf16 else contextlib.nullcontext()
             net.train()
             for _ in range(epochs):
                 for idx in self._train_batches(lengths, generator):
                     batch = self._collate([encoded[i] for i in idx], device, tokenizer)
-                    logits = net(batch)
-                    losses = torch.nn.functional.cross_entropy(logits, y_t[idx].to(device), reduction="none")
+                    with autocast:
+                        logits = net(batch)
+                    losses = torch.nn.functional.cross_entropy(logits.float(), y_t[idx].to(device), reduction="none")
                     loss = (losses * w_t[idx].to(device)).mean()
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
@@ -593,16 +609,9 @@ class Student:
         return out
 
     def _predict_in_bf16(self, device) -> bool:
-        if self.predict_dtype != "auto":
-            return self.predict_dtype == "bfloat16"
-        if device.type != "cpu":
-            return False
-        import torch
+        from imfl.precision import resolve_dtype
 
-        try:
-            return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
-            return False
+        return resolve_dtype(self.predict_dtype, device.type) == "bfloat16"
 
     def predict(self, texts: Sequence[str], *, text_pairs: Sequence[str] | None = None, batch_size: int = 64) -> np.ndarray:
         """The most probable class index for each text."""

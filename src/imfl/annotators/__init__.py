@@ -27,7 +27,8 @@ def _with_backend(cfg: RunConfig, task: Task, backend) -> LLMAnnotator:
 def _local(cfg: RunConfig, task: Task) -> LLMAnnotator:
     from imfl.llm.local import LocalBackend
 
-    backend = LocalBackend(cfg.llm.model, cache_dir=str(cache_dir(cfg.cache_dir)), max_length=cfg.llm.max_length)
+    backend = LocalBackend(cfg.llm.model, cache_dir=str(cache_dir(cfg.cache_dir)), max_length=cfg.llm.max_length,
+                           dtype=cfg.llm.dtype)
     return _with_backend(cfg, task, backend)
 
 
@@ -39,6 +40,7 @@ def _openai(cfg: RunConfig, task: Task) -> LLMAnnotator:
     backend = OpenAIBackend(
         c.base_url, c.model, key, samples=c.samples, temperature=c.temperature, logprobs=c.logprobs, max_tokens=c.max_tokens,
         timeout=c.timeout, max_retries=c.max_retries, max_concurrency=c.max_concurrency, seed=cfg.seed,
+        endpoint=c.endpoint,
     )
     return _with_backend(cfg, task, backend)
 

@@ -1,5 +1,7 @@
 """Any OpenAI-compatible chat-completions endpoint (OpenAI, Azure OpenAI, vLLM, Ollama, llama.cpp's
-server, ``transformers serve``) as a label scorer, over plain ``httpx``.
+server, ``transformers serve``) as a label scorer, over plain ``httpx``; or, with
+``endpoint="completions"``, the plain-text ``/v1/completions`` endpoint that base (non-chat) models are
+served on, the chat prompt then rendered as text (``render_completion_prompt``).
 
 Per prompt: one greedy request asking for token log-probabilities. When the server returns them and
 they agree with the answer, the label probabilities come from the first answer token's alternatives
@@ -42,7 +44,7 @@ class OpenAIBackend:
     def __init__(self, base_url: str, model: str, api_key: str | None = None, *, samples: int = 5,
                  temperature: float = 0.7, logprobs: bool = True, top_logprobs: int = 20, max_tokens: int = 16,
                  timeout: float = 60.0, max_retries: int = 4, backoff: float = 0.5, max_backoff: float = 8.0,
-                 max_concurrency: int = 4, seed: int = 0):
+                 max_concurrency: int = 4, seed: int = 0, endpoint: str = "chat"):
         self.base_url = base_url
         self.model = model
         self.api_key = api_key
@@ -57,6 +59,7 @@ class OpenAIBackend:
         self.max_backoff = max_backoff
         self.max_concurrency = max_concurrency
         self.seed = seed
+        self.endpoint = endpoint
         self.requests_sent = 0
         self._answered = False
         self._lock = threading.Lock()
@@ -66,8 +69,11 @@ class OpenAIBackend:
         return f"openai:{self.model}"
 
     def cache_key(self) -> dict:
-        return {"backend": "openai", "model": self.model, "samples": self.samples, "temperature": self.temperature,
-                "logprobs": self.logprobs, "top_logprobs": self.top_logprobs, "max_tokens": self.max_tokens, "seed": self.seed}
+        key = {"backend": "openai", "model": self.model, "samples": self.samples, "temperature": self.temperature,
+               "logprobs": self.logprobs, "top_logprobs": self.top_logprobs, "max_tokens": self.max_tokens, "seed": self.seed}
+        if self.endpoint != "chat":  # chat keys stay as they were before completions existed
+            key["endpoint"] = self.endpoint
+        return key
 
     # -- HTTP --------------------------------------------------------------------------------
     def _client(self) -> httpx.Client:
@@ -75,7 +81,7 @@ class OpenAIBackend:
         return httpx.Client(base_url=self.base_url.rstrip("/") + "/", headers=headers, timeout=self.timeout)
 
     def _post(self, client: httpx.Client, body: dict) -> dict:
-        """POST chat/completions with retries; returns the parsed JSON with a non-empty choice list."""
+        """POST (chat/)completions with retries; returns the parsed JSON with a non-empty choice list."""
         problem = ""
         for attempt in range(self.max_retries + 1):
             if attempt:
@@ -83,7 +89,7 @@ class OpenAIBackend:
             with self._lock:
                 self.requests_sent += 1
             try:
-                r = client.post("chat/completions", json=body)
+                r = client.post("chat/completions" if self.endpoint == "chat" else "completions", json=body)
             except httpx.TimeoutException:
                 problem = f"timed out after {self.timeout:g} s"
                 continue
@@ -124,8 +130,15 @@ class OpenAIBackend:
         usage = [0, 0]
 
         def post(body: dict) -> dict:
-            data = self._post(client, {"model": self.model, "messages": body.pop("messages", messages),
-                                       "max_tokens": self.max_tokens, **body})
+            chat = body.pop("messages", messages)
+            if self.endpoint == "chat":
+                request = {"model": self.model, "messages": chat, "max_tokens": self.max_tokens, **body}
+            else:  # the legacy endpoint asks for log-probabilities by a count (at most 5 on OpenAI)
+                if body.pop("logprobs", False):
+                    body["logprobs"] = min(5, body.pop("top_logprobs"))
+                request = {"model": self.model, "prompt": render_completion_prompt(chat), "max_tokens": self.max_tokens,
+                           "stop": ["\n"], **body}
+            data = self._post(client, request)
             u = data.get("usage") or {}
             usage[0] += int(u.get("prompt_tokens") or 0)
             usage[1] += int(u.get("completion_tokens") or 0)
@@ -203,13 +216,34 @@ def _content(choice: dict) -> str | None:
 
 
 def _logprob_probs(choice: dict, labels: Sequence[str]) -> np.ndarray | None:
+    """Label probabilities from the first answer token's alternatives, in the chat format
+    (``logprobs.content[0].top_logprobs``) or the completions format (``logprobs.top_logprobs[0]``)."""
     try:
-        first = choice["logprobs"]["content"][0]
-        top = {alt["token"]: float(alt["logprob"]) for alt in first.get("top_logprobs") or []}
-        top.setdefault(first["token"], float(first["logprob"]))
-    except (KeyError, IndexError, TypeError, ValueError):
+        lp = choice["logprobs"]
+        if "content" in lp:
+            first = lp["content"][0]
+            top = {alt["token"]: float(alt["logprob"]) for alt in first.get("top_logprobs") or []}
+            top.setdefault(first["token"], float(first["logprob"]))
+        else:
+            top = {str(t): float(v) for t, v in (lp.get("top_logprobs") or [{}])[0].items()}
+            top.setdefault(lp["tokens"][0], float(lp["token_logprobs"][0]))
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError):
         return None
     return first_token_probs(top, labels)
+
+
+def render_completion_prompt(messages: list[dict]) -> str:
+    """A chat prompt as plain text for ``/v1/completions``: the system text, each demonstration as its user
+    text followed by ``Answer: <label>``, and the item followed by ``Answer:`` for the model to complete."""
+    parts = []
+    for m in messages:
+        if m["role"] == "system":
+            parts.append(m["content"] + "\n\n")
+        elif m["role"] == "user":
+            parts.append(m["content"] + "\nAnswer:")
+        else:
+            parts.append(" " + m["content"] + "\n\n")
+    return "".join(parts)
 
 
 def _shuffle_demos(messages: list[dict], rng: random.Random) -> list[dict]:

@@ -1,0 +1,34 @@
+"""Which floating-point precision to compute in: ``auto`` means bfloat16 where the CPU (or GPU) runs it
+natively, float32 elsewhere (bfloat16 emulated in software is slower than float32).
+
+Measured on FPB pool splits (BENCHMARKS.md): bfloat16 left the LLM's and the student's accuracy within
+one item in a hundred of float32 while scoring prompts 1.5x and predicting 1.5-3x faster.
+"""
+
+from __future__ import annotations
+
+import functools
+
+DTYPES = ("auto", "float32", "bfloat16")
+
+
+@functools.cache
+def native_bf16() -> bool:
+    """True when this machine's CPU has bfloat16 instructions (AVX512-BF16 or AMX) that torch uses."""
+    import torch
+
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_dtype(setting: str, device_type: str = "cpu") -> str:
+    """``float32`` or ``bfloat16`` for a setting of ``auto``, ``float32`` or ``bfloat16``."""
+    if setting != "auto":
+        return setting
+    if device_type == "cuda":
+        import torch
+
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    return "bfloat16" if native_bf16() else "float32"
