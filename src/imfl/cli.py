@@ -1,9 +1,11 @@
-"""The command line: `imfl run`, `imfl demo`. Errors of the ImflError family are printed on one line,
-without a traceback, and exit with status 2."""
+"""The command line: `imfl run`, `imfl demo`, and the project commands for real people (`init`, `status`,
+`serve`, `annotate`, `export-batch`, `import-labels`, `export`). Errors of the ImflError family are printed
+on one line, without a traceback, and exit with status 2."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 import time
@@ -119,7 +121,13 @@ def _print_result(result, seconds: float) -> None:
     if result.timings:
         parts = ", ".join(f"{k} {v:.0f} s" for k, v in sorted(result.timings.items(), key=lambda kv: -kv[1]))
         out.print(f"time by phase: {parts}")
-    out.print(f"finished in {seconds / 60:.1f} min; labels used: {result.budget_used['human']} human, {result.budget_used['llm']} LLM")
+    used = f"labels used: {result.budget_used['human']} human, {result.budget_used['llm']} LLM"
+    if result.waiting_round is not None:
+        out.print(f"stopped after {seconds / 60:.1f} min: round {result.waiting_round} waits for {result.pending} human labels ({used})")
+        out.print(f"label them with `imfl serve {result.run_dir}` (web page), `imfl annotate {result.run_dir}` (terminal) or "
+                  f"`imfl export-batch` / `imfl import-labels` (files), then run the same command again")
+        return
+    out.print(f"finished in {seconds / 60:.1f} min; {used}")
     out.print(f"outputs in {result.run_dir}/: config.toml, metrics.json, metrics.csv, labels.jsonl, adapter/, store.sqlite")
 
 
@@ -128,11 +136,10 @@ def run_cmd(
     config: Annotated[Path, typer.Argument(help="TOML configuration file (see configs/).")],
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting: --set budget.total=500")] = None,
 ) -> None:
-    """Run the IMFL loop described by CONFIG (or continue it, if its run folder already holds rounds)."""
-    from imfl.config import load_config
-
+    """Run the IMFL loop described by CONFIG (or continue it, if its run folder already holds rounds). With
+    human.annotator = "people" it stops when a round waits for human labels; run it again once they are in."""
     try:
-        _execute(load_config(config, set_ or []))
+        _execute(_project_config(config, set_))
     except ImflError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
@@ -182,6 +189,248 @@ def demo(
         _fail(str(exc))
     except KeyboardInterrupt:
         _fail("interrupted; everything committed so far is kept: run the same command again to continue", 130)
+
+
+# -- projects and people ---------------------------------------------------------------------------
+
+Project = Annotated[Path, typer.Argument(help="The project's config file, or its run folder (which holds config.toml).")]
+
+
+def _project_config(path: Path, overrides: list[str] | None = None):
+    """The configuration of a project given by its TOML file or by its run folder."""
+    from imfl.config import load_config, resolve_strategy
+
+    if path.is_dir():
+        if not (path / "config.toml").is_file():
+            raise ImflError(f"{path}: no config.toml in this folder; pass a config file or a run folder made by imfl")
+        path = path / "config.toml"
+    return resolve_strategy(load_config(path, overrides or []))
+
+
+def _labeling(project: Path, show_guesses: bool | None = None):
+    from imfl.people import Labeling
+
+    cfg = _project_config(project)
+    h = cfg.human
+    return cfg, Labeling(Path(cfg.output_dir) / cfg.name, h.lease_seconds, h.cost, h.show_guesses if show_guesses is None else show_guesses)
+
+
+def _guarded(fn: Callable[[], None]) -> None:
+    try:
+        fn()
+    except ImflError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _fail("interrupted; every label given so far is kept", 130)
+
+
+@app.command()
+def init(
+    config: Annotated[Path, typer.Argument(help="TOML configuration file.")],
+    data: Annotated[Optional[Path], typer.Option(help="The pool file (overrides data.pool).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting: --set budget.total=500")] = None,
+) -> None:
+    """Create a project: its run folder, store (items, config) and pool embeddings. `imfl run` then starts it."""
+    from imfl.loop import Run
+
+    def go() -> None:
+        overrides = list(set_ or []) + ([f"data.pool={json.dumps(str(data.resolve()))}"] if data else [])
+        _quiet_libraries()
+        run_dir = Run(_project_config(config, overrides), PlainReporter()).init()
+        out.print(f"project ready in {run_dir}/ (store.sqlite, config.toml); start it with `imfl run {run_dir}`")
+
+    _guarded(go)
+
+
+@app.command()
+def status(project: Project) -> None:
+    """Rounds and their states, budget used per source, pending human items, latest metrics."""
+    from imfl.store import Store
+
+    def go() -> None:
+        cfg = _project_config(project)
+        run_dir = Path(cfg.output_dir) / cfg.name
+        if not (run_dir / "store.sqlite").is_file():
+            raise ImflError(f"{run_dir}: no project there yet; create it with `imfl init` or `imfl run`")
+        with Store.open(run_dir / "store.sqlite") as store:
+            rounds = store.rounds()
+            used = store.budget_used()
+            pending = {r["round"]: len(store.pending_human(r["round"])) for r in rounds}
+            counts: dict[tuple[int, str], int] = {}
+            for a in store.annotations():
+                counts[(a.round, a.source)] = counts.get((a.round, a.source), 0) + 1
+        table = Table(title=f"{run_dir.name}: {len(rounds)} of {cfg.budget.rounds} rounds")
+        for col in ("round", "state", "human (planned)", "LLM (planned)", "pending human", "test acc.", "test macro-F1"):
+            table.add_column(col, justify="right")
+        for r in rounds:
+            m = r["metrics"] or {}
+            fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
+            table.add_row(str(r["round"]), r["state"], f"{counts.get((r['round'], 'human'), 0)} ({r['planned_human']})",
+                          f"{counts.get((r['round'], 'llm'), 0)} ({r['planned_llm']})", str(pending[r["round"]]),
+                          fmt(m.get("test_accuracy")), fmt(m.get("test_macro_f1")))
+        out.print(table)
+        out.print(f"budget used: {used['human']} of {cfg.budget.human} human, {used['llm']} of "
+                  f"{cfg.budget.total - cfg.budget.human} LLM (total {cfg.budget.total})")
+
+    _guarded(go)
+
+
+@app.command()
+def serve(
+    project: Project,
+    host: Annotated[str, typer.Option(help="Address to listen on (127.0.0.1: this machine only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8765,
+    show_guesses: Annotated[Optional[bool], typer.Option("--show-guesses/--hide-guesses", help="Offer the student's guess on the page (default: human.show_guesses).")] = None,
+    loop: Annotated[bool, typer.Option("--loop/--no-loop", help="Carry the run on by itself whenever a human batch is complete.")] = True,
+) -> None:
+    """The annotation web page for people, with the run carried on in the background as batches complete."""
+
+    def go() -> None:
+        import uvicorn
+
+        from imfl.loop import run
+        from imfl.server import LoopWorker, create_app, new_token
+
+        cfg, labeling = _labeling(project, show_guesses)
+        given = cfg.human.token.get_secret_value() if cfg.human.token else os.environ.get(cfg.human.token_env)
+        token = given or new_token()
+        app_ = create_app(labeling, token)
+        _quiet_libraries()
+        if loop:
+            worker = LoopWorker(lambda: run(cfg, PlainReporter()), labeling, on_event=lambda m: console.print(f"[bold]{m}[/bold]"))
+            worker.start()
+        console.print(f"annotation page: http://{host}:{port}/  (stop with Ctrl-C)")
+        console.print("access token: " + (f"from {'human.token' if cfg.human.token else '$' + cfg.human.token_env}" if given else token))
+        uvicorn.run(app_, host=host, port=port, log_level="warning")
+
+    _guarded(go)
+
+
+@app.command()
+def annotate(
+    project: Project,
+    name: Annotated[str, typer.Option(help="Your name, recorded with your labels.")] = "expert",
+) -> None:
+    """Label the waiting round's items at the terminal: a number chooses a label, u undoes, s skips, q quits."""
+    from rich.panel import Panel
+
+    from imfl.people import Rejected
+
+    def go() -> None:
+        _, labeling = _labeling(project)
+        while True:
+            got = labeling.next(name)
+            if "item" not in got:
+                why = {"finished": "the run is finished", "busy": "no round waits for human labels; `imfl run` carries the run on",
+                       "others": "every remaining item is held by someone else right now", "new": "nothing selected yet; run `imfl run`"}
+                out.print(why[got["state"]])
+                return
+            item, labels = got["item"], got["labels"]
+            body = Text(item["text"])
+            if item.get("text_pair"):
+                body = Text.assemble((item["text_pair"] + "\n\n", "dim"), item["text"])
+            out.print(Panel(body, title=f"round {got['round']}: {got['done']} of {got['total']} labeled", title_align="left"))
+            choices = "  ".join(f"[{i + 1}] {label}" for i, label in enumerate(labels))
+            answer = console.input(f"{choices}   [u] undo  [s] skip  [q] quit > ").strip().lower()
+            try:
+                if answer == "q":
+                    return
+                if answer == "u":
+                    out.print(f"took back the label of {labeling.undo(name)['undone']}")
+                elif answer == "s":
+                    labeling.skip(name, item["id"])
+                elif answer.isdigit() and 1 <= int(answer) <= len(labels):
+                    labeling.label(name, item["id"], labels[int(answer) - 1])
+                elif answer in labels:
+                    labeling.label(name, item["id"], answer)
+                else:
+                    out.print(f"[red]{answer!r} is not a choice[/red]")
+            except Rejected as exc:
+                out.print(f"[red]{exc}[/red]")
+
+    _guarded(go)
+
+
+@app.command("export-batch")
+def export_batch_cmd(
+    project: Project,
+    out_file: Annotated[Path, typer.Option("--out", help="File to write: .csv, .jsonl, or .json (Label Studio tasks).")],
+    fmt: Annotated[Optional[str], typer.Option("--format", help="csv, jsonl or labelstudio (default: from the suffix).")] = None,
+) -> None:
+    """Write the waiting round's unlabeled human items to a file, for labeling elsewhere."""
+    from imfl.exchange import export_batch
+
+    def go() -> None:
+        _, labeling = _labeling(project)
+        n = export_batch(labeling, out_file, fmt)
+        out.print(f"wrote {n} items to {out_file}; label them, then `imfl import-labels {project} FILE`")
+
+    _guarded(go)
+
+
+@app.command("import-labels")
+def import_labels_cmd(
+    project: Project,
+    file: Annotated[Path, typer.Argument(help="CSV/JSONL with id and label columns, or a Label Studio JSON export.")],
+    annotator: Annotated[str, typer.Option(help="Who gave these labels (recorded with each).")] = "import",
+    fmt: Annotated[Optional[str], typer.Option("--format", help="csv, jsonl or labelstudio (default: from the suffix).")] = None,
+) -> None:
+    """Add labels made elsewhere; bad rows are reported and skipped, good rows go in."""
+    from imfl.exchange import import_labels
+
+    def go() -> None:
+        _, labeling = _labeling(project)
+        report = import_labels(labeling, file, annotator, fmt)
+        for where, why in report.rejected:
+            console.print(f"rejected {where}: {why}", highlight=False, soft_wrap=True)
+        state = labeling.status()
+        out.print(f"imported {report.accepted} labels, rejected {len(report.rejected)}; round {state['round']}: "
+                  f"{state['done']} of {state['total']} labeled")
+        if report.rejected and not report.accepted:
+            raise typer.Exit(1)
+
+    _guarded(go)
+
+
+@app.command("export")
+def export_cmd(
+    project: Project,
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder to write labels and the student adapter into.")],
+    fmt: Annotated[str, typer.Option("--format", help="jsonl or csv.")] = "jsonl",
+) -> None:
+    """Write the labeled data with full provenance (and the trained student adapter, if any)."""
+    import shutil
+
+    from imfl.store import Store
+
+    def go() -> None:
+        if fmt not in ("jsonl", "csv"):
+            raise ImflError(f"--format {fmt!r} is unknown; use jsonl or csv")
+        cfg = _project_config(project)
+        run_dir = Path(cfg.output_dir) / cfg.name
+        if not (run_dir / "store.sqlite").is_file():
+            raise ImflError(f"{run_dir}: no project there yet; create it with `imfl init` or `imfl run`")
+        with Store.open(run_dir / "store.sqlite") as store:
+            rows = store.export_rows()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        target = out_dir / f"labels.{fmt}"
+        with target.open("w", encoding="utf-8", newline="") as fh:
+            if fmt == "jsonl":
+                for r in rows:
+                    fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+            else:
+                import csv
+
+                w = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["id"])
+                w.writeheader()
+                w.writerows({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items()} for r in rows)
+        copied = ""
+        if (run_dir / "adapter").is_dir():
+            shutil.copytree(run_dir / "adapter", out_dir / "adapter", dirs_exist_ok=True)
+            copied = " and adapter/"
+        out.print(f"wrote {len(rows)} labels to {target}{copied}")
+
+    _guarded(go)
 
 
 def main() -> None:  # pragma: no cover - console entry point alias

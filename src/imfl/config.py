@@ -61,8 +61,18 @@ class QueryConfig(_Section):
 
 
 class HumanConfig(_Section):
-    annotator: str = Field("oracle", description="Who plays the expert: `oracle` replays the pool's gold labels.")
+    annotator: str = Field(
+        "oracle", description="Who plays the expert: `oracle` replays the pool's gold labels; `people` waits for real experts "
+        "(imfl serve, imfl annotate, imfl import-labels)."
+    )
     cost: float = Field(1.0, ge=0, description="Cost of one human label (any unit; used in reports).")
+    token: SecretStr | None = Field(
+        None, description="people: the access token of the web page (better: the variable named by token_env; empty = a new "
+        "random token printed at start). Never written out."
+    )
+    token_env: str = Field("IMFL_TOKEN", description="people: the environment variable holding the web page's access token.")
+    lease_seconds: int = Field(600, ge=5, description="people: how long an item handed to one person is kept from the others.")
+    show_guesses: bool = Field(False, description="people: show the student's current guess on the page (it can anchor experts).")
 
 
 class LLMConfig(_Section):
@@ -289,6 +299,7 @@ def config_to_toml(cfg: RunConfig) -> str:
     """Write a config back as TOML (the run's record of what it used)."""
     data = cfg.model_dump(mode="json", exclude_none=True)
     data["llm"].pop("api_key", None)  # secrets never leave memory
+    data["human"].pop("token", None)
     return _dump_toml(data)
 
 

@@ -45,6 +45,13 @@ class RunResult:
     metrics: list[dict]
     budget_used: dict[str, int]
     timings: dict[str, float] = field(default_factory=dict)
+    waiting_round: int | None = None  # the round that waits for people, if the run stopped for them
+    pending: int = 0  # how many human labels it still needs
+
+
+class _WaitingForPeople(Exception):
+    def __init__(self, round: int, pending: int):
+        self.round, self.pending = round, pending
 
 
 def check_budget(cfg: RunConfig, ds: Dataset) -> None:
@@ -122,6 +129,12 @@ class Run:
         return Embedder(self.cfg.embeddings.model, self.cfg.embeddings.batch_size, self.cfg.cache_dir)
 
     # -- the run --------------------------------------------------------------------------------
+    def init(self) -> Path:
+        """Create the run folder, its store and the pool embeddings without starting a round; returns the folder."""
+        self._prepare()
+        self.store.close()
+        return self.run_dir
+
     def execute(self) -> RunResult:
         self._prepare()
         try:
@@ -130,7 +143,11 @@ class Run:
                 if self.store.round_state(t) == "evaluated":
                     proba = self._load_proba(t)
                     continue
-                proba = self._round(t, proba)
+                try:
+                    proba = self._round(t, proba)
+                except _WaitingForPeople as wait:
+                    return RunResult(self.run_dir, self.metrics(), self.store.budget_used(), self.timings,
+                                     waiting_round=wait.round, pending=wait.pending)
             return RunResult(self.run_dir, self.metrics(), self.store.budget_used(), self.timings)
         finally:
             self.store.close()
@@ -217,6 +234,9 @@ class Run:
 
     def _annotate(self, t: int, source: str, annotator: Annotator) -> None:
         """Label this round's items for ``source`` that have no annotation yet, committing as it goes."""
+        if getattr(annotator, "interactive", False):
+            self._await_people(t)
+            return
         done = {a.item_id for a in self.store.annotations(round=t, source=source, ok_only=False)}
         todo = [self.ds.pool[self.index[i]] for i in self.store.selection(t, source) if i not in done]
         if not todo:
@@ -232,6 +252,16 @@ class Run:
                 self.store.add_annotations(annotator.annotate(part, context))
         if source == "human":
             self.store.set_round_state(t, "human_done")
+
+    def _await_people(self, t: int) -> None:
+        """Open the round's human batch to people, or move on if they have finished it."""
+        state = self.store.round_state(t)
+        if state not in ("selected", "human_pending"):
+            return
+        if state == "selected":
+            self.store.set_round_state(t, "human_pending")
+        if not self.store.close_human_batch(t):
+            raise _WaitingForPeople(t, len(self.store.pending_human(t)))
 
     def _self_evaluate(self, t: int) -> None:
         """How good is the LLM on this task right now: it labels a sample of the human-labeled items,

@@ -3,8 +3,14 @@ each round. Standard-library ``sqlite3`` in WAL mode with foreign keys on; ``met
 and ``MIGRATIONS`` let later versions change the layout in place.
 
 A round moves through states, each written when its work is committed:
-``selected → human_done → llm_done → trained → evaluated``. The loop writes every step here first,
-so that a run can be continued from the last committed state.
+``selected → human_pending → human_done → llm_done → trained → evaluated``. ``human_pending`` is
+where a round waits for people (the web page, the terminal, imported files); a simulated expert
+passes through it at once. The loop writes every step here first, so that a run can be continued
+from the last committed state.
+
+People label through leases: an item handed to one person is not handed to another until the lease
+expires or the label arrives. A label a person takes back (undo) is marked retracted, never deleted,
+and only while its round still waits for people.
 """
 
 from __future__ import annotations
@@ -18,8 +24,8 @@ from pathlib import Path
 from imfl.data import Annotation, Example
 from imfl.errors import DataError
 
-SCHEMA_VERSION = 1
-ROUND_STATES = ("selected", "human_done", "llm_done", "trained", "evaluated")
+SCHEMA_VERSION = 2
+ROUND_STATES = ("selected", "human_pending", "human_done", "llm_done", "trained", "evaluated")
 
 MIGRATIONS: dict[int, str] = {
     1: """
@@ -66,7 +72,30 @@ MIGRATIONS: dict[int, str] = {
     CREATE INDEX annotations_item ON annotations(item_id);
     CREATE INDEX annotations_round ON annotations(round);
     """,
+    2: """
+    ALTER TABLE annotations ADD COLUMN retracted_at REAL;  -- set when a person takes the label back (undo)
+    CREATE TABLE leases (
+        item_id TEXT PRIMARY KEY REFERENCES items(id),
+        round INTEGER NOT NULL REFERENCES rounds(round),
+        annotator TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    CREATE TABLE skips (
+        round INTEGER NOT NULL REFERENCES rounds(round),
+        item_id TEXT NOT NULL REFERENCES items(id),
+        annotator TEXT NOT NULL,
+        PRIMARY KEY (round, item_id, annotator)
+    );
+    """,
 }
+
+
+class Rejected(Exception):
+    """A person's label or request that cannot be taken; ``status`` is the HTTP status it maps to."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
 
 
 class Store:
@@ -183,7 +212,7 @@ class Store:
             )
 
     def annotations(self, round: int | None = None, source: str | None = None, ok_only: bool = True) -> list[Annotation]:
-        sql, args = "SELECT * FROM annotations WHERE 1=1", []
+        sql, args = "SELECT * FROM annotations WHERE retracted_at IS NULL", []
         if round is not None:
             sql, args = sql + " AND round=?", args + [round]
         if source is not None:
@@ -193,10 +222,138 @@ class Store:
         return [_annotation(r) for r in self.conn.execute(sql + " ORDER BY id", args)]
 
     def budget_used(self) -> dict[str, int]:
-        rows = self.conn.execute("SELECT source, COUNT(*) FROM annotations WHERE label IS NOT NULL GROUP BY source")
+        rows = self.conn.execute(
+            "SELECT source, COUNT(*) FROM annotations WHERE label IS NOT NULL AND retracted_at IS NULL GROUP BY source"
+        )
         used = {"human": 0, "llm": 0}
         used.update({r[0]: r[1] for r in rows})
         return used
+
+
+    def export_rows(self) -> list[dict]:
+        """Every standing label with its provenance and the item's text, in the order they were given."""
+        rows = self.conn.execute(
+            "SELECT a.*, i.text, i.text_pair FROM annotations a JOIN items i ON i.id = a.item_id"
+            " WHERE a.label IS NOT NULL AND a.retracted_at IS NULL ORDER BY a.id"
+        )
+        out = []
+        for r in rows:
+            a = _annotation(r)
+            out.append({
+                "id": a.item_id, "text": r["text"], "text_pair": r["text_pair"], "label": a.label, "source": a.source,
+                "annotator": a.annotator, "round": a.round, "confidence": a.confidence, "probs": a.probs, "cost": a.cost,
+                "prompt_hash": a.prompt_hash, "demo_ids": list(a.demo_ids), "method": a.method, "created_at": r["created_at"],
+            })
+        return out
+
+    # -- people ----------------------------------------------------------------------------------
+    def latest_round(self) -> tuple[int, str] | None:
+        """The newest round and its state (None before the first selection)."""
+        row = self.conn.execute("SELECT round, state FROM rounds ORDER BY round DESC LIMIT 1").fetchone()
+        return (row[0], row[1]) if row else None
+
+    def pending_human(self, round: int) -> list[str]:
+        """Items of the round's human batch without a (standing) human label, most wanted first."""
+        rows = self.conn.execute(
+            "SELECT s.item_id FROM selections s WHERE s.round=? AND s.target='human' AND NOT EXISTS ("
+            " SELECT 1 FROM annotations a WHERE a.item_id=s.item_id AND a.source='human' AND a.retracted_at IS NULL)"
+            " ORDER BY s.rank",
+            (round,),
+        )
+        return [r[0] for r in rows]
+
+    def _waiting_round(self) -> int:
+        latest = self.latest_round()
+        if latest is None or latest[1] != "human_pending":
+            raise Rejected(409, "no round is waiting for human labels right now")
+        return latest[0]
+
+    def lease(self, annotator: str, seconds: float, now: float | None = None) -> tuple[int, str] | None:
+        """Hand ``annotator`` one pending item of the waiting round: the one they already hold, else the most
+        wanted item nobody holds (items they skipped last). None when every pending item is held by others."""
+        now = time.time() if now is None else now
+        with self.transaction():
+            t = self._waiting_round()
+            self.conn.execute("DELETE FROM leases WHERE expires_at <= ?", (now,))
+            held = {r[0]: r[1] for r in self.conn.execute("SELECT item_id, annotator FROM leases WHERE round=?", (t,))}
+            pending = self.pending_human(t)
+            mine = [i for i in pending if held.get(i) == annotator]
+            skipped = {r[0] for r in self.conn.execute("SELECT item_id FROM skips WHERE round=? AND annotator=?", (t, annotator))}
+            free = [i for i in pending if i not in held]
+            choice = (mine or [i for i in free if i not in skipped] or free or [None])[0]
+            if choice is None:
+                return None
+            self.conn.execute(
+                "INSERT INTO leases(item_id, round, annotator, expires_at) VALUES(?, ?, ?, ?) ON CONFLICT(item_id) DO UPDATE"
+                " SET annotator=excluded.annotator, expires_at=excluded.expires_at",
+                (choice, t, annotator, now + seconds),
+            )
+            return t, choice
+
+    def skip(self, annotator: str, item_id: str) -> None:
+        """``annotator`` passes on an item: it goes back to the others, and to them only after the rest."""
+        with self.transaction():
+            t = self._waiting_round()
+            self.conn.execute("DELETE FROM leases WHERE item_id=? AND annotator=?", (item_id, annotator))
+            self.conn.execute("INSERT OR IGNORE INTO skips(round, item_id, annotator) VALUES(?, ?, ?)", (t, item_id, annotator))
+
+    def add_human_label(self, annotator: str, item_id: str, label: str, labels: Sequence[str], cost: float = 0.0,
+                        now: float | None = None) -> int:
+        """Record a person's label for a pending item of the waiting round; returns the round. Raises ``Rejected``
+        (nothing written) for a label outside ``labels``, an item that is not pending in that round, or an item
+        another person holds."""
+        now = time.time() if now is None else now
+        if label not in labels:
+            raise Rejected(422, f"label {label!r} is not one of {', '.join(labels)}")
+        with self.transaction():
+            t = self._waiting_round()
+            if item_id not in self.pending_human(t):
+                raise Rejected(409, f"item {item_id!r} is not waiting for a human label in round {t}")
+            row = self.conn.execute("SELECT annotator, expires_at FROM leases WHERE item_id=?", (item_id,)).fetchone()
+            if row and row[0] != annotator and row[1] > now:
+                raise Rejected(409, f"item {item_id!r} is being labeled by someone else")
+            self.conn.execute(
+                "INSERT INTO annotations(item_id, round, source, annotator, label, confidence, cost, created_at)"
+                " VALUES(?, ?, 'human', ?, ?, 1.0, ?, ?)",
+                (item_id, t, annotator, label, cost, now),
+            )
+            self.conn.execute("DELETE FROM leases WHERE item_id=?", (item_id,))
+            return t
+
+    def undo(self, annotator: str, seconds: float, now: float | None = None) -> str | None:
+        """Take back ``annotator``'s latest label of the waiting round (marked retracted, not deleted) and hand
+        the item back to them; None when they have nothing to take back."""
+        now = time.time() if now is None else now
+        with self.transaction():
+            t = self._waiting_round()
+            row = self.conn.execute(
+                "SELECT id, item_id FROM annotations WHERE round=? AND source='human' AND annotator=? AND retracted_at IS NULL"
+                " ORDER BY id DESC LIMIT 1",
+                (t, annotator),
+            ).fetchone()
+            if row is None:
+                return None
+            self.conn.execute("UPDATE annotations SET retracted_at=? WHERE id=?", (now, row[0]))
+            self.conn.execute(
+                "INSERT INTO leases(item_id, round, annotator, expires_at) VALUES(?, ?, ?, ?) ON CONFLICT(item_id) DO UPDATE"
+                " SET annotator=excluded.annotator, expires_at=excluded.expires_at",
+                (row[1], t, annotator, now + seconds),
+            )
+            return row[1]
+
+    def close_human_batch(self, round: int) -> bool:
+        """Move a waiting round on to ``human_done`` if none of its human items is pending (atomic with respect to
+        labels and undos); True when the round's human batch is complete."""
+        with self.transaction():
+            if self.pending_human(round):
+                return False
+            self.conn.execute("DELETE FROM leases WHERE round=?", (round,))
+            self.set_round_state(round, "human_done")
+            return True
+
+    def item(self, item_id: str) -> dict | None:
+        row = self.conn.execute("SELECT id, text, text_pair FROM items WHERE id=?", (item_id,)).fetchone()
+        return dict(row) if row else None
 
 
 def _annotation(r: sqlite3.Row) -> Annotation:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from imfl.annotators.base import Annotation, AnnotationContext, Annotator
 from imfl.annotators.llm import LLMAnnotator
 from imfl.annotators.oracle import OracleAnnotator
+from imfl.annotators.people import PeopleAnnotator
 from imfl.annotators.recorded import RecordedAnnotator
 from imfl.config import RunConfig
 from imfl.data import Task
@@ -47,6 +48,7 @@ def _openai(cfg: RunConfig, task: Task) -> LLMAnnotator:
 
 HUMAN_ANNOTATORS: dict[str, Callable[[RunConfig, Task], Annotator]] = {
     "oracle": lambda cfg, task: OracleAnnotator(cost=cfg.human.cost),
+    "people": lambda cfg, task: PeopleAnnotator(cost=cfg.human.cost),
 }
 
 LLM_ANNOTATORS: dict[str, Callable[[RunConfig, Task], Annotator]] = {
@@ -74,5 +76,5 @@ def make_llm(cfg: RunConfig, task: Task) -> Annotator:
 
 __all__ = [
     "Annotation", "AnnotationContext", "Annotator", "HUMAN_ANNOTATORS", "LLM_ANNOTATORS", "LLMAnnotator",
-    "OracleAnnotator", "RecordedAnnotator", "make_human", "make_llm",
+    "OracleAnnotator", "PeopleAnnotator", "RecordedAnnotator", "make_human", "make_llm",
 ]

@@ -80,23 +80,31 @@ class LLMAnnotator:
 
     # -- scoring -------------------------------------------------------------------------------------
     def score(self, messages: Sequence[list[dict]], progress: Callable[[int], None] | None = None) -> list[Scored]:
-        """Scores for each prompt, from the cache where this exact prompt was answered before."""
+        """Scores for each prompt, from the cache where this exact prompt was answered before; a prompt that
+        occurs several times (e.g. the content-free prompt of zero-shot calibration) is scored once."""
         labels = self.task.labels
-        keys = [cache_key(self.backend.cache_key(), labels, m) for m in messages] if self.cache else [None] * len(messages)
+        keys = [cache_key(self.backend.cache_key(), labels, m) for m in messages]
         out: list[Scored | None] = [self.cache.get(k) if self.cache else None for k in keys]
         hits = sum(s is not None for s in out)
         if progress and hits:
             progress(hits)
-        todo = [i for i, s in enumerate(out) if s is None]
+        todo: dict[str, list[int]] = {}
+        for i, s in enumerate(out):
+            if s is None:
+                todo.setdefault(keys[i], []).append(i)
+        unique = list(todo.values())
 
         def keep(j: int, s: Scored) -> None:
-            out[todo[j]] = s
+            for i in unique[j]:
+                out[i] = s
             if self.cache:
-                self.cache.put(keys[todo[j]], s)
+                self.cache.put(keys[unique[j][0]], s)
+            if progress and len(unique[j]) > 1:
+                progress(len(unique[j]) - 1)
 
-        if todo:
-            self.backend.score_items([messages[i] for i in todo], labels, progress=progress, on_result=keep)
-        self.stats["calls"] += len(todo)
+        if unique:
+            self.backend.score_items([messages[rows[0]] for rows in unique], labels, progress=progress, on_result=keep)
+        self.stats["calls"] += len(unique)
         self.stats["cached"] += hits
         return out  # type: ignore[return-value]
 

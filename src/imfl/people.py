@@ -1,0 +1,118 @@
+"""What people can do with a run that waits for them, in one place for the web page, the terminal and
+file imports: take the next item, label it, skip it, undo their last label, see the round's progress.
+
+Every call opens its own connection to the run's store (SQLite in WAL mode allows one writer and many
+readers across threads and processes), so the web server, a terminal session and the loop can work on
+the same run at once. The checks live in ``Store`` transactions: a label is accepted only for a pending
+item of the waiting round, from a label in the set, and not for an item another person holds.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from imfl.errors import ConfigError
+from imfl.store import Rejected, Store
+
+__all__ = ["Labeling", "Rejected"]
+
+
+class Labeling:
+    """People's side of one run (``run_dir`` holds ``store.sqlite``)."""
+
+    def __init__(self, run_dir: str | Path, lease_seconds: float = 600, cost: float = 1.0, show_guesses: bool = False):
+        self.run_dir = Path(run_dir)
+        self.lease_seconds = lease_seconds
+        self.cost = cost
+        self.show_guesses = show_guesses
+        if not (self.run_dir / "store.sqlite").is_file():
+            raise ConfigError(f"{self.run_dir} has no store.sqlite: create the project first (imfl init CONFIG)")
+        with self._store() as store:
+            self.labels = tuple(json.loads(store.get_meta("labels") or "[]"))
+            self.rounds = int(tomllib.loads(store.get_meta("config") or "")["budget"]["rounds"])
+
+    @contextmanager
+    def _store(self):
+        store = Store.open(self.run_dir / "store.sqlite")
+        try:
+            yield store
+        finally:
+            store.close()
+
+    def status(self) -> dict:
+        """Where the run is: ``labeling`` (a round waits for people), ``busy`` (the loop is working),
+        ``finished``, or ``new`` (nothing selected yet); with the waiting round's progress."""
+        with self._store() as store:
+            latest = store.latest_round()
+            if latest is None:
+                return {"state": "new", "round": None, "done": 0, "total": 0}
+            t, state = latest
+            total = len(store.selection(t, "human"))
+            pending = len(store.pending_human(t)) if state in ("selected", "human_pending") else 0
+            if state == "human_pending":
+                phase = "labeling"
+            elif state == "evaluated" and t >= self.rounds:
+                phase = "finished"
+            else:
+                phase = "busy"
+            return {"state": phase, "round": t, "done": total - pending, "total": total}
+
+    def pending_items(self) -> list[dict]:
+        """The waiting round's items still without a human label (id, text, text_pair), most wanted first."""
+        with self._store() as store:
+            latest = store.latest_round()
+            if latest is None or latest[1] != "human_pending":
+                return []
+            return [store.item(i) for i in store.pending_human(latest[0])]
+
+    def next(self, annotator: str) -> dict:
+        """The item ``annotator`` should label now (held for them for ``lease_seconds``), or why there is none."""
+        status = self.status()
+        if status["state"] != "labeling":
+            return status
+        with self._store() as store:
+            try:
+                got = store.lease(annotator, self.lease_seconds)
+            except Rejected:  # the round moved on between the two reads
+                return self.status()
+            if got is None:
+                return {**status, "state": "others"}  # every pending item is held by someone else
+            t, item_id = got
+            item = store.item(item_id)
+        out = {**status, "item": item, "labels": list(self.labels)}
+        if self.show_guesses:
+            out["guess"] = self._student_guess(t, item_id)
+        return out
+
+    def label(self, annotator: str, item_id: str, label: str) -> dict:
+        with self._store() as store:
+            store.add_human_label(annotator, item_id, label, self.labels, cost=self.cost)
+        return self.status()
+
+    def skip(self, annotator: str, item_id: str) -> dict:
+        with self._store() as store:
+            store.skip(annotator, item_id)
+        return self.status()
+
+    def undo(self, annotator: str) -> dict:
+        with self._store() as store:
+            item_id = store.undo(annotator, self.lease_seconds)
+        if item_id is None:
+            raise Rejected(409, "you have no label in this round to take back")
+        return {**self.status(), "undone": item_id}
+
+    def _student_guess(self, t: int, item_id: str) -> dict | None:
+        """The student's probabilities for the item, from the previous round's predictions (none in round 1)."""
+        path = self.run_dir / "state" / f"proba_round{t - 1}.npz"
+        if t <= 1 or not path.is_file():
+            return None
+        data = np.load(path)
+        where = np.flatnonzero(data["ids"] == item_id)
+        if not len(where):
+            return None
+        return {label: round(float(p), 3) for label, p in zip(self.labels, data["proba"][where[0]])}

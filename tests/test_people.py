@@ -1,0 +1,264 @@
+"""Real people in the loop: a run that waits for them in its store, leases, validation, undo, the HTTP API
+on a real uvicorn server, the background worker, and label files (export, import with bad rows)."""
+
+import json
+import re
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import pytest
+
+from conftest import read_jsonl, small_config, write_jsonl
+from imfl import run
+from imfl.people import Labeling, Rejected
+
+LABELS = ("negative", "neutral", "positive")
+
+
+def people_config(tmp_path, shared_data, cache, name="people", **over):
+    rows = read_jsonl(shared_data / "fpb_recorded" / "pool.jsonl")[:80]
+    pool = write_jsonl(tmp_path / "pool.jsonl", rows)
+    test = write_jsonl(tmp_path / "test.jsonl", read_jsonl(shared_data / "fpb_recorded" / "test.jsonl")[:20])
+    settings = {
+        "name": name, "seed": 0, "output_dir": str(tmp_path / "runs"), "cache_dir": str(cache),
+        "data": {"pool": str(pool), "test": str(test), "labels": list(LABELS)},
+        "budget": {"total": 24, "human": 9, "rounds": 2},
+        "human": {"annotator": "people"},
+        "llm": {"annotator": "recorded", "column": "llm_gpt4"},
+        "student": {"epochs": 1, "min_steps": 0, "max_length": 32, "batch_size": 16},
+    }
+    return small_config(settings, **over)
+
+
+@pytest.fixture
+def waiting(tmp_path, shared_data, imfl_cache):
+    """A project whose round 1 waits for 6 human labels."""
+    cfg = people_config(tmp_path, shared_data, imfl_cache)
+    result = run(cfg)
+    assert result.waiting_round == 1 and result.pending == 6 and result.metrics == []
+    return cfg, result.run_dir, Labeling(result.run_dir, lease_seconds=60)
+
+
+def annotation_count(run_dir):
+    with sqlite3.connect(run_dir / "store.sqlite") as c:
+        return c.execute("SELECT COUNT(*) FROM annotations").fetchone()[0]
+
+
+def gold(cfg):
+    return {r["id"]: r["label"] for r in read_jsonl(cfg.data.pool)}
+
+
+def test_the_run_waits_then_continues_when_people_are_done(waiting):
+    cfg, run_dir, people = waiting
+    assert run(cfg).waiting_round == 1  # asking again changes nothing while labels are missing
+    assert annotation_count(run_dir) == 0
+    truth = gold(cfg)
+    while "item" in (got := people.next("ann")):
+        people.label("ann", got["item"]["id"], truth[got["item"]["id"]])
+    assert people.status() == {"state": "labeling", "round": 1, "done": 6, "total": 6}
+    result = run(cfg)
+    assert result.waiting_round == 2 and [m["human_labels"] for m in result.metrics] == [6]
+    with sqlite3.connect(run_dir / "store.sqlite") as c:
+        rows = c.execute("SELECT annotator, label, source FROM annotations WHERE round=1 AND source='human'").fetchall()
+    assert len(rows) == 6 and {r[0] for r in rows} == {"ann"}
+
+
+def test_two_people_never_get_the_same_item(waiting):
+    _, run_dir, people = waiting
+    first = {people.next(name)["item"]["id"] for name in ("a", "b", "c")}
+    assert len(first) == 3
+    assert people.next("a")["item"]["id"] in first  # a keeps the item it holds
+
+    truth = gold(waiting[0])
+    labeled: dict[str, list[str]] = {"x": [], "y": []}
+    errors = []
+
+    def work(name):
+        other = Labeling(run_dir, lease_seconds=60)  # own connections, as two browsers
+        try:
+            while "item" in (got := other.next(name)):
+                other.label(name, got["item"]["id"], truth[got["item"]["id"]])
+                labeled[name].append(got["item"]["id"])
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in ("x", "y")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    done = labeled["x"] + labeled["y"]
+    # a, b and c still hold their items, so x and y share the other three, never the same one twice
+    assert len(done) == len(set(done)) == 3 and not set(done) & first
+
+
+def test_bad_labels_are_rejected_and_nothing_changes(waiting):
+    cfg, run_dir, people = waiting
+    item = people.next("a")["item"]["id"]
+    with pytest.raises(Rejected) as bad_label:
+        people.label("a", item, "bullish")
+    assert bad_label.value.status == 422
+    with pytest.raises(Rejected) as not_pending:
+        people.label("a", "no-such-item", "neutral")
+    assert not_pending.value.status == 409
+    with pytest.raises(Rejected) as held:
+        people.label("b", item, "neutral")  # a holds it
+    assert held.value.status == 409
+    assert annotation_count(run_dir) == 0
+    people.label("a", item, "neutral")
+    with pytest.raises(Rejected) as twice:
+        people.label("a", item, "positive")
+    assert twice.value.status == 409 and annotation_count(run_dir) == 1
+
+
+def test_undo_takes_back_the_last_label_and_hands_the_item_back(waiting):
+    _, run_dir, people = waiting
+    first = people.next("a")["item"]["id"]
+    people.label("a", first, "neutral")
+    second = people.next("a")["item"]["id"]
+    people.label("a", second, "positive")
+    assert people.undo("a")["undone"] == second
+    assert people.status()["done"] == 1
+    assert people.next("a")["item"]["id"] == second  # back in a's hands
+    assert people.next("b")["item"]["id"] not in (first, second)
+    with sqlite3.connect(run_dir / "store.sqlite") as c:  # the retracted label is kept, marked
+        rows = c.execute("SELECT item_id, label, retracted_at IS NOT NULL FROM annotations ORDER BY id").fetchall()
+    assert rows == [(first, "neutral", 0), (second, "positive", 1)]
+    with pytest.raises(Rejected):
+        people.undo("b")  # b has nothing to take back
+
+
+def test_expired_leases_go_to_someone_else(waiting):
+    _, run_dir, _ = waiting
+    people = Labeling(run_dir, lease_seconds=0.2)
+    held = people.next("a")["item"]["id"]
+    assert people.next("b")["item"]["id"] != held
+    time.sleep(0.3)
+    assert held in {people.next(n)["item"]["id"] for n in ("c", "d")}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def api(waiting):
+    import uvicorn
+
+    from imfl.server import create_app
+
+    cfg, run_dir, people = waiting
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(people, "s3cret"), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        if server.started:
+            break
+        time.sleep(0.05)
+    yield cfg, run_dir, url
+    server.should_exit = True
+    thread.join(10)
+
+
+def test_http_api_checks_the_token_and_every_posted_label(api):
+    cfg, run_dir, url = api
+    auth = {"Authorization": "Bearer s3cret"}
+    assert httpx.get(f"{url}/api/status").status_code == 401
+    assert httpx.get(f"{url}/api/status", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert httpx.post(f"{url}/api/label", json={"annotator": "a", "item_id": "x", "label": "neutral"}).status_code == 401
+    page = httpx.get(url)
+    assert page.status_code == 200 and "textContent" in page.text and "innerHTML" not in page.text
+    got = httpx.get(f"{url}/api/next", params={"annotator": "a"}, headers=auth).json()
+    item = got["item"]["id"]
+    assert got["labels"] == list(LABELS) and got["state"] == "labeling" and "guess" not in got
+    bad = [
+        ({"annotator": "a", "item_id": item, "label": "bullish"}, 422),
+        ({"annotator": "a", "item_id": "no-such-item", "label": "neutral"}, 409),
+        ({"annotator": "b", "item_id": item, "label": "neutral"}, 409),
+        ({"annotator": "<script>", "item_id": item, "label": "neutral"}, 422),
+        ({"item_id": item, "label": "neutral"}, 422),
+    ]
+    for body, status in bad:
+        r = httpx.post(f"{url}/api/label", json=body, headers=auth)
+        assert r.status_code == status, (body, r.text)
+    assert annotation_count(run_dir) == 0
+    r = httpx.post(f"{url}/api/label", json={"annotator": "a", "item_id": item, "label": "neutral"}, headers=auth)
+    assert r.status_code == 200 and r.json()["done"] == 1
+    assert httpx.post(f"{url}/api/undo", json={"annotator": "a"}, headers=auth).json()["undone"] == item
+    assert httpx.post(f"{url}/api/undo", json={"annotator": "a"}, headers=auth).status_code == 409
+
+
+def test_the_worker_carries_the_run_on_when_a_batch_is_complete(waiting):
+    from imfl.server import LoopWorker
+
+    cfg, run_dir, people = waiting
+    events = []
+    worker = LoopWorker(lambda: run(cfg), people, poll_seconds=0.1, on_event=events.append)
+    worker.start()
+    truth = gold(cfg)
+    for round_ in (1, 2):
+        deadline = time.time() + 120
+        while people.status() != {"state": "labeling", "round": round_, "done": 0, "total": people.status()["total"]}:
+            assert time.time() < deadline and not worker.error
+            time.sleep(0.1)
+        while "item" in (got := people.next("ann")):
+            people.label("ann", got["item"]["id"], truth[got["item"]["id"]])
+    assert worker.finished.wait(180) and worker.error is None
+    assert people.status()["state"] == "finished"
+    assert events[0] == "round 1 waits for 6 human labels" and events[-1].startswith("run finished: 9 human")
+
+
+def test_label_files_round_trip_and_bad_rows_are_reported(waiting, tmp_path):
+    cfg, run_dir, people = waiting
+    truth = gold(cfg)
+    imfl = [sys.executable, "-m", "imfl"]
+    for fmt, name in (("csv", "batch.csv"), ("jsonl", "batch.jsonl"), ("labelstudio", "tasks.json")):
+        r = subprocess.run(imfl + ["export-batch", str(run_dir), "--out", str(tmp_path / name)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+    pending = [r["id"] for r in read_jsonl(tmp_path / "batch.jsonl")]
+    assert len(pending) == 6 and all(r["label"] is None for r in read_jsonl(tmp_path / "batch.jsonl"))
+    tasks = json.loads((tmp_path / "tasks.json").read_text())
+    assert [t["data"]["id"] for t in tasks] == pending
+
+    # A Label Studio export of the first two tasks, as Label Studio writes it
+    for t in tasks[:2]:
+        t["annotations"] = [{"id": 1, "was_cancelled": False, "result": [
+            {"from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": [truth[t["data"]["id"]]]}}]}]
+    tasks[2]["annotations"] = [{"result": [{"value": {"choices": []}}]}]  # nothing chosen
+    (tmp_path / "done.json").write_text(json.dumps(tasks[:3]))
+    r = subprocess.run(imfl + ["import-labels", str(run_dir), str(tmp_path / "done.json"), "--annotator", "studio"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "imported 2 labels, rejected 1" in r.stdout, r.stdout + r.stderr
+    assert "task 3" in r.stderr
+
+    lines = [
+        json.dumps({"id": pending[3], "label": truth[pending[3]]}),
+        "{not json",
+        json.dumps({"id": pending[4], "label": "bullish"}),
+        json.dumps({"id": "no-such-item", "label": "neutral"}),
+        json.dumps({"id": pending[0], "label": "neutral"}),  # already labeled in Label Studio
+        json.dumps({"id": pending[5]}),
+        json.dumps({"id": pending[4], "label": truth[pending[4]]}),
+    ]
+    (tmp_path / "mine.jsonl").write_text("\n".join(lines) + "\n")
+    before = (tmp_path / "mine.jsonl").read_bytes()
+    r = subprocess.run(imfl + ["import-labels", str(run_dir), str(tmp_path / "mine.jsonl")], capture_output=True, text=True)
+    assert r.returncode == 0 and "imported 2 labels, rejected 5" in r.stdout, r.stdout + r.stderr
+    for lineno, why in ((2, "not valid JSON"), (3, "label 'bullish' is not one of"), (4, "not waiting for a human label"),
+                        (5, "not waiting for a human label"), (6, "has no label")):
+        assert re.search(rf"mine\.jsonl:{lineno}: [^\n]*{why}", r.stderr), r.stderr
+    assert "Traceback" not in r.stderr and (tmp_path / "mine.jsonl").read_bytes() == before
+    assert people.status()["done"] == 4
+
+    r = subprocess.run(imfl + ["import-labels", str(run_dir), str(tmp_path / "missing.csv")], capture_output=True, text=True)
+    assert r.returncode == 2 and "missing.csv: file not found" in r.stderr and "Traceback" not in r.stderr
