@@ -262,3 +262,20 @@ def test_label_files_round_trip_and_bad_rows_are_reported(waiting, tmp_path):
 
     r = subprocess.run(imfl + ["import-labels", str(run_dir), str(tmp_path / "missing.csv")], capture_output=True, text=True)
     assert r.returncode == 2 and "missing.csv: file not found" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_terminal_annotation_with_undo_and_skip(waiting):
+    cfg, run_dir, people = waiting
+    imfl = [sys.executable, "-m", "imfl", "annotate", str(run_dir), "--name", "term"]
+    # label, label, undo the second, skip the item handed back, give a wrong answer, quit
+    r = subprocess.run(imfl, input="1\n3\nu\ns\nbullish\nq\n", capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "round 1: 0 of 6 labeled" in r.stdout and "took back the label of" in r.stdout
+    assert "'bullish' is not a choice" in r.stdout
+    with sqlite3.connect(run_dir / "store.sqlite") as c:
+        rows = c.execute("SELECT annotator, label, retracted_at IS NOT NULL FROM annotations ORDER BY id").fetchall()
+    assert rows == [("term", "negative", 0), ("term", "positive", 1)]
+    assert people.status()["done"] == 1
+    # a second session starts where the first left off
+    r = subprocess.run(imfl, input="q\n", capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "round 1: 1 of 6 labeled" in r.stdout

@@ -288,14 +288,17 @@ def serve(
     def go() -> None:
         import uvicorn
 
-        from imfl.loop import run
+        from imfl.loop import Run, run
         from imfl.server import LoopWorker, create_app, new_token
 
+        _quiet_libraries()
+        cfg = _project_config(project)
+        if not (Path(cfg.output_dir) / cfg.name / "store.sqlite").is_file():
+            console.print(f"creating the project in {Run(cfg, PlainReporter()).init()}/")
         cfg, labeling = _labeling(project, show_guesses)
         given = cfg.human.token.get_secret_value() if cfg.human.token else os.environ.get(cfg.human.token_env)
         token = given or new_token()
         app_ = create_app(labeling, token)
-        _quiet_libraries()
         if loop:
             worker = LoopWorker(lambda: run(cfg, PlainReporter()), labeling, on_event=lambda m: console.print(f"[bold]{m}[/bold]"))
             worker.start()
