@@ -6,7 +6,7 @@ raw and (with ``--calibrate``) with contextual calibration. One JSON line per se
 expected calibration error, label counts, items/s of fresh (uncached) calls.
 
     python benchmarks/llm_annotator.py --data ../shared/data/fpb --eval test --humans 200 \
-        --demos none,random,retrieved --calibrate --set llm.dtype=bfloat16 --out fpb-llm.jsonl
+        --demos none,random,retrieved --calibrate --out fpb-llm.jsonl
 
 The answers go to a fresh answer cache in a temporary folder, so every call is really made; the
 calibrated rows reuse the raw rows' answers and pay only for the content-free prompts.
@@ -15,7 +15,6 @@ calibrated rows reuse the raw rows' answers and pay only for the content-free pr
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -27,6 +26,7 @@ from sklearn.metrics import accuracy_score, f1_score
 
 from imfl.annotators import AnnotationContext, make_llm
 from imfl.annotators.llm import expected_calibration_error
+from _common import emit
 from imfl.config import config_from_dict
 from imfl.data import load_dataset
 from imfl.embeddings import Embedder, embedding_input
@@ -92,11 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                     "labeled": len(ok), "failed": len(items) - len(ok), "predicted": dict(Counter(pred)),
                     "fresh_calls": fresh, "seconds": round(seconds, 1), "calls_per_s": round(fresh / seconds, 3) if fresh else None,
                 }
-                line = json.dumps(row)
-                print(line, flush=True)
-                if args.out:
-                    with args.out.open("a", encoding="utf-8") as fh:
-                        fh.write(line + "\n")
+                emit(row, args.out)
     return 0
 
 

@@ -11,7 +11,6 @@ choosing settings).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 
+from _common import emit
 from imfl.config import config_from_dict
 from imfl.data import load_dataset
 from imfl.loop import make_student
@@ -56,11 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             "predict_items_per_s": round(len(held) / pred_s, 1),
             "accuracy": round(accuracy_score(gold, pred), 4), "macro_f1": round(f1_score(gold, pred, average="macro"), 4),
         }
-        line = json.dumps(row)
-        print(line, flush=True)
-        if args.out:
-            with args.out.open("a", encoding="utf-8") as fh:
-                fh.write(line + "\n")
+        emit(row, args.out)
     return 0
 
 

@@ -2,6 +2,7 @@
 on a real uvicorn server, the background worker, and label files (export, import with bad rows)."""
 
 import json
+import os
 import re
 import socket
 import sqlite3
@@ -279,3 +280,63 @@ def test_terminal_annotation_with_undo_and_skip(waiting):
     # a second session starts where the first left off
     r = subprocess.run(imfl, input="q\n", capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "round 1: 1 of 6 labeled" in r.stdout
+
+
+def test_init_status_and_export_from_the_command_line(tmp_path, shared_data, imfl_cache):
+    from imfl.config import config_to_toml
+
+    cfg = people_config(tmp_path, shared_data, imfl_cache, name="cli")
+    (tmp_path / "project.toml").write_text(config_to_toml(cfg), encoding="utf-8")
+    imfl = [sys.executable, "-m", "imfl"]
+    run_dir = tmp_path / "runs" / "cli"
+    r = subprocess.run(imfl + ["init", str(tmp_path / "project.toml")], capture_output=True, text=True)
+    assert r.returncode == 0 and f"project ready in {run_dir}" in r.stdout.replace("\n", ""), r.stderr
+    r = subprocess.run(imfl + ["status", str(run_dir)], capture_output=True, text=True)
+    assert r.returncode == 0 and "0 of 2 rounds" in r.stdout and "budget used: 0 of 9 human" in r.stdout
+    r = subprocess.run(imfl + ["run", str(tmp_path / "project.toml")], capture_output=True, text=True)
+    assert r.returncode == 0 and "round 1 waits for 6 human labels" in r.stdout, r.stdout + r.stderr
+    people = Labeling(run_dir)
+    got = people.next("dr-b")
+    people.label("dr-b", got["item"]["id"], "neutral")
+    r = subprocess.run(imfl + ["status", str(run_dir)], capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+    assert "human_pending" in r.stdout and "1 (6)" in r.stdout and "budget used: 1 of 9 human" in r.stdout, r.stdout
+    r = subprocess.run(imfl + ["export", str(run_dir), "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    [row] = read_jsonl(tmp_path / "out" / "labels.jsonl")
+    assert row["id"] == got["item"]["id"] and row["label"] == "neutral" and row["annotator"] == "dr-b"
+    assert row["source"] == "human" and row["round"] == 1 and row["text"] == got["item"]["text"] and row["created_at"] > 0
+    r = subprocess.run(imfl + ["status", str(tmp_path / "nowhere")], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "config" in r.stderr
+
+
+def test_continue_partial_moves_the_missing_human_budget_to_the_next_round(waiting):
+    cfg, run_dir, people = waiting
+    truth = gold(cfg)
+    for _ in range(2):
+        got = people.next("ann")
+        people.label("ann", got["item"]["id"], truth[got["item"]["id"]])
+    left = {i["id"] for i in people.pending_items()}
+    result = run(cfg, continue_partial=True)
+    assert [m["human_labels"] for m in result.metrics] == [2]
+    # round 2 plans 3 human labels, plus the 4 round 1 did not get; its 4 unlabeled items went back to the pool
+    assert result.waiting_round == 2 and result.pending == 7
+    with sqlite3.connect(run_dir / "store.sqlite") as c:
+        state = c.execute("SELECT state FROM rounds WHERE round=1").fetchone()[0]
+        again = {r[0] for r in c.execute("SELECT item_id FROM selections WHERE round=2")}
+    assert state == "evaluated" and len(again) == 12 + 4 and left <= set(truth)
+
+
+def test_guesses_are_hidden_unless_asked_for(tmp_path, shared_data, imfl_cache):
+    cfg = people_config(tmp_path, shared_data, imfl_cache, budget={"total": 24, "human": 9, "rounds": 2}, human__show_guesses=True)
+    run_dir = run(cfg).run_dir
+    truth = gold(cfg)
+    people = Labeling(run_dir)
+    while "item" in (got := people.next("a")):
+        assert "guess" not in got  # hidden by default
+        people.label("a", got["item"]["id"], truth[got["item"]["id"]])
+    run(cfg)
+    recorded = {r["id"]: r["llm_gpt4"] for r in read_jsonl(cfg.data.pool)}
+    shown = Labeling(run_dir, show_guesses=True, llm_guesses=recorded).next("a")
+    student = shown["guess"]["student"]  # round 2: the student of round 1 has a guess
+    assert set(student) == set(LABELS) and abs(sum(student.values()) - 1) < 0.01
+    assert shown["guess"]["llm"] == recorded[shown["item"]["id"]]

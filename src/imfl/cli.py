@@ -96,16 +96,16 @@ def _quiet_libraries() -> None:
     hf_logging.set_verbosity_error()
 
 
-def _execute(cfg) -> None:
+def _execute(cfg, continue_partial: bool = False) -> None:
     from imfl.loop import run
 
     _quiet_libraries()
     started = time.perf_counter()
     if console.is_terminal:
         with _progress() as progress:
-            result = run(cfg, RichReporter(progress))
+            result = run(cfg, RichReporter(progress), continue_partial)
     else:
-        result = run(cfg, PlainReporter())
+        result = run(cfg, PlainReporter(), continue_partial)
     _print_result(result, time.perf_counter() - started)
 
 
@@ -135,11 +135,14 @@ def _print_result(result, seconds: float) -> None:
 def run_cmd(
     config: Annotated[Path, typer.Argument(help="TOML configuration file (see configs/).")],
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting: --set budget.total=500")] = None,
+    continue_partial: Annotated[bool, typer.Option(
+        "--continue-partial", help="A round waiting for people goes on with the labels given so far; the rest of its "
+        "human budget moves to the next round.")] = False,
 ) -> None:
     """Run the IMFL loop described by CONFIG (or continue it, if its run folder already holds rounds). With
     human.annotator = "people" it stops when a round waits for human labels; run it again once they are in."""
     try:
-        _execute(_project_config(config, set_))
+        _execute(_project_config(config, set_), continue_partial)
     except ImflError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
@@ -207,12 +210,29 @@ def _project_config(path: Path, overrides: list[str] | None = None):
     return resolve_strategy(load_config(path, overrides or []))
 
 
+def _project_store(project: Path):
+    """The project's configuration, run folder and open store (close it after use)."""
+    from imfl.store import Store
+
+    cfg = _project_config(project)
+    run_dir = Path(cfg.output_dir) / cfg.name
+    if not (run_dir / "store.sqlite").is_file():
+        raise ImflError(f"{run_dir}: no project there yet; create it with `imfl init` or `imfl run`")
+    return cfg, run_dir, Store.open(run_dir / "store.sqlite")
+
+
 def _labeling(project: Path, show_guesses: bool | None = None):
     from imfl.people import Labeling
 
     cfg = _project_config(project)
     h = cfg.human
-    return cfg, Labeling(Path(cfg.output_dir) / cfg.name, h.lease_seconds, h.cost, h.show_guesses if show_guesses is None else show_guesses)
+    show = h.show_guesses if show_guesses is None else show_guesses
+    llm_guesses = None
+    if show and cfg.llm.annotator == "recorded":  # labels the LLM already gave cost nothing to show
+        from imfl.data import load_dataset
+
+        llm_guesses = {e.id: e.extra.get(cfg.llm.column) for e in load_dataset(cfg.data).pool}
+    return cfg, Labeling(Path(cfg.output_dir) / cfg.name, h.lease_seconds, h.cost, show, llm_guesses)
 
 
 def _guarded(fn: Callable[[], None]) -> None:
@@ -245,14 +265,10 @@ def init(
 @app.command()
 def status(project: Project) -> None:
     """Rounds and their states, budget used per source, pending human items, latest metrics."""
-    from imfl.store import Store
 
     def go() -> None:
-        cfg = _project_config(project)
-        run_dir = Path(cfg.output_dir) / cfg.name
-        if not (run_dir / "store.sqlite").is_file():
-            raise ImflError(f"{run_dir}: no project there yet; create it with `imfl init` or `imfl run`")
-        with Store.open(run_dir / "store.sqlite") as store:
+        cfg, run_dir, store = _project_store(project)
+        with store:
             rounds = store.rounds()
             used = store.budget_used()
             pending = {r["round"]: len(store.pending_human(r["round"])) for r in rounds}
@@ -404,16 +420,11 @@ def export_cmd(
     """Write the labeled data with full provenance (and the trained student adapter, if any)."""
     import shutil
 
-    from imfl.store import Store
-
     def go() -> None:
         if fmt not in ("jsonl", "csv"):
             raise ImflError(f"--format {fmt!r} is unknown; use jsonl or csv")
-        cfg = _project_config(project)
-        run_dir = Path(cfg.output_dir) / cfg.name
-        if not (run_dir / "store.sqlite").is_file():
-            raise ImflError(f"{run_dir}: no project there yet; create it with `imfl init` or `imfl run`")
-        with Store.open(run_dir / "store.sqlite") as store:
+        _, run_dir, store = _project_store(project)
+        with store:
             rows = store.export_rows()
         out_dir.mkdir(parents=True, exist_ok=True)
         target = out_dir / f"labels.{fmt}"

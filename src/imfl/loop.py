@@ -85,9 +85,10 @@ def make_student(cfg: RunConfig, seed: int) -> Student:
 class Run:
     """A run bound to its directory and store. ``Run(cfg).execute()`` runs or continues it."""
 
-    def __init__(self, cfg: RunConfig, reporter: Reporter | None = None):
+    def __init__(self, cfg: RunConfig, reporter: Reporter | None = None, continue_partial: bool = False):
         self.cfg = cfg
         self.reporter = reporter or Silent()
+        self.continue_partial = continue_partial  # the round waiting now goes on with the human labels it has
 
     # -- set-up ---------------------------------------------------------------------------------
     def _prepare(self) -> None:
@@ -117,6 +118,8 @@ class Run:
             )
         (self.run_dir / "config.toml").write_text(config_text, encoding="utf-8")
         self.index = {e.id: i for i, e in enumerate(self.ds.pool)}
+        latest = self.store.latest_round()
+        self._partial_round = latest[0] if self.continue_partial and latest and latest[1] == "human_pending" else None
         self.plan = round_plan(cfg.budget.total, cfg.budget.human, cfg.budget.rounds, cfg.budget.schedule, cfg.budget.decay)
         self.timings: dict[str, float] = {}
         self._round_extra: dict[int, dict] = {}
@@ -260,8 +263,9 @@ class Run:
             return
         if state == "selected":
             self.store.set_round_state(t, "human_pending")
-        if not self.store.close_human_batch(t):
+        if not self.store.close_human_batch(t, partial=t == self._partial_round):
             raise _WaitingForPeople(t, len(self.store.pending_human(t)))
+        # Items left unlabeled go back to the pool; the human budget they did not spend moves to the next round.
 
     def _self_evaluate(self, t: int) -> None:
         """How good is the LLM on this task right now: it labels a sample of the human-labeled items,
@@ -382,8 +386,8 @@ def _round_line(m: dict) -> str:
     return f"round {m['round']}: +{m['human_labels']} human, +{m['llm_labels']} LLM{llm}{test}"
 
 
-def run(cfg: RunConfig, reporter: Reporter | None = None) -> RunResult:
+def run(cfg: RunConfig, reporter: Reporter | None = None, continue_partial: bool = False) -> RunResult:
     """Run (or continue) the IMFL loop described by ``cfg``; returns per-round metrics and where the
-    outputs are."""
-    return Run(cfg, reporter).execute()
+    outputs are. With ``continue_partial``, a round waiting for people goes on with the labels it has."""
+    return Run(cfg, reporter, continue_partial).execute()
 

@@ -25,11 +25,13 @@ __all__ = ["Labeling", "Rejected"]
 class Labeling:
     """People's side of one run (``run_dir`` holds ``store.sqlite``)."""
 
-    def __init__(self, run_dir: str | Path, lease_seconds: float = 600, cost: float = 1.0, show_guesses: bool = False):
+    def __init__(self, run_dir: str | Path, lease_seconds: float = 600, cost: float = 1.0, show_guesses: bool = False,
+                 llm_guesses: dict[str, str | None] | None = None):
         self.run_dir = Path(run_dir)
         self.lease_seconds = lease_seconds
         self.cost = cost
         self.show_guesses = show_guesses
+        self.llm_guesses = llm_guesses or {}  # labels an LLM already gave (recorded); the LLM is never asked for them
         if not (self.run_dir / "store.sqlite").is_file():
             raise ConfigError(f"{self.run_dir} has no store.sqlite: create the project first (imfl init CONFIG)")
         with self._store() as store:
@@ -86,7 +88,9 @@ class Labeling:
             item = store.item(item_id)
         out = {**status, "item": item, "labels": list(self.labels)}
         if self.show_guesses:
-            out["guess"] = self._student_guess(t, item_id)
+            student, llm = self._student_guess(t, item_id), self.llm_guesses.get(item_id)
+            if student or llm:
+                out["guess"] = {"student": student, "llm": llm}
         return out
 
     def label(self, annotator: str, item_id: str, label: str) -> dict:

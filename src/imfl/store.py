@@ -341,11 +341,11 @@ class Store:
             )
             return row[1]
 
-    def close_human_batch(self, round: int) -> bool:
-        """Move a waiting round on to ``human_done`` if none of its human items is pending (atomic with respect to
-        labels and undos); True when the round's human batch is complete."""
+    def close_human_batch(self, round: int, partial: bool = False) -> bool:
+        """Move a waiting round on to ``human_done`` if none of its human items is pending, or anyway with
+        ``partial`` (atomic with respect to labels and undos); True when the round moved on."""
         with self.transaction():
-            if self.pending_human(round):
+            if self.pending_human(round) and not partial:
                 return False
             self.conn.execute("DELETE FROM leases WHERE round=?", (round,))
             self.set_round_state(round, "human_done")
