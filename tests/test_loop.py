@@ -171,3 +171,30 @@ def test_single_fidelity_strategies(tmp_path, recorded_pool, imfl_cache, strateg
     else:
         assert result.budget_used["human"] == 0
         assert result.budget_used["llm"] == 30 - result.metrics[-1]["llm_failed"]
+
+
+def test_recorded_answers_from_a_file_keep_their_probabilities(tmp_path, recorded_pool, imfl_cache):
+    from imfl.errors import DataError
+
+    pool, test = recorded_pool
+    rows = read_jsonl(pool)
+    answers = [{"id": r["id"], "label": r["llm_gpt4"], "probs": {r["llm_gpt4"]: 0.8, "neutral" if r["llm_gpt4"] != "neutral" else "positive": 0.2}}
+               for r in rows[:90] if r["llm_gpt4"]]
+    path = write_jsonl(tmp_path / "batch-results.jsonl", answers)
+    cfg = tiny(pool, test, tmp_path, imfl_cache, llm__annotator="recorded", llm__file=str(path), budget={"total": 30, "human": 10, "rounds": 2})
+    result = run(cfg)
+    with sqlite3.connect(result.run_dir / "store.sqlite") as c:
+        got = c.execute("SELECT item_id, label, probs, confidence, method, error FROM annotations WHERE source='llm'").fetchall()
+    by_id = {a["id"]: a for a in answers}
+    for item_id, label, probs, confidence, method, error in got:
+        assert method == "recorded"
+        if item_id in by_id:
+            assert label == by_id[item_id]["label"] and confidence == 0.8 and json.loads(probs)[label] == 0.8
+        else:
+            assert label is None and error == "no recorded answer"  # not in the file: a failed call, no budget
+    assert any(i in by_id for i, *_ in got)
+
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"id": rows[0]["id"], "label": "positive", "probs": {"bullish": 1}}) + "\n")
+    bad = tiny(pool, test, tmp_path, imfl_cache, name="bad", llm__annotator="recorded", llm__file=str(tmp_path / "bad.jsonl"))
+    with pytest.raises(DataError, match=r"bad\.jsonl:1: field 'probs'"):
+        run(bad)

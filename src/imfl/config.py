@@ -81,6 +81,9 @@ class LLMConfig(_Section):
         None, description="local: a Hugging Face model dir (empty = the bundled SmolLM2-135M-Instruct); openai: the model name."
     )
     column: str | None = Field(None, description="recorded: the pool field holding the recorded LLM labels.")
+    file: Path | None = Field(
+        None, description="recorded: a JSONL/CSV file of recorded answers instead (id, label, optional probs {label: p})."
+    )
     k: int = Field(4, ge=0, description="Number of demonstrations in each prompt.")
     demos: Literal["retrieved", "random", "none"] = Field(
         "retrieved", description="retrieved = the k most similar human-labeled items; random = k random ones."
@@ -180,8 +183,9 @@ class RunConfig(_Section):
             raise ValueError(f"budget.human is {b.human}: it must be between 0 and budget.total ({b.total})")
         if b.total < b.rounds:
             raise ValueError(f"budget.total ({b.total}) is smaller than budget.rounds ({b.rounds}): each round needs a label")
-        if self.llm.annotator == "recorded" and not self.llm.column:
-            raise ValueError("llm.annotator is 'recorded' but llm.column is empty: name the pool field with the LLM labels")
+        if self.llm.annotator == "recorded" and not (self.llm.column or self.llm.file):
+            raise ValueError("llm.annotator is 'recorded' but llm.column and llm.file are empty: name the pool field with the "
+                             "LLM labels, or a file of recorded answers")
         if self.llm.annotator == "openai" and not (self.llm.base_url and self.llm.model):
             raise ValueError("llm.annotator is 'openai': set llm.base_url (e.g. http://127.0.0.1:8000/v1) and llm.model")
         if bad := set(self.student.weights) - {"human", "llm"}:
@@ -292,6 +296,7 @@ def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
     data.data.test = fix(cfg.data.test)
     data.output_dir = fix(cfg.output_dir)
     data.cache_dir = fix(cfg.cache_dir)
+    data.llm.file = fix(cfg.llm.file)
     return data
 
 

@@ -54,7 +54,7 @@ HUMAN_ANNOTATORS: dict[str, Callable[[RunConfig, Task], Annotator]] = {
 LLM_ANNOTATORS: dict[str, Callable[[RunConfig, Task], Annotator]] = {
     "local": _local,
     "openai": _openai,
-    "recorded": lambda cfg, task: RecordedAnnotator(task, cfg.llm.column, cost=cfg.llm.cost),
+    "recorded": lambda cfg, task: RecordedAnnotator(task, cfg.llm.column, cost=cfg.llm.cost, file=cfg.llm.file),
 }
 
 
