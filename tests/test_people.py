@@ -340,3 +340,11 @@ def test_guesses_are_hidden_unless_asked_for(tmp_path, shared_data, imfl_cache):
     student = shown["guess"]["student"]  # round 2: the student of round 1 has a guess
     assert set(student) == set(LABELS) and abs(sum(student.values()) - 1) < 0.01
     assert shown["guess"]["llm"] == recorded[shown["item"]["id"]]
+
+
+def test_serve_never_prints_a_new_token_into_a_log(waiting):
+    _, run_dir, _ = waiting
+    env = {k: v for k, v in os.environ.items() if k != "IMFL_TOKEN"}
+    r = subprocess.run([sys.executable, "-m", "imfl", "serve", str(run_dir), "--port", str(free_port())],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2 and "set $IMFL_TOKEN" in r.stderr and "Traceback" not in r.stderr

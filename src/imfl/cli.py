@@ -313,6 +313,9 @@ def serve(
             console.print(f"creating the project in {Run(cfg, PlainReporter()).init()}/")
         cfg, labeling = _labeling(project, show_guesses)
         given = cfg.human.token.get_secret_value() if cfg.human.token else os.environ.get(cfg.human.token_env)
+        if not given and not console.is_terminal:  # a new token would be printed into a log file
+            raise ImflError(f"the output goes to a log, where the access token must not be printed: set ${cfg.human.token_env} "
+                            "(or human.token) to a token of your choice and start again")
         token = given or new_token()
         app_ = create_app(labeling, token)
         if loop:
