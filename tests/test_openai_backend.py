@@ -175,3 +175,16 @@ def test_a_refusal_before_any_answer_stops_the_run_but_later_ones_fail_one_item(
         b = backend(srv.url, max_concurrency=1)
         good, bad = b.score_items([PROMPT, PROMPT[:-1] + [{"role": "user", "content": "too long"}]], LABELS)
     assert good.ok and not bad.ok and "HTTP 400" in bad.error and "context length" in bad.error
+
+
+def test_every_llm_label_records_its_tokens_and_their_price():
+    from imfl.annotators import AnnotationContext, LLMAnnotator
+    from imfl.data import Example, Task
+
+    top = {"negative": math.log(0.9), "neutral": math.log(0.1)}
+    with FaultServer(lambda n, body: (200, completion("negative", top, prompt_tokens=120, completion_tokens=3), 0)) as srv:
+        annotator = LLMAnnotator(backend(srv.url), Task(tuple(LABELS), "Classify."), k=0, cost_per_label=0.001,
+                                 prompt_price=2.0, completion_price=10.0)
+        [a] = annotator.annotate([Example("x1", "profits fell")], AnnotationContext(1))
+    assert (a.label, a.prompt_tokens, a.completion_tokens, a.method) == ("negative", 120, 3, "logprobs")
+    assert a.cost == pytest.approx(0.001 + (120 * 2.0 + 3 * 10.0) / 1e6)  # prices are per million tokens

@@ -52,6 +52,8 @@ class Annotation:
     demo_ids: tuple[str, ...] = ()
     method: str | None = None  # how the probabilities were obtained (LLM: loglik, logprobs, self-consistency)
     error: str | None = None  # why there is no label (failed call, unparsed answer)
+    prompt_tokens: int | None = None  # as the LLM's server reported them (None: not reported)
+    completion_tokens: int | None = None
 
     @property
     def ok(self) -> bool:

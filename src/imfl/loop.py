@@ -319,6 +319,8 @@ class Run:
             "llm_cost": round(sum(a.cost for a in this_round if a.source == "llm"), 6),
             "human_cost_total": round(sum(a.cost for a in everything if a.source == "human"), 6),
             "llm_cost_total": round(sum(a.cost for a in store.annotations(source="llm", ok_only=False)), 6),
+            "llm_prompt_tokens": sum(a.prompt_tokens or 0 for a in this_round if a.source == "llm"),
+            "llm_completion_tokens": sum(a.completion_tokens or 0 for a in this_round if a.source == "llm"),
         }
         metrics.update(self._round_extra.pop(t, {}))
         gold = {e.id: e.label for e in self.ds.pool}

@@ -74,6 +74,8 @@ MIGRATIONS: dict[int, str] = {
     """,
     2: """
     ALTER TABLE annotations ADD COLUMN retracted_at REAL;  -- set when a person takes the label back (undo)
+    ALTER TABLE annotations ADD COLUMN prompt_tokens INTEGER;  -- LLM calls: tokens as the server reported them
+    ALTER TABLE annotations ADD COLUMN completion_tokens INTEGER;
     CREATE TABLE leases (
         item_id TEXT PRIMARY KEY REFERENCES items(id),
         round INTEGER NOT NULL REFERENCES rounds(round),
@@ -202,11 +204,13 @@ class Store:
         with self.transaction():
             self.conn.executemany(
                 "INSERT INTO annotations(item_id, round, source, annotator, label, probs, confidence, cost, prompt_hash,"
-                " demo_ids, method, error, created_at) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " demo_ids, method, error, prompt_tokens, completion_tokens, created_at)"
+                " VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     (a.item_id, a.round, a.source, a.annotator, a.label,
                      json.dumps(a.probs) if a.probs is not None else None, a.confidence, a.cost,
-                     a.prompt_hash, json.dumps(list(a.demo_ids)) if a.demo_ids else None, a.method, a.error, now)
+                     a.prompt_hash, json.dumps(list(a.demo_ids)) if a.demo_ids else None, a.method, a.error,
+                     a.prompt_tokens, a.completion_tokens, now)
                     for a in annotations
                 ),
             )
@@ -242,7 +246,8 @@ class Store:
             out.append({
                 "id": a.item_id, "text": r["text"], "text_pair": r["text_pair"], "label": a.label, "source": a.source,
                 "annotator": a.annotator, "round": a.round, "confidence": a.confidence, "probs": a.probs, "cost": a.cost,
-                "prompt_hash": a.prompt_hash, "demo_ids": list(a.demo_ids), "method": a.method, "created_at": r["created_at"],
+                "prompt_hash": a.prompt_hash, "demo_ids": list(a.demo_ids), "method": a.method,
+                "prompt_tokens": a.prompt_tokens, "completion_tokens": a.completion_tokens, "created_at": r["created_at"],
             })
         return out
 
@@ -361,6 +366,7 @@ def _annotation(r: sqlite3.Row) -> Annotation:
         r["item_id"], r["round"], r["source"], r["annotator"], r["label"],
         json.loads(r["probs"]) if r["probs"] else None, r["confidence"], r["cost"],
         r["prompt_hash"], tuple(json.loads(r["demo_ids"])) if r["demo_ids"] else (), r["method"], r["error"],
+        r["prompt_tokens"], r["completion_tokens"],
     )
 
 

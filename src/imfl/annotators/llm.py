@@ -135,17 +135,18 @@ class LLMAnnotator:
         out = []
         for e, (messages, demos), s, p in zip(items, prompts, scored, probs):
             demo_ids = tuple(d.id for d in demos)
+            tokens = {"prompt_tokens": s.prompt_tokens or None, "completion_tokens": s.completion_tokens or None}
             self.stats["failed"] += int(not s.ok and not s.unparsed)
             self.stats["unparsed"] += int(s.unparsed)
             if p is None:
                 out.append(Annotation(e.id, context.round, "llm", self.name, None, cost=self._cost(s),
-                                      prompt_hash=prompt_hash(messages), demo_ids=demo_ids, error=s.error))
+                                      prompt_hash=prompt_hash(messages), demo_ids=demo_ids, error=s.error, **tokens))
                 continue
             best = int(np.argmax(p))
             out.append(Annotation(
                 e.id, context.round, "llm", self.name, self.task.labels[best],
                 probs={lab: float(x) for lab, x in zip(self.task.labels, p)}, confidence=float(p[best]),
-                cost=self._cost(s), prompt_hash=prompt_hash(messages), demo_ids=demo_ids, method=s.method,
+                cost=self._cost(s), prompt_hash=prompt_hash(messages), demo_ids=demo_ids, method=s.method, **tokens,
             ))
         return out
 
