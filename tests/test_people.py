@@ -348,3 +348,16 @@ def test_serve_never_prints_a_new_token_into_a_log(waiting):
     r = subprocess.run([sys.executable, "-m", "imfl", "serve", str(run_dir), "--port", str(free_port())],
                        capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 2 and "set $IMFL_TOKEN" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_one_process_at_a_time_runs_a_project(waiting):
+    import fcntl
+
+    from imfl.errors import ConfigError
+
+    cfg, run_dir, _ = waiting
+    with open(run_dir / "run.lock", "a+") as held:  # as another imfl process would hold it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(ConfigError, match="being run by another imfl process"):
+            run(cfg)
+    assert run(cfg).waiting_round == 1  # free again

@@ -13,6 +13,7 @@ rounds continues after the last evaluated one (same config required).
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import time
 from collections.abc import Sequence
@@ -102,6 +103,7 @@ class Run:
             self.llm.check(self.ds.pool, str(cfg.data.pool))
         self.run_dir = Path(cfg.output_dir) / cfg.name
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._lock()
         self.store = Store.open(self.run_dir / "store.sqlite")
         config_text = config_to_toml(cfg)
         previous = self.store.get_meta("config")
@@ -112,6 +114,7 @@ class Run:
             self.store.add_items(self.ds.pool)
         elif previous != config_text:
             self.store.close()
+            self._unlock()
             raise ConfigError(
                 f"{self.run_dir} holds a run with a different configuration; choose another name (--set name=...) "
                 "or move that folder away"
@@ -136,6 +139,7 @@ class Run:
         """Create the run folder, its store and the pool embeddings without starting a round; returns the folder."""
         self._prepare()
         self.store.close()
+        self._unlock()
         return self.run_dir
 
     def execute(self) -> RunResult:
@@ -154,6 +158,21 @@ class Run:
             return RunResult(self.run_dir, self.metrics(), self.store.budget_used(), self.timings)
         finally:
             self.store.close()
+            self._unlock()
+
+    def _lock(self) -> None:
+        """One process at a time runs a project (a killed process's lock goes with it)."""
+        self._lock_file = (self.run_dir / "run.lock").open("a+")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            raise ConfigError(f"{self.run_dir} is being run by another imfl process (imfl run or imfl serve); "
+                              "wait for it to stop, or label through it") from None
+
+    def _unlock(self) -> None:
+        fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+        self._lock_file.close()
 
     def _timed(self, phase: str, start: float) -> float:
         spent = time.perf_counter() - start
