@@ -25,6 +25,7 @@ _LAZY = {
     "run": "imfl.loop", "Run": "imfl.loop", "RunResult": "imfl.loop",
     "Student": "imfl.student", "Embedder": "imfl.embeddings",
     "LLMAnnotator": "imfl.annotators", "OracleAnnotator": "imfl.annotators", "RecordedAnnotator": "imfl.annotators",
+    "PeopleAnnotator": "imfl.annotators", "Labeling": "imfl.people",
     "LocalBackend": "imfl.llm.local",
     "eeq": "imfl.query", "least_confidence": "imfl.query", "round_plan": "imfl.query", "split_by_uncertainty": "imfl.query",
 }
