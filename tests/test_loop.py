@@ -198,3 +198,14 @@ def test_recorded_answers_from_a_file_keep_their_probabilities(tmp_path, recorde
     bad = tiny(pool, test, tmp_path, imfl_cache, name="bad", llm__annotator="recorded", llm__file=str(tmp_path / "bad.jsonl"))
     with pytest.raises(DataError, match=r"bad\.jsonl:1: field 'probs'"):
         run(bad)
+
+
+def test_a_different_configuration_for_the_same_folder_is_refused(tmp_path, recorded_pool, imfl_cache):
+    from imfl.errors import ConfigError
+
+    pool, test = recorded_pool
+    settings = dict(llm__annotator="recorded", llm__column="llm_llama2_7b", budget={"total": 20, "human": 10, "rounds": 1})
+    first = run(tiny(pool, test, tmp_path, imfl_cache, **settings))
+    with pytest.raises(ConfigError, match="different configuration"):
+        run(tiny(pool, test, tmp_path, imfl_cache, **{**settings, "budget": {"total": 30, "human": 10, "rounds": 1}}))
+    assert run(tiny(pool, test, tmp_path, imfl_cache, **settings)).metrics == first.metrics  # and the lock was let go

@@ -104,6 +104,17 @@ class Run:
         self.run_dir = Path(cfg.output_dir) / cfg.name
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._lock()
+        try:
+            self._open()
+        except BaseException:
+            if getattr(self, "store", None) is not None:
+                self.store.close()
+            self._unlock()
+            raise
+
+    def _open(self) -> None:
+        """The store (created or checked against this configuration), the plan and the pool embeddings."""
+        cfg = self.cfg
         self.store = Store.open(self.run_dir / "store.sqlite")
         config_text = config_to_toml(cfg)
         previous = self.store.get_meta("config")
@@ -113,8 +124,6 @@ class Run:
                 self.store.set_meta("labels", json.dumps(self.ds.task.labels))
             self.store.add_items(self.ds.pool)
         elif previous != config_text:
-            self.store.close()
-            self._unlock()
             raise ConfigError(
                 f"{self.run_dir} holds a run with a different configuration; choose another name (--set name=...) "
                 "or move that folder away"
