@@ -215,7 +215,7 @@ def _project_store(project: Path):
     from imfl.store import Store
 
     cfg = _project_config(project)
-    run_dir = Path(cfg.output_dir) / cfg.name
+    run_dir = cfg.run_dir
     if not (run_dir / "store.sqlite").is_file():
         raise ImflError(f"{run_dir}: no project there yet; create it with `imfl init` or `imfl run`")
     return cfg, run_dir, Store.open(run_dir / "store.sqlite")
@@ -232,7 +232,7 @@ def _labeling(project: Path, show_guesses: bool | None = None):
         from imfl.data import load_dataset
 
         llm_guesses = {e.id: e.extra.get(cfg.llm.column) for e in load_dataset(cfg.data).pool}
-    return cfg, Labeling(Path(cfg.output_dir) / cfg.name, h.lease_seconds, h.cost, show, llm_guesses)
+    return cfg, Labeling(cfg.run_dir, h.lease_seconds, h.cost, show, llm_guesses)
 
 
 def _guarded(fn: Callable[[], None]) -> None:
@@ -309,7 +309,7 @@ def serve(
 
         _quiet_libraries()
         cfg = _project_config(project)
-        if not (Path(cfg.output_dir) / cfg.name / "store.sqlite").is_file():
+        if not (cfg.run_dir / "store.sqlite").is_file():
             console.print(f"creating the project in {Run(cfg, PlainReporter()).init()}/")
         cfg, labeling = _labeling(project, show_guesses)
         given = cfg.human.token.get_secret_value() if cfg.human.token else os.environ.get(cfg.human.token_env)

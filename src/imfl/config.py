@@ -172,6 +172,11 @@ class RunConfig(_Section):
     student: StudentConfig = Field(default_factory=StudentConfig)
     embeddings: EmbeddingsConfig = Field(default_factory=EmbeddingsConfig)
 
+    @property
+    def run_dir(self) -> Path:
+        """Where the run's store and outputs live: output_dir/name."""
+        return Path(self.output_dir) / self.name
+
     @model_validator(mode="after")
     def _check(self) -> "RunConfig":
         b = self.budget

@@ -101,7 +101,7 @@ class Run:
         self.llm: Annotator = make_llm(cfg, self.ds.task)
         if isinstance(self.llm, RecordedAnnotator):
             self.llm.check(self.ds.pool, str(cfg.data.pool))
-        self.run_dir = Path(cfg.output_dir) / cfg.name
+        self.run_dir = cfg.run_dir
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._lock()
         try:
