@@ -67,3 +67,16 @@ def test_config_errors_are_one_line():
         config_from_dict({})
     with pytest.raises(ConfigError, match="key=value"):
         config_from_dict({"data": {"pool": "p"}}, ["budget.total"])
+
+
+def test_pool_and_test_samples_are_fixed_subsets_in_file_order(shared_data):
+    full = load_dataset(DataConfig(pool=shared_data / "fpb" / "pool.jsonl", test=shared_data / "fpb" / "test.jsonl"))
+    cfg = DataConfig(pool=shared_data / "fpb" / "pool.jsonl", test=shared_data / "fpb" / "test.jsonl", pool_sample=300, test_sample=50)
+    a, b = load_dataset(cfg), load_dataset(cfg)
+    assert len(a.pool) == 300 and len(a.test) == 50
+    assert [e.id for e in a.pool] == [e.id for e in b.pool]  # the same sample every time (every seed)
+    position = {e.id: i for i, e in enumerate(full.pool)}
+    assert [position[e.id] for e in a.pool] == sorted(position[e.id] for e in a.pool)
+    assert a.task.labels == full.task.labels
+    bigger = load_dataset(cfg.model_copy(update={"pool_sample": 10_000}))
+    assert len(bigger.pool) == len(full.pool)

@@ -1,5 +1,5 @@
-"""The command line: `imfl run`, `imfl demo`, and the project commands for real people (`init`, `status`,
-`serve`, `annotate`, `export-batch`, `import-labels`, `export`). Errors of the ImflError family are printed
+"""The command line: `imfl run`, `imfl demo`, the project commands for real people (`init`, `status`,
+`serve`, `annotate`, `export-batch`, `import-labels`, `export`) and the experiments (`bench`, `report`). Errors of the ImflError family are printed
 on one line, without a traceback, and exit with status 2."""
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from rich.table import Table
 from rich.text import Text
 
 from imfl.errors import ImflError
+from imfl.progress import Lines
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Interactive Multi-Fidelity Learning: few human labels, many LLM labels, one small student model.")
@@ -60,19 +61,9 @@ class RateColumn(ProgressColumn):
         return Text(f"{speed:.1f}/s" if speed else "", style="progress.data.speed")
 
 
-class PlainReporter:
+def _plain_reporter() -> Lines:
     """For logs (stderr is not a terminal): a line when each phase ends, no live bars."""
-
-    @contextlib.contextmanager
-    def phase(self, description: str, total: int | None) -> Iterator[Callable[[int], None]]:
-        start = time.perf_counter()
-        yield lambda n: None
-        spent = time.perf_counter() - start
-        rate = f" ({total / max(spent, 1e-9):.1f}/s)" if total else ""
-        console.print(f"{description}: {total or ''} in {spent:.1f} s{rate}", highlight=False)
-
-    def log(self, message: str) -> None:
-        console.print(message, highlight=False)
+    return Lines(lambda line: console.print(line, highlight=False))
 
 
 def _progress() -> Progress:
@@ -105,7 +96,7 @@ def _execute(cfg, continue_partial: bool = False) -> None:
         with _progress() as progress:
             result = run(cfg, RichReporter(progress), continue_partial)
     else:
-        result = run(cfg, PlainReporter(), continue_partial)
+        result = run(cfg, _plain_reporter(), continue_partial)
     _print_result(result, time.perf_counter() - started)
 
 
@@ -256,7 +247,7 @@ def init(
     def go() -> None:
         overrides = list(set_ or []) + ([f"data.pool={json.dumps(str(data.resolve()))}"] if data else [])
         _quiet_libraries()
-        run_dir = Run(_project_config(config, overrides), PlainReporter()).init()
+        run_dir = Run(_project_config(config, overrides), _plain_reporter()).init()
         out.print(f"project ready in {run_dir}/ (store.sqlite, config.toml); start it with `imfl run {run_dir}`")
 
     _guarded(go)
@@ -310,7 +301,7 @@ def serve(
         _quiet_libraries()
         cfg = _project_config(project)
         if not (cfg.run_dir / "store.sqlite").is_file():
-            console.print(f"creating the project in {Run(cfg, PlainReporter()).init()}/")
+            console.print(f"creating the project in {Run(cfg, _plain_reporter()).init()}/")
         cfg, labeling = _labeling(project, show_guesses)
         given = cfg.human.token.get_secret_value() if cfg.human.token else os.environ.get(cfg.human.token_env)
         if not given and not console.is_terminal:  # a new token would be printed into a log file
@@ -319,7 +310,7 @@ def serve(
         token = given or new_token()
         app_ = create_app(labeling, token)
         if loop:
-            worker = LoopWorker(lambda: run(cfg, PlainReporter()), labeling, on_event=lambda m: console.print(f"[bold]{m}[/bold]"))
+            worker = LoopWorker(lambda: run(cfg, _plain_reporter()), labeling, on_event=lambda m: console.print(f"[bold]{m}[/bold]"))
             worker.start()
         console.print(f"annotation page: http://{host}:{port}/  (stop with Ctrl-C)")
         console.print("access token: " + (f"from {'human.token' if cfg.human.token else '$' + cfg.human.token_env}" if given else token))
@@ -446,6 +437,108 @@ def export_cmd(
             shutil.copytree(run_dir / "adapter", out_dir / "adapter", dirs_exist_ok=True)
             copied = " and adapter/"
         out.print(f"wrote {len(rows)} labels to {target}{copied}")
+
+    _guarded(go)
+
+
+# -- experiments -----------------------------------------------------------------------------------
+
+
+def _cell_line(event, record: dict | None = None) -> str:
+    if event.kind == "failed":
+        return f"[red]failed[/red] {event.cell.id}: {event.error}"
+    f = record["final"]
+    acc = "–" if f["test_accuracy"] is None else f"{f['test_accuracy']:.3f}"
+    llm = f", LLM labels {record['llm_accuracy']:.3f} right" if record.get("llm_accuracy") is not None else ""
+    return (f"done {event.cell.id}: test accuracy {acc} with {record['labels_used']['human']} human + "
+            f"{record['labels_used']['llm']} LLM labels{llm}, {record['wall_seconds'] / 60:.1f} min")
+
+
+@app.command()
+def bench(
+    grid_file: Annotated[Path, typer.Argument(metavar="GRID", help="Grid file (see benchmarks/paper.toml).")],
+    quick: Annotated[bool, typer.Option("--quick", help="Run the grid's [quick] table: one seed, small budgets (minutes).")] = False,
+    workers: Annotated[int, typer.Option(min=1, help="Cells run at once, each in its own process with cores/workers threads.")] = 1,
+    only: Annotated[Optional[list[str]], typer.Option("--only", help="Run only cells whose id matches this glob, e.g. 'fpb/*/imfl/*' (repeatable).")] = None,
+    results: Annotated[Optional[Path], typer.Option(help="Results folder (default: the grid's `results`).")] = None,
+    work: Annotated[Optional[Path], typer.Option(help="Folder for run stores and logs (default: the grid's `work`).")] = None,
+    list_: Annotated[bool, typer.Option("--list", help="List the cells and whether each is done, run nothing.")] = False,
+) -> None:
+    """Run a grid of dataset × annotator × strategy × seed through the loop; finished cells are skipped on a re-run.
+    Writes one JSON per cell under RESULTS/cells/ and the aggregates RESULTS/rounds.csv and RESULTS/cells.csv."""
+    from imfl.bench import load_grid, pending_cells, run_grid
+
+    def go() -> None:
+        grid = load_grid(grid_file, quick, results, work)
+        done, todo = pending_cells(grid, only)
+        if list_:
+            table = Table(title=f"{grid_file.name}: {len(done)} done, {len(todo)} to run")
+            table.add_column("cell")
+            table.add_column("budget (human + LLM)", justify="right")
+            table.add_column("status")
+            for cell in sorted(done + todo, key=grid.cells.index):
+                b = cell.config.budget
+                table.add_row(cell.id, f"{b.human} + {b.total - b.human}", "done" if cell in done else "to run")
+            out.print(table)
+            return
+        out.print(f"{grid_file.name}{' (quick)' if quick else ''}: {len(grid.cells)} cells, {len(done)} already done, "
+                  f"{len(todo)} to run with {workers} worker(s); results in {grid.results}, logs in {grid.work}")
+        if not todo:
+            return
+        started = time.perf_counter()
+        finished = [0]
+
+        def plain(event) -> None:
+            if event.kind in ("done", "failed"):
+                finished[0] += 1
+                spent = time.perf_counter() - started
+                eta = spent / finished[0] * (len(todo) - finished[0])
+                console.print(f"[{finished[0]}/{len(todo)}] {_cell_line(event, event.record)} (eta {eta / 60:.0f} min)", highlight=False)
+
+        if console.is_terminal:
+            with _progress() as progress:
+                task = progress.add_task("cells", total=len(todo))
+
+                def live(event) -> None:
+                    if event.kind == "started":
+                        progress.console.print(f"[dim]started {event.cell.id}[/dim]")
+                    elif event.kind in ("done", "failed"):
+                        progress.console.print(_cell_line(event, event.record))
+                        progress.advance(task)
+
+                events = run_grid(grid, workers, only, live)
+        else:
+            events = run_grid(grid, workers, only, plain)
+        failed = [e for e in events if e.kind == "failed"]
+        out.print(f"{len(events) - len(failed)} cells done, {len(failed)} failed in {(time.perf_counter() - started) / 60:.1f} min; "
+                  f"`imfl report {grid.results}` makes the tables and figures")
+        if failed:
+            _fail(f"{len(failed)} cell(s) failed (first: {failed[0].cell.id}: {failed[0].error}); fix the cause and run the "
+                  "same command again: finished cells are kept", 1)
+
+    _guarded(go)
+
+
+@app.command()
+def report(
+    results: Annotated[Path, typer.Argument(help="A grid's results folder (holding cells/).")],
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Where report.md, report.html and the PNGs go (default: RESULTS/report).")] = None,
+    human_price: Annotated[float, typer.Option(min=0, help="Price of one human label, for the cost figure.")] = 1.0,
+    llm_price: Annotated[float, typer.Option(min=0, help="Price of one LLM label, for the cost figure.")] = 0.01,
+) -> None:
+    """Tables (Markdown, HTML) and figures (learning curves, accuracy vs cost, LLM accuracy per round) from a grid's results."""
+    from imfl.report import MAIN_HEADER, main_table, make_report
+
+    def go() -> None:
+        rep = make_report(results, out_dir or results / "report", human_price, llm_price)
+        for dataset, rows in rep.datasets.items():
+            table = Table(title=f"{dataset}: main table")
+            for col in MAIN_HEADER:
+                table.add_column(col, justify="left" if col in ("strategy", "LLM annotator") else "right")
+            for cells in main_table(rows):
+                table.add_row(*cells)
+            out.print(table)
+        out.print(f"wrote {rep.markdown}, {rep.html} and {len(rep.figures)} figures")
 
     _guarded(go)
 

@@ -36,6 +36,8 @@ class DataConfig(_Section):
         "",
         description="What the LLM annotator is asked to do; empty = a generic classification instruction naming the labels.",
     )
+    pool_sample: int = Field(0, ge=0, description="Use only a random sample of this many pool rows (0 = all); the same sample for every seed.")
+    test_sample: int = Field(0, ge=0, description="Evaluate on a random sample of this many test rows (0 = all); the same for every seed.")
 
 
 class BudgetConfig(_Section):
@@ -218,11 +220,11 @@ def resolve_strategy(cfg: RunConfig) -> RunConfig:
     for key, value in STRATEGIES[cfg.strategy].items():
         if value == "{total}":
             value = cfg.budget.total
-        _set_path(data, key, value)
+        set_path(data, key, value)
     return _validate(data, source="strategy preset")
 
 
-def _set_path(data: dict, dotted: str, value: Any) -> None:
+def set_path(data: dict, dotted: str, value: Any) -> None:
     *parents, leaf = dotted.split(".")
     node = data
     for part in parents:
@@ -271,7 +273,7 @@ def config_from_dict(data: dict, overrides: list[str] = (), base_dir: Path | Non
     data = copy.deepcopy(data)
     for item in overrides:
         key, value = parse_override(item)
-        _set_path(data, key, value)
+        set_path(data, key, value)
     cfg = _validate(data, source)
     if base_dir is not None:
         cfg = _resolve_paths(cfg, base_dir)

@@ -206,6 +206,7 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     else:
         labels = declared
     _check_held_out(cfg, pool, test)
+    pool, test = _sample(pool, cfg.pool_sample), _sample(test, cfg.test_sample)
     has_pair = pool[0].text_pair is not None
     if test and (test[0].text_pair is not None) != has_pair:
         raise DataError(f"{cfg.test}: the pool {'has' if has_pair else 'has no'} second input (text_pair) but the test file "
@@ -213,6 +214,16 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     instruction = cfg.instruction or DEFAULT_INSTRUCTION
     task = Task(labels=labels, instruction=instruction.replace("{labels}", ", ".join(labels)), has_pair=has_pair)
     return Dataset(task, pool, test)
+
+
+def _sample(examples: list[Example], n: int) -> list[Example]:
+    """A fixed random subset of ``n`` rows in file order (all rows when n is 0 or not smaller)."""
+    if not n or n >= len(examples):
+        return examples
+    import numpy as np
+
+    keep = np.sort(np.random.default_rng(0).choice(len(examples), n, replace=False))
+    return [examples[i] for i in keep]
 
 
 def _check_held_out(cfg: DataConfig, pool: list[Example], test: list[Example]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -59,7 +60,7 @@ class Embedder:
                 progress(len(chunk))
         emb = np.concatenate(out).astype(np.float32) if out else np.zeros((0, 384), np.float32)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(".tmp.npy")
+        tmp = target.with_name(f"{target.stem}.{os.getpid()}.tmp.npy")  # two processes may embed the same texts at once
         np.save(tmp, emb)
         tmp.replace(target)
         return emb

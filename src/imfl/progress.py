@@ -24,3 +24,23 @@ class Silent:
 
     def log(self, message: str) -> None:
         pass
+
+
+class Lines:
+    """For logs: one line when each phase ends (items, seconds, items/s), no live bars. ``write`` takes a line."""
+
+    def __init__(self, write: Callable[[str], None]):
+        self.write = write
+
+    @contextlib.contextmanager
+    def phase(self, description: str, total: int | None) -> Iterator[Callable[[int], None]]:
+        import time
+
+        start = time.perf_counter()
+        yield lambda n: None
+        spent = time.perf_counter() - start
+        rate = f" ({total / max(spent, 1e-9):.1f}/s)" if total else ""
+        self.write(f"{description}: {total or ''} in {spent:.1f} s{rate}")
+
+    def log(self, message: str) -> None:
+        self.write(message)

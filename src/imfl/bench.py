@@ -1,0 +1,499 @@
+"""Experiment grids over the loop: ``imfl bench GRID.toml``.
+
+A grid file names *datasets* (each a run config file plus ``H``, the unit of human budget), the LLM
+*annotators* tried on each, *strategies* (a budget as multiples of H, plus setting overrides) and *seeds*.
+Every (dataset × annotator × strategy × seed) is one **cell**: one run of the same loop as ``imfl run``, in a
+fresh process, which leaves one JSON in ``results/cells/`` (the configuration, the per-round metrics, the
+labels used per source, the LLM's accuracy on its own labels, the selections, the wall time). A strategy
+that spends no LLM label (human == total) is run once per dataset, with annotator ``none``.
+
+Re-running a grid skips the cells whose JSON exists (and refuses a JSON made with a different
+configuration); a cell killed half-way resumes from its run folder under ``work``. After every cell the
+aggregate ``rounds.csv`` (one row per cell and round) and ``cells.csv`` (one row per cell) are rewritten.
+
+``--quick`` applies the grid's ``[quick]`` table: one seed, a small H, a subset of datasets, annotators and
+strategies, and extra overrides (e.g. a sample of the pool), so the whole path runs in minutes (CI).
+"""
+
+from __future__ import annotations
+
+import csv
+import fnmatch
+import json
+import os
+import platform
+import time
+import tomllib
+import traceback
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from imfl.config import RunConfig, config_from_dict, set_path
+from imfl.errors import ConfigError, ImflError
+
+NO_LLM = "none"  # the annotator name of cells that spend no LLM label
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StrategySpec(_Spec):
+    total: float = Field(gt=0, description="Total labels, as a multiple of the dataset's H.")
+    human: float = Field(ge=0, description="Human labels, as a multiple of H (the rest go to the LLM).")
+    group: Literal["main", "ablation"] = "main"
+    label: str = ""
+    set: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> "StrategySpec":
+        if self.human > self.total:
+            raise ValueError(f"human ({self.human}) is larger than total ({self.total})")
+        return self
+
+    @property
+    def uses_llm(self) -> bool:
+        return self.human < self.total
+
+
+class AnnotatorSpec(_Spec):
+    label: str = ""
+    set: dict[str, Any] = Field(default_factory=dict)
+    strategies: list[str] | Literal["all"] = "all"
+
+
+class DatasetSpec(_Spec):
+    config: Path
+    H: int = Field(gt=0)
+    set: dict[str, Any] = Field(default_factory=dict)
+    annotators: dict[str, AnnotatorSpec]
+
+
+class QuickSpec(_Spec):
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    H: dict[str, int] = Field(description="Dataset name -> H in quick mode; only these datasets run.")
+    annotators: dict[str, list[str]] = Field(default_factory=dict)
+    strategies: list[str] = Field(default_factory=list)
+    set: dict[str, Any] = Field(default_factory=dict)
+
+
+class GridSpec(_Spec):
+    results: Path
+    work: Path
+    seeds: list[int] = Field(min_length=1)
+    set: dict[str, Any] = Field(default_factory=dict)
+    strategies: dict[str, StrategySpec] = Field(min_length=1)
+    datasets: dict[str, DatasetSpec] = Field(min_length=1)
+    quick: QuickSpec | None = None
+
+
+@dataclass(frozen=True)
+class Cell:
+    dataset: str
+    annotator: str
+    strategy: str
+    seed: int
+    H: int
+    group: str
+    label: str
+    annotator_label: str
+    order: int  # the strategy's position in the grid (the report keeps it)
+    config: RunConfig
+
+    @property
+    def id(self) -> str:
+        return f"{self.dataset}/{self.annotator}/{self.strategy}/seed{self.seed}"
+
+    @property
+    def stem(self) -> str:
+        return self.id.replace("/", "__")
+
+
+@dataclass(frozen=True)
+class Grid:
+    path: Path
+    results: Path
+    work: Path
+    cells: list[Cell]
+
+    @property
+    def cells_dir(self) -> Path:
+        return self.results / "cells"
+
+    def result_path(self, cell: Cell) -> Path:
+        return self.cells_dir / f"{cell.stem}.json"
+
+    def log_path(self, cell: Cell) -> Path:
+        return self.work / f"{cell.stem}.log"
+
+
+def load_grid(path: str | Path, quick: bool = False, results: Path | None = None, work: Path | None = None) -> Grid:
+    """Read a grid file and expand it into cells (each a validated run configuration)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: grid file not found; pass a TOML grid such as benchmarks/paper.toml")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    try:
+        spec = GridSpec.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(f"{path}: {where}: {err['msg'].removeprefix('Value error, ')}") from None
+    base = path.parent.resolve()
+    seeds, extra, keep_annotators, keep_strategies, h_of = spec.seeds, spec.set, {}, None, {}
+    if quick:
+        if spec.quick is None:
+            raise ConfigError(f"{path}: --quick needs a [quick] table in the grid (seeds, H per dataset, set)")
+        q = spec.quick
+        seeds, extra, keep_annotators, h_of = q.seeds, spec.set | q.set, q.annotators, q.H
+        keep_strategies = set(q.strategies) or None
+        for name in [*q.H, *q.annotators]:
+            if name not in spec.datasets:
+                raise ConfigError(f"{path}: quick names dataset {name!r}, which the grid does not have ({', '.join(spec.datasets)})")
+    for name in keep_strategies or ():
+        if name not in spec.strategies:
+            raise ConfigError(f"{path}: quick.strategies names {name!r}, which the grid does not define")
+    for dname, dspec in spec.datasets.items():
+        for aname, aspec in dspec.annotators.items():
+            for sname in [] if aspec.strategies == "all" else aspec.strategies:
+                if sname not in spec.strategies:
+                    raise ConfigError(f"{path}: datasets.{dname}.annotators.{aname}.strategies names {sname!r}, which the grid does not define")
+    suffix = "-quick" if quick else ""
+    results = (results or _under(base, spec.results.with_name(spec.results.name + suffix))).resolve()
+    work = (work or _under(base, spec.work.with_name(spec.work.name + suffix))).resolve()
+
+    cells: list[Cell] = []
+    seen: set[str] = set()
+    for seed in seeds:
+        for dname, dspec in spec.datasets.items():
+            if quick and dname not in h_of:
+                continue
+            H = h_of.get(dname, dspec.H)
+            base_data = _read_run_config(_under(base, dspec.config), path, dname)
+            for order, (sname, sspec) in enumerate(spec.strategies.items()):
+                if keep_strategies is not None and sname not in keep_strategies:
+                    continue
+                for aname, aspec in dspec.annotators.items():
+                    if dname in keep_annotators and aname not in keep_annotators[dname]:
+                        continue
+                    if aspec.strategies != "all" and sname not in aspec.strategies:
+                        continue
+                    if not sspec.uses_llm:
+                        aname, aspec = NO_LLM, AnnotatorSpec(label="(none)")
+                    cell_id = f"{dname}/{aname}/{sname}/seed{seed}"
+                    if cell_id in seen:
+                        continue
+                    seen.add(cell_id)
+                    settings = {
+                        "name": cell_id.replace("/", "__"), "seed": seed, "output_dir": str(work),
+                        "budget.total": round(sspec.total * H), "budget.human": round(sspec.human * H),
+                    }
+                    overrides = [extra, dspec.set, aspec.set, sspec.set, settings]
+                    cells.append(Cell(
+                        dname, aname, sname, seed, H, sspec.group, sspec.label or sname, aspec.label or aname, order,
+                        _cell_config(base_data, overrides, _under(base, dspec.config).parent, f"{path} (cell {cell_id})"),
+                    ))
+    for cell in cells:
+        if cell.config.human.annotator != "oracle":
+            raise ConfigError(f"{path}: cell {cell.id} has human.annotator = {cell.config.human.annotator!r}; a grid needs the "
+                              "simulated expert (oracle), since nobody waits on a benchmark")
+    if not cells:
+        raise ConfigError(f"{path}: the grid has no cells (check quick.H, quick.annotators and quick.strategies)")
+    return Grid(path.resolve(), results, work, cells)
+
+
+def _under(base: Path, p: Path) -> Path:
+    return p if p.is_absolute() else base / p
+
+
+def _read_run_config(path: Path, grid: Path, dataset: str) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"{grid}: datasets.{dataset}.config = {str(path)!r}: no such file; give a run config (see configs/)")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+
+
+def _flatten(layer: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """``{"llm.k": 2}`` and ``{"llm": {"k": 2}}`` both mean: set llm.k (other llm settings stay)."""
+    for key, value in layer.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _cell_config(base: dict, overrides: list[dict[str, Any]], base_dir: Path, source: str) -> RunConfig:
+    import copy
+
+    from imfl.config import resolve_strategy
+
+    data = copy.deepcopy(base)
+    for layer in overrides:
+        for key, value in _flatten(layer):
+            set_path(data, key, value)
+    cfg = config_from_dict(data, base_dir=base_dir, source=source)
+    try:
+        return resolve_strategy(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+# -- one cell ------------------------------------------------------------------------------------------
+
+
+def comparable_config(cfg: RunConfig, root: Path) -> dict:
+    """The configuration as written into a cell's JSON: no secrets, paths relative to ``root`` (so results
+    compare across clones)."""
+    data = cfg.model_dump(mode="json", exclude={"llm": {"api_key"}, "human": {"token"}})
+
+    def rel(p: str | None) -> str | None:
+        return p if p is None else os.path.relpath(p, root)
+
+    data["data"]["pool"], data["data"]["test"] = rel(data["data"]["pool"]), rel(data["data"]["test"])
+    data["llm"]["file"] = rel(data["llm"]["file"])
+    data.pop("output_dir")
+    data.pop("cache_dir")
+    return data
+
+
+def _machine() -> dict:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    import imfl
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "imfl": imfl.__version__, "threads": torch.get_num_threads()}
+
+
+def run_cell(cell: Cell, grid: Grid) -> dict:
+    """Run one cell (or continue it) and return its result record (also written as JSON by the caller)."""
+    from imfl.loop import Run
+    from imfl.progress import Lines
+    from imfl.store import Store
+
+    log = grid.log_path(cell)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    store_file = cell.config.run_dir / "store.sqlite"
+    resumed = store_file.is_file()
+    started = time.time()
+    with log.open("a", encoding="utf-8") as fh:
+        def write(line: str) -> None:
+            fh.write(f"{time.strftime('%H:%M:%S')} {line}\n")
+            fh.flush()
+
+        write(f"cell {cell.id}{' (resumed)' if resumed else ''}")
+        result = Run(cell.config, Lines(write)).execute()
+        write(f"done in {time.time() - started:.0f} s")
+    rounds = result.metrics
+    llm_n = sum(r["llm_labels"] for r in rounds if r.get("llm_accuracy") is not None)
+    llm_right = sum(r["llm_accuracy"] * r["llm_labels"] for r in rounds if r.get("llm_accuracy") is not None)
+    with Store.open(store_file) as store:
+        selected = [{"round": r["round"], "human": store.selection(r["round"], "human"), "llm": store.selection(r["round"], "llm")}
+                    for r in rounds]
+    final = rounds[-1] if rounds else {}
+    return {
+        "cell": {"id": cell.id, "dataset": cell.dataset, "annotator": cell.annotator, "annotator_label": cell.annotator_label,
+                 "strategy": cell.strategy, "label": cell.label, "group": cell.group, "order": cell.order, "seed": cell.seed,
+                 "H": cell.H},
+        "config": comparable_config(cell.config, grid.path.parent),
+        "rounds": rounds,
+        "final": {k: final.get(k) for k in ("test_accuracy", "test_macro_f1", "human_total", "llm_total",
+                                            "human_cost_total", "llm_cost_total")},
+        "labels_used": result.budget_used,
+        "llm_accuracy": round(llm_right / llm_n, 4) if llm_n else None,
+        "llm_failed": sum(r.get("llm_failed", 0) + r.get("llm_unparsed", 0) for r in rounds),
+        "wall_seconds": round(time.time() - started, 1),
+        "loop_seconds": round(sum(sum(r.get("seconds", {}).values()) for r in rounds), 1),
+        "timings": {k: round(v, 1) for k, v in result.timings.items()},
+        "resumed": resumed,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": _machine(),
+        "selected": selected,
+    }
+
+
+def _die_with_parent() -> None:
+    """Linux: a worker gets SIGTERM when the grid's process dies (even by SIGKILL), instead of running on alone.
+    What the cell committed stays in its store; the next run of the grid continues it."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: Ctrl-C still reaches the whole process group
+        pass
+
+
+def _cell_process(cell: Cell, grid: Grid, threads: int | None) -> dict:
+    """Entry point of a worker process: its output goes to the cell's log, libraries are quiet, the thread
+    count is set, then the cell runs."""
+    _die_with_parent()
+    log = grid.log_path(cell)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a", encoding="utf-8") as fh:  # warnings of libraries land in the log, not on the user's screen
+        os.dup2(fh.fileno(), 1)
+        os.dup2(fh.fileno(), 2)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return run_cell(cell, grid)
+    except ImflError:
+        raise
+    except Exception as exc:  # a crash inside a cell is reported, the grid goes on
+        with grid.log_path(cell).open("a", encoding="utf-8") as fh:
+            traceback.print_exc(file=fh)
+        raise ImflError(f"{type(exc).__name__}: {exc} (traceback in {grid.log_path(cell)})") from None
+
+
+# -- the grid ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class CellEvent:
+    kind: Literal["skipped", "started", "done", "failed"]
+    cell: Cell
+    record: dict | None = None
+    error: str | None = None
+
+
+def pending_cells(grid: Grid, only: list[str] | None = None) -> tuple[list[Cell], list[Cell]]:
+    """(cells done, cells to run); ``only`` keeps cells whose id matches one of the glob patterns. A result made
+    with a different configuration is an error: the grid changed under it."""
+    chosen = [c for c in grid.cells if not only or any(fnmatch.fnmatchcase(c.id, p) for p in only)]
+    if only and not chosen:
+        raise ConfigError(f"--only {' '.join(only)}: no cell of {grid.path.name} matches (ids look like {grid.cells[0].id})")
+    done, todo = [], []
+    for cell in chosen:
+        path = grid.result_path(cell)
+        if not path.is_file():
+            todo.append(cell)
+            continue
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))["config"]
+        except (json.JSONDecodeError, KeyError):
+            raise ConfigError(f"{path}: not a cell result (damaged?); delete it to run the cell again") from None
+        new = comparable_config(cell.config, grid.path.parent)
+        if old != new:
+            key = _first_difference(old, new)
+            raise ConfigError(f"{path} was made with a different configuration ({key}); delete it to run the cell again, "
+                              "or restore the grid file")
+        done.append(cell)
+    return done, todo
+
+
+def _first_difference(a: Any, b: Any, prefix: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            if a.get(k) != b.get(k):
+                return _first_difference(a.get(k), b.get(k), f"{prefix}{k}.")
+    return f"{prefix.rstrip('.')}: {a!r} then, {b!r} now"
+
+
+def run_grid(grid: Grid, workers: int = 1, only: list[str] | None = None,
+             on_event: Callable[[CellEvent], None] = lambda e: None) -> list[CellEvent]:
+    """Run every cell that has no result yet, ``workers`` at a time (each in a fresh process with
+    cores/workers torch threads). Returns the events of the cells run; a failed cell does not stop the others."""
+    done, todo = pending_cells(grid, only)
+    for cell in done:
+        on_event(CellEvent("skipped", cell))
+    grid.cells_dir.mkdir(parents=True, exist_ok=True)
+    grid.work.mkdir(parents=True, exist_ok=True)
+    threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
+    events: list[CellEvent] = []
+    queue: Iterator[Cell] = iter(todo)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
+        running: dict[Future, Cell] = {}
+
+        def submit() -> None:
+            cell = next(queue, None)
+            if cell is not None:
+                running[pool.submit(_cell_process, cell, grid, threads)] = cell
+                on_event(CellEvent("started", cell))
+
+        for _ in range(workers):
+            submit()
+        while running:
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                cell = running.pop(future)
+                try:
+                    record = future.result()
+                except Exception as exc:  # ImflError from the cell, or a worker that died
+                    event = CellEvent("failed", cell, error=str(exc) or type(exc).__name__)
+                else:
+                    _write_json(grid.result_path(cell), record)
+                    write_aggregates(grid.results)
+                    event = CellEvent("done", cell, record)
+                events.append(event)
+                on_event(event)
+                submit()
+    return events
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def load_results(results: Path) -> list[dict]:
+    """Every cell result under ``results/cells``."""
+    folder = Path(results) / "cells"
+    if not folder.is_dir():
+        raise ConfigError(f"{results}: no cells/ folder with results here; run `imfl bench GRID.toml` first, or pass its results folder")
+    records = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            records.append(json.loads(path.read_text(encoding="utf-8")))
+        except json.JSONDecodeError:
+            raise ConfigError(f"{path}: not valid JSON (damaged?); delete it and run the grid again to redo the cell") from None
+    return records
+
+
+ROUND_COLUMNS = ("round", "human_labels", "llm_labels", "human_total", "llm_total", "test_accuracy", "test_macro_f1",
+                 "llm_accuracy", "llm_failed", "llm_unparsed", "human_cost_total", "llm_cost_total")
+CELL_COLUMNS = ("dataset", "annotator", "strategy", "group", "seed", "H")
+
+
+def write_aggregates(results: Path) -> None:
+    """rounds.csv (a row per cell and round) and cells.csv (a row per cell, final round) from every cell JSON."""
+    records = load_results(results)
+    with (Path(results) / "rounds.csv").open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow([*CELL_COLUMNS, *ROUND_COLUMNS])
+        for r in records:
+            for m in r["rounds"]:
+                w.writerow([r["cell"][k] for k in CELL_COLUMNS] + [m.get(k) for k in ROUND_COLUMNS])
+    with (Path(results) / "cells.csv").open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow([*CELL_COLUMNS, "test_accuracy", "test_macro_f1", "human_labels", "llm_labels", "llm_accuracy",
+                    "llm_failed", "wall_seconds"])
+        for r in records:
+            f = r["final"]
+            w.writerow([r["cell"][k] for k in CELL_COLUMNS] + [f["test_accuracy"], f["test_macro_f1"], r["labels_used"]["human"],
+                        r["labels_used"]["llm"], r["llm_accuracy"], r["llm_failed"], r["wall_seconds"]])

@@ -1,0 +1,184 @@
+"""`imfl bench` and `imfl report` as a user runs them: the repository's own grid in its --quick form (two
+datasets, the embedded LLM and a recorded GPT-4, two worker processes), re-run without redoing anything,
+turned into tables and figures; and the grid's refusals (bad files, a grid changed under its results, a
+failing cell that does not stop the others)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, SHARED_DATA, read_jsonl
+
+GRID = REPO / "benchmarks" / "paper.toml"
+
+
+def imfl(*args, env=None, timeout=900):
+    env = dict(os.environ, COLUMNS="200", **(env or {}))
+    return subprocess.run([sys.executable, "-m", "imfl", *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory, imfl_cache):
+    d = tmp_path_factory.mktemp("bench")
+    env = {"IMFL_CACHE": str(imfl_cache)}
+    args = ("bench", str(GRID), "--quick", "--workers", "2", "--results", str(d / "results"), "--work", str(d / "work"))
+    first = imfl(*args, env=env)
+    return {"dir": d, "first": first, "args": args, "env": env}
+
+
+def cells(results: Path) -> dict[str, dict]:
+    return {json.loads(p.read_text())["cell"]["id"]: json.loads(p.read_text()) for p in sorted((results / "cells").glob("*.json"))}
+
+
+def test_quick_grid_runs_every_cell_with_its_budget(quick):
+    r = quick["first"]
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    got = cells(quick["dir"] / "results")
+    assert set(got) == {f"{d}/{a}/{s}/seed0" for d, a, s in [
+        ("fpb", "none", "human-1x"), ("fpb", "smollm2", "llm-only"), ("fpb", "smollm2", "imfl"), ("fpb", "smollm2", "random-query"),
+        ("pubmedqa", "none", "human-1x"), ("pubmedqa", "gpt4", "llm-only"), ("pubmedqa", "gpt4", "imfl"),
+        ("pubmedqa", "gpt4", "random-query")]}
+    for cell_id, rec in got.items():
+        strategy = rec["cell"]["strategy"]
+        human = {"human-1x": 8, "llm-only": 0}.get(strategy, 8)
+        assert rec["config"]["budget"]["human"] == human and rec["config"]["budget"]["rounds"] == 2, cell_id
+        assert rec["labels_used"]["human"] == human, cell_id
+        assert rec["labels_used"]["human"] + rec["labels_used"]["llm"] + rec["llm_failed"] >= rec["config"]["budget"]["total"] - 1
+        assert [m["round"] for m in rec["rounds"]] == [1, 2], cell_id
+        assert 0 <= rec["final"]["test_accuracy"] <= 1 and rec["wall_seconds"] > 0
+        assert rec["config"]["data"]["pool_sample"] == 300 and not rec["config"]["data"]["pool"].startswith("/")
+        assert sum(len(s["human"]) for s in rec["selected"]) == human
+    assert got["fpb/smollm2/random-query/seed0"]["config"]["query"]["strategy"] == "random"
+    assert got["fpb/smollm2/imfl/seed0"]["config"]["query"]["strategy"] == "eeq"
+    assert got["fpb/none/human-1x/seed0"]["llm_accuracy"] is None
+    assert "started" in r.stderr or "done" in r.stderr
+
+
+def test_llm_accuracy_of_a_cell_is_what_the_recorded_answers_say(quick):
+    """The cell's LLM accuracy is recomputed here from its selections and the recorded GPT-4 column."""
+    rows = {r["id"]: r for r in read_jsonl(SHARED_DATA / "pubmedqa" / "pool.jsonl")}
+    for strategy in ("imfl", "llm-only", "random-query"):
+        rec = cells(quick["dir"] / "results")[f"pubmedqa/gpt4/{strategy}/seed0"]
+        ids = [i for s in rec["selected"] for i in s["llm"] if rows[i]["llm_gpt4_medrag"] is not None]
+        assert ids and rec["labels_used"]["llm"] == len(ids)
+        right = sum(rows[i]["llm_gpt4_medrag"] == rows[i]["label"] for i in ids)
+        assert rec["llm_accuracy"] == pytest.approx(right / len(ids), abs=1e-3)
+
+
+def test_aggregates_hold_every_round_of_every_cell(quick):
+    import csv
+
+    results = quick["dir"] / "results"
+    with (results / "rounds.csv").open() as fh:
+        rounds = list(csv.DictReader(fh))
+    assert len(rounds) == 16 and {r["round"] for r in rounds} == {"1", "2"}
+    with (results / "cells.csv").open() as fh:
+        per_cell = list(csv.DictReader(fh))
+    got = cells(results)
+    assert len(per_cell) == 8
+    for row in per_cell:
+        rec = got[f"{row['dataset']}/{row['annotator']}/{row['strategy']}/seed{row['seed']}"]
+        assert float(row["test_accuracy"]) == rec["final"]["test_accuracy"]
+
+
+def test_rerun_skips_finished_cells(quick):
+    results = quick["dir"] / "results"
+    before = {p.name: p.stat().st_mtime_ns for p in (results / "cells").glob("*.json")}
+    r = imfl(*quick["args"], env=quick["env"], timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "8 already done, 0 to run" in r.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in (results / "cells").glob("*.json")} == before
+    listed = imfl(*quick["args"], "--list", env=quick["env"], timeout=120)
+    assert listed.returncode == 0 and listed.stdout.count("done") >= 8 and "to run" not in listed.stdout.split("\n", 2)[2]
+
+
+def test_report_tables_and_figures(quick, tmp_path):
+    from matplotlib.image import imread
+
+    results = quick["dir"] / "results"
+    r = imfl("report", str(results), "--out", str(tmp_path / "report"), "--llm-price", "0.05", timeout=300)
+    assert r.returncode == 0, r.stderr
+    md = (tmp_path / "report" / "report.md").read_text()
+    got = cells(results)
+    assert "## fpb (H = 8)" in md and "## pubmedqa (H = 8)" in md
+    imfl_acc = got["pubmedqa/gpt4/imfl/seed0"]["final"]["test_accuracy"]
+    assert f"| IMFL (H human + 4H LLM) | GPT-4 (recorded, MedRAG) | 8 | 32 | {imfl_acc:.3f} |" in md
+    # The ablation table shows the difference to IMFL with the same annotator.
+    delta = got["pubmedqa/gpt4/random-query/seed0"]["final"]["test_accuracy"] - imfl_acc
+    assert f"| random query | GPT-4 (recorded, MedRAG) | 8 | 32 | " in md
+    assert f"{delta:+.3f}" in md
+    for name in ("fpb-learning-curves", "fpb-cost", "fpb-llm-accuracy", "pubmedqa-learning-curves", "pubmedqa-cost",
+                 "pubmedqa-llm-accuracy"):
+        image = imread(tmp_path / "report" / f"{name}.png")
+        assert image.shape[0] > 300 and image.shape[1] > 400 and image.std() > 0.01, name
+        assert f"{name}.png" in md
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert page.count("<img src=") == 6 and page.count("<table>") == 4
+    assert "main table" in r.stdout
+
+
+def test_a_grid_changed_under_its_results_is_refused(quick, tmp_path):
+    import shutil
+
+    results = tmp_path / "results"
+    shutil.copytree(quick["dir"] / "results", results)
+    path = results / "cells" / "fpb__none__human-1x__seed0.json"
+    rec = json.loads(path.read_text())
+    rec["config"]["student"]["epochs"] = 99
+    path.write_text(json.dumps(rec))
+    r = imfl("bench", str(GRID), "--quick", "--results", str(results), "--work", str(quick["dir"] / "work"), timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "fpb__none__human-1x__seed0.json" in r.stderr and "student.epochs: 99 then, 4 now" in r.stderr
+
+
+def test_a_failing_cell_does_not_stop_the_grid(tmp_path, imfl_cache):
+    grid = tmp_path / "grid.toml"
+    grid.write_text(f"""
+results = "out"
+work = "work"
+seeds = [3]
+set = {{ "data.pool_sample" = 60, "data.test_sample" = 30, "budget.rounds" = 1, "student.min_steps" = 10, "student.max_length" = 32 }}
+[strategies]
+small = {{ total = 1, human = 1 }}
+too-big = {{ total = 20, human = 20 }}
+[datasets.fpb]
+config = "{REPO / 'configs' / 'fpb.toml'}"
+H = 4
+annotators.smollm2 = {{}}
+""")
+    r = imfl("bench", str(grid), env={"IMFL_CACHE": str(imfl_cache)})
+    assert r.returncode == 1, r.stderr
+    assert "fpb/none/too-big/seed3" in r.stderr and "budget.total (80) is larger than the pool (60 items" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert (tmp_path / "out" / "cells" / "fpb__none__small__seed3.json").is_file()
+    assert not (tmp_path / "out" / "cells" / "fpb__none__too-big__seed3.json").exists()
+    assert "1 cells done, 1 failed" in r.stdout
+
+
+@pytest.mark.parametrize("text, message", [
+    (None, "grid file not found"),
+    ("results = [", "not valid TOML"),
+    ('results = "r"\nwork = "w"\nseeds = [0]\nbogus = 1\n[strategies]\na = { total = 1, human = 1 }\n[datasets.x]\nconfig = "c.toml"\nH = 1\nannotators.l = {}\n',
+     "bogus: Extra inputs are not permitted"),
+    ('results = "r"\nwork = "w"\nseeds = [0]\n[strategies]\na = { total = 1, human = 2 }\n[datasets.x]\nconfig = "c.toml"\nH = 1\nannotators.l = {}\n',
+     "strategies.a: human (2.0) is larger than total (1.0)"),
+    ('results = "r"\nwork = "w"\nseeds = [0]\n[strategies]\na = { total = 1, human = 1 }\n[datasets.x]\nconfig = "c.toml"\nH = 1\nannotators.l = { strategies = ["b"] }\n',
+     "datasets.x.annotators.l.strategies names 'b', which the grid does not define"),
+    ('results = "r"\nwork = "w"\nseeds = [0]\n[strategies]\na = { total = 1, human = 1 }\n[datasets.x]\nconfig = "c.toml"\nH = 1\nannotators.l = {}\n',
+     "datasets.x.config = "),
+])
+def test_bad_grid_files_get_one_line(tmp_path, text, message):
+    grid = tmp_path / "grid.toml"
+    if text is not None:
+        grid.write_text(text)
+    r = imfl("bench", str(grid), "--list", timeout=120)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_report_of_a_folder_without_results(tmp_path):
+    r = imfl("report", str(tmp_path), timeout=120)
+    assert r.returncode == 2 and "no cells/ folder" in r.stderr and "Traceback" not in r.stderr
