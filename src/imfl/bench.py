@@ -381,12 +381,15 @@ class CellEvent:
     error: str | None = None
 
 
-def pending_cells(grid: Grid, only: list[str] | None = None) -> tuple[list[Cell], list[Cell]]:
-    """(cells done, cells to run); ``only`` keeps cells whose id matches one of the glob patterns. A result made
-    with a different configuration is an error: the grid changed under it."""
-    chosen = [c for c in grid.cells if not only or any(fnmatch.fnmatchcase(c.id, p) for p in only)]
-    if only and not chosen:
-        raise ConfigError(f"--only {' '.join(only)}: no cell of {grid.path.name} matches (ids look like {grid.cells[0].id})")
+def pending_cells(grid: Grid, only: list[str] | None = None, skip: list[str] | None = None) -> tuple[list[Cell], list[Cell]]:
+    """(cells done, cells to run); ``only`` keeps cells whose id matches one of its glob patterns, ``skip`` drops
+    those matching one of its own. A result made with a different configuration is an error: the grid changed under it."""
+    def matches(cell: Cell, patterns: list[str] | None) -> bool:
+        return any(fnmatch.fnmatchcase(cell.id, p) for p in patterns or ())
+
+    chosen = [c for c in grid.cells if (not only or matches(c, only)) and not matches(c, skip)]
+    if (only or skip) and not chosen:
+        raise ConfigError(f"--only/--skip leave no cell of {grid.path.name} (ids look like {grid.cells[0].id})")
     done, todo = [], []
     for cell in chosen:
         path = grid.result_path(cell)
@@ -414,11 +417,11 @@ def _first_difference(a: Any, b: Any, prefix: str = "") -> str:
     return f"{prefix.rstrip('.')}: {a!r} then, {b!r} now"
 
 
-def run_grid(grid: Grid, workers: int = 1, only: list[str] | None = None,
+def run_grid(grid: Grid, workers: int = 1, only: list[str] | None = None, skip: list[str] | None = None,
              on_event: Callable[[CellEvent], None] = lambda e: None) -> list[CellEvent]:
     """Run every cell that has no result yet, ``workers`` at a time (each in a fresh process with
     cores/workers torch threads). Returns the events of the cells run; a failed cell does not stop the others."""
-    done, todo = pending_cells(grid, only)
+    done, todo = pending_cells(grid, only, skip)
     for cell in done:
         on_event(CellEvent("skipped", cell))
     grid.cells_dir.mkdir(parents=True, exist_ok=True)

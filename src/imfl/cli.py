@@ -460,6 +460,7 @@ def bench(
     quick: Annotated[bool, typer.Option("--quick", help="Run the grid's [quick] table: one seed, small budgets (minutes).")] = False,
     workers: Annotated[int, typer.Option(min=1, help="Cells run at once, each in its own process with cores/workers threads.")] = 1,
     only: Annotated[Optional[list[str]], typer.Option("--only", help="Run only cells whose id matches this glob, e.g. 'fpb/*/imfl/*' (repeatable).")] = None,
+    skip: Annotated[Optional[list[str]], typer.Option("--skip", help="Leave out cells whose id matches this glob (repeatable).")] = None,
     results: Annotated[Optional[Path], typer.Option(help="Results folder (default: the grid's `results`).")] = None,
     work: Annotated[Optional[Path], typer.Option(help="Folder for run stores and logs (default: the grid's `work`).")] = None,
     list_: Annotated[bool, typer.Option("--list", help="List the cells and whether each is done, run nothing.")] = False,
@@ -470,7 +471,7 @@ def bench(
 
     def go() -> None:
         grid = load_grid(grid_file, quick, results, work)
-        done, todo = pending_cells(grid, only)
+        done, todo = pending_cells(grid, only, skip)
         if list_:
             table = Table(title=f"{grid_file.name}: {len(done)} done, {len(todo)} to run")
             table.add_column("cell")
@@ -506,9 +507,9 @@ def bench(
                         progress.console.print(_cell_line(event, event.record))
                         progress.advance(task)
 
-                events = run_grid(grid, workers, only, live)
+                events = run_grid(grid, workers, only, skip, live)
         else:
-            events = run_grid(grid, workers, only, plain)
+            events = run_grid(grid, workers, only, skip, plain)
         failed = [e for e in events if e.kind == "failed"]
         out.print(f"{len(events) - len(failed)} cells done, {len(failed)} failed in {(time.perf_counter() - started) / 60:.1f} min; "
                   f"`imfl report {grid.results}` makes the tables and figures")

