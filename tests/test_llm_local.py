@@ -78,6 +78,15 @@ def test_build_messages_names_the_labels_once_and_can_skip_the_restatement():
     assert [m["content"] for m in short[1:]] == ["Text: " + DEMOS[0].text, DEMOS[0].label, "Text: The item ."]
 
 
+def test_a_long_task_is_stated_once():
+    """77 intent names are not repeated in every turn (about 600 tokens each time), only in the system message."""
+    labels = [f"intent_number_{i}" for i in range(77)]
+    demo = Demo("d", "Where is my card?", labels[3])
+    messages = build_messages("Classify the message.", labels, "The item .", demos=[demo])
+    assert all(label in messages[0]["content"] for label in labels)
+    assert [m["content"] for m in messages[1:]] == ["Text: Where is my card?", labels[3], "Text: The item ."]
+
+
 def test_build_messages_shortens_only_the_pair():
     long_context = " ".join(f"word{i}" for i in range(2000))
     question = "Does the long question stay whole? " * 20

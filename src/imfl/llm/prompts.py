@@ -35,6 +35,9 @@ from imfl.errors import ModelError
 
 #: Default cap on the characters of each ``text_pair`` (a PubMedQA abstract averages ~1,350 characters).
 DEFAULT_MAX_PAIR_CHARS = 1000
+# A task longer than this (e.g. one naming Banking77's 77 intents, about 1,700 characters) is stated once, in the
+# system message: restating it in every user turn would cost about 600 tokens per demonstration.
+MAX_REPEATED_TASK_CHARS = 400
 _ELLIPSIS = " [...] "
 
 
@@ -95,7 +98,8 @@ def build_messages(
     A system message holds the task: the instruction, then the list of labels unless the instruction already
     names them all. Each demonstration becomes a user turn answered by an assistant turn holding its label, in
     the order given (put the most similar last); the item is the final user turn. Every user turn starts with
-    the task again unless ``repeat_instruction`` is False. ``pair_names`` name the two inputs (e.g.
+    the task again (it helps a small model keep to the labels) unless ``repeat_instruction`` is False or the task
+    is longer than ``MAX_REPEATED_TASK_CHARS``. ``pair_names`` name the two inputs (e.g.
     ``("Question", "Context")`` for PubMedQA); every ``text_pair`` is shortened to ``max_pair_chars``
     (``None``: never), while ``text`` is never cut.
     """
@@ -107,7 +111,7 @@ def build_messages(
     if max_pair_chars is not None and max_pair_chars < 1:
         raise ModelError(f"max_pair_chars={max_pair_chars!r} must be a positive number of characters, or None for no limit")
     task = _task(instruction, labels)
-    prefix = f"{task}\n\n" if repeat_instruction else ""
+    prefix = f"{task}\n\n" if repeat_instruction and len(task) <= MAX_REPEATED_TASK_CHARS else ""
     messages = [{"role": "system", "content": task}]
     for demo in demos:
         if demo.label not in labels:
