@@ -109,7 +109,7 @@ def test_report_tables_and_figures(quick, tmp_path):
     assert f"| IMFL (H human + 4H LLM) | GPT-4 (recorded, MedRAG) | 8 | 32 | {imfl_acc:.3f} |" in md
     # The ablation table shows the difference to IMFL with the same annotator.
     delta = got["pubmedqa/gpt4/random-query/seed0"]["final"]["test_accuracy"] - imfl_acc
-    assert f"| random query | GPT-4 (recorded, MedRAG) | 8 | 32 | " in md
+    assert "| random query | GPT-4 (recorded, MedRAG) | 8 | 32 | " in md
     assert f"{delta:+.3f}" in md
     for name in ("fpb-learning-curves", "fpb-cost", "fpb-llm-accuracy", "pubmedqa-learning-curves", "pubmedqa-cost",
                  "pubmedqa-llm-accuracy"):

@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import time
-import tomllib
 import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -34,7 +33,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from imfl.config import RunConfig, config_from_dict, set_path
+from imfl.config import RunConfig, config_from_dict, read_toml, set_path
 from imfl.errors import ConfigError, ImflError
 
 NO_LLM = "none"  # the annotator name of cells that spend no LLM label
@@ -136,12 +135,7 @@ class Grid:
 def load_grid(path: str | Path, quick: bool = False, results: Path | None = None, work: Path | None = None) -> Grid:
     """Read a grid file and expand it into cells (each a validated run configuration)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: grid file not found; pass a TOML grid such as benchmarks/paper.toml")
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    raw = read_toml(path, "grid file", "pass a TOML grid such as benchmarks/paper.toml")
     try:
         spec = GridSpec.model_validate(raw)
     except ValidationError as exc:
@@ -218,10 +212,7 @@ def _under(base: Path, p: Path) -> Path:
 def _read_run_config(path: Path, grid: Path, dataset: str) -> dict:
     if not path.is_file():
         raise ConfigError(f"{grid}: datasets.{dataset}.config = {str(path)!r}: no such file; give a run config (see configs/)")
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    return read_toml(path)
 
 
 def _flatten(layer: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:

@@ -280,18 +280,22 @@ def config_from_dict(data: dict, overrides: list[str] = (), base_dir: Path | Non
     return cfg
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
-    """Read a TOML config file; relative paths inside it are relative to the file's folder."""
-    path = Path(path)
+def read_toml(path: Path, what: str = "config file", hint: str = "pass the path of a TOML file (see configs/ for examples)") -> dict:
+    """The tables of a TOML file, or a ConfigError naming the file and what is wrong with it."""
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found; pass the path of a TOML file (see configs/ for examples)")
+        raise ConfigError(f"{path}: {what} not found; {hint}")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
     except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text; save the config as UTF-8") from None
-    return config_from_dict(data, overrides, base_dir=path.parent.resolve(), source=str(path))
+        raise ConfigError(f"{path}: not UTF-8 text; save it as UTF-8") from None
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    """Read a TOML config file; relative paths inside it are relative to the file's folder."""
+    path = Path(path)
+    return config_from_dict(read_toml(path), overrides, base_dir=path.parent.resolve(), source=str(path))
 
 
 def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:

@@ -167,47 +167,53 @@ def _annotator_label(rows: list[Row], annotator: str) -> str:
     return next((r.annotator_label for r in rows if r.annotator == annotator), "no LLM")
 
 
-def learning_curves(rows: list[Row], dataset: str, path: Path) -> Path:
-    """Test accuracy against the human labels spent so far; an LLM-only run (no human label) is a dashed level."""
-    panels = _panels(rows)
+def _panel_figure(rows: list[Row], panels: list[str], draw, xlabel: str, ylabel: str, title: str, path: Path) -> Path:
+    """One panel per annotator; ``draw(ax, row)`` draws one row in the panel of its annotator (and the
+    human-only rows in every panel, when they take part)."""
     fig, axes = _figure(len(panels))
     for ax, annotator in zip(axes, panels):
         for row in rows:
-            if row.group != "main" or row.annotator not in (NO_LLM, annotator):
-                continue
-            mean, std, _ = row.per_round("test_accuracy")
-            x = row.cumulative("human_total")
-            if x[-1] == 0:
-                ax.axhline(mean[-1], linestyle="--", linewidth=1.2, color=f"C{row.order % 10}", label=f"{row.label}: {mean[-1]:.3f} with 0 human labels")
-                continue
-            _band(ax, row, x, mean, std)
+            if row.annotator in (NO_LLM, annotator):
+                draw(ax, row)
         ax.set_title(_annotator_label(rows, annotator), fontsize=10)
-        ax.set_xlabel("human labels used")
+        ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
-    axes[0].set_ylabel("test accuracy (mean ± std over seeds)")
-    fig.suptitle(f"{dataset}: learning curves", fontsize=11)
+        ax.legend(fontsize=8, loc="best")
+    axes[0].set_ylabel(ylabel)
+    fig.suptitle(title, fontsize=11)
     return _save(fig, path)
+
+
+ACCURACY = "test accuracy (mean ± std over seeds)"
+
+
+def learning_curves(rows: list[Row], dataset: str, path: Path) -> Path:
+    """Test accuracy against the human labels spent so far; an LLM-only run (no human label) is a dashed level."""
+
+    def draw(ax, row: Row) -> None:
+        if row.group != "main":
+            return
+        mean, std, _ = row.per_round("test_accuracy")
+        x = row.cumulative("human_total")
+        if x[-1] == 0:
+            ax.axhline(mean[-1], linestyle="--", linewidth=1.2, color=f"C{row.order % 10}",
+                       label=f"{row.label}: {mean[-1]:.3f} with 0 human labels")
+        else:
+            _band(ax, row, x, mean, std)
+
+    return _panel_figure(rows, _panels(rows), draw, "human labels used", ACCURACY, f"{dataset}: learning curves", path)
 
 
 def cost_curves(rows: list[Row], dataset: str, path: Path, human_price: float, llm_price: float) -> Path:
     """Test accuracy against the money spent so far (human labels × human_price + LLM labels × llm_price)."""
-    panels = _panels(rows)
-    fig, axes = _figure(len(panels))
-    for ax, annotator in zip(axes, panels):
-        for row in rows:
-            if row.group != "main" or row.annotator not in (NO_LLM, annotator):
-                continue
+
+    def draw(ax, row: Row) -> None:
+        if row.group == "main":
             mean, std, _ = row.per_round("test_accuracy")
-            cost = row.cumulative("human_total") * human_price + row.cumulative("llm_total") * llm_price
-            _band(ax, row, cost, mean, std)
-        ax.set_title(_annotator_label(rows, annotator), fontsize=10)
-        ax.set_xlabel(f"annotation cost (human {human_price:g}, LLM {llm_price:g} per label)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
-    axes[0].set_ylabel("test accuracy (mean ± std over seeds)")
-    fig.suptitle(f"{dataset}: accuracy against annotation cost", fontsize=11)
-    return _save(fig, path)
+            _band(ax, row, row.cumulative("human_total") * human_price + row.cumulative("llm_total") * llm_price, mean, std)
+
+    return _panel_figure(rows, _panels(rows), draw, f"annotation cost (human {human_price:g}, LLM {llm_price:g} per label)",
+                         ACCURACY, f"{dataset}: accuracy against annotation cost", path)
 
 
 def llm_accuracy_curves(rows: list[Row], dataset: str, path: Path) -> Path | None:
@@ -215,22 +221,14 @@ def llm_accuracy_curves(rows: list[Row], dataset: str, path: Path) -> Path | Non
     panels = [a for a in _panels(rows) if a != NO_LLM]
     if not panels:
         return None
-    fig, axes = _figure(len(panels))
-    for ax, annotator in zip(axes, panels):
-        for row in rows:
-            if row.annotator != annotator:
-                continue
-            mean, std, rounds = row.per_round("llm_accuracy")
-            if np.all(np.isnan(mean)):
-                continue
+
+    def draw(ax, row: Row) -> None:
+        mean, std, rounds = row.per_round("llm_accuracy")
+        if row.annotator != NO_LLM and not np.all(np.isnan(mean)):
             _band(ax, row, rounds, mean, std)
-        ax.set_title(_annotator_label(rows, annotator), fontsize=10)
-        ax.set_xlabel("round")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    axes[0].set_ylabel("LLM label accuracy (vs gold)")
-    fig.suptitle(f"{dataset}: the LLM annotator's accuracy per round", fontsize=11)
-    return _save(fig, path)
+
+    return _panel_figure(rows, panels, draw, "round", "LLM label accuracy (vs gold)",
+                         f"{dataset}: the LLM annotator's accuracy per round", path)
 
 
 def _save(fig, path: Path) -> Path:
