@@ -209,7 +209,9 @@ def test_the_worker_carries_the_run_on_when_a_batch_is_complete(waiting):
     truth = gold(cfg)
     for round_ in (1, 2):
         deadline = time.time() + 120
-        while people.status() != {"state": "labeling", "round": round_, "done": 0, "total": people.status()["total"]}:
+        # the worker has said that this round waits (its message counts the labels pending at that moment)
+        while len(events) < round_ or people.status() != {"state": "labeling", "round": round_, "done": 0,
+                                                          "total": people.status()["total"]}:
             assert time.time() < deadline and not worker.error
             time.sleep(0.1)
         while "item" in (got := people.next("ann")):
