@@ -1,6 +1,6 @@
 """The command line: `imfl run`, `imfl demo`, the project commands for real people (`init`, `status`,
-`serve`, `annotate`, `export-batch`, `import-labels`, `export`) and the experiments (`bench`, `report`). Errors of the ImflError family are printed
-on one line, without a traceback, and exit with status 2."""
+`serve`, `annotate`, `export-batch`, `import-labels`, `export`) and the experiments (`bench`, `report`).
+Errors of the ImflError family are printed on one line, without a traceback, and exit with status 2."""
 
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ hold the same tables; the HTML page shows the figures too.
 from __future__ import annotations
 
 import html
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +45,9 @@ class Row:
         """Round-wise mean and std of ``key`` over the seeds that have every round (and its x: mean human labels)."""
         n = min(len(r["rounds"]) for r in self.records)
         values = np.array([[m.get(key) if m.get(key) is not None else np.nan for m in r["rounds"][:n]] for r in self.records], dtype=float)
-        return np.nanmean(values, axis=0), _std(values), np.arange(1, n + 1)
+        with warnings.catch_warnings():  # a round without any value (e.g. no LLM label) stays NaN: not drawn
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nanmean(values, axis=0), _std(values), np.arange(1, n + 1)
 
     def cumulative(self, key: str) -> np.ndarray:
         n = min(len(r["rounds"]) for r in self.records)
@@ -223,11 +226,19 @@ def llm_accuracy_curves(rows: list[Row], dataset: str, path: Path) -> Path | Non
         return None
 
     def draw(ax, row: Row) -> None:
+        if row.annotator == NO_LLM:
+            return
         mean, std, rounds = row.per_round("llm_accuracy")
-        if row.annotator != NO_LLM and not np.all(np.isnan(mean)):
+        if not np.all(np.isnan(mean)):
             _band(ax, row, rounds, mean, std)
 
-    return _panel_figure(rows, panels, draw, "round", "LLM label accuracy (vs gold)",
+    def draw_rounds(ax, row: Row) -> None:
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        draw(ax, row)
+
+    return _panel_figure(rows, panels, draw_rounds, "round", "LLM label accuracy (vs gold)",
                          f"{dataset}: the LLM annotator's accuracy per round", path)
 
 
