@@ -111,7 +111,12 @@ class Cell:
 
     @property
     def stem(self) -> str:
-        return self.id.replace("/", "__")
+        return _stem(self.id)
+
+
+def _stem(cell_id: str) -> str:
+    """A cell's file and run-folder name: its id with / as __."""
+    return cell_id.replace("/", "__")
 
 
 @dataclass(frozen=True)
@@ -188,7 +193,7 @@ def load_grid(path: str | Path, quick: bool = False, results: Path | None = None
                         continue
                     seen.add(cell_id)
                     settings = {
-                        "name": cell_id.replace("/", "__"), "seed": seed, "output_dir": str(work),
+                        "name": _stem(cell_id), "seed": seed, "output_dir": str(work),
                         "budget.total": round(sspec.total * H), "budget.human": round(sspec.human * H),
                     }
                     overrides = [extra, dspec.set, aspec.set, sspec.set, settings]

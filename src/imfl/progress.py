@@ -4,6 +4,7 @@ the Python API a silent one by default."""
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
@@ -34,8 +35,6 @@ class Lines:
 
     @contextlib.contextmanager
     def phase(self, description: str, total: int | None) -> Iterator[Callable[[int], None]]:
-        import time
-
         start = time.perf_counter()
         yield lambda n: None
         spent = time.perf_counter() - start
