@@ -25,7 +25,7 @@ import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 
 from imfl.annotators import AnnotationContext, make_llm
-from imfl.annotators.llm import expected_calibration_error
+from imfl.fidelity import expected_calibration_error
 from _common import emit
 from imfl.config import config_from_dict
 from imfl.data import load_dataset

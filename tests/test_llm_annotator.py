@@ -44,13 +44,12 @@ def test_contextual_calibration_divides_by_the_content_free_probabilities(backen
 
 
 def test_self_check_never_shows_an_item_its_own_label(backend):
-    context = AnnotationContext(1, HUMAN, seed=3)
     annotator = LLMAnnotator(backend, TASK, k=4, demos="random")
     pick = [0, 2, 4]
-    prompts = annotator.prompts([HUMAN[i][0] for i in pick], context, exclude=pick)
+    context = AnnotationContext(1, HUMAN, seed=3, exclude=pick)
+    prompts = annotator.prompts([HUMAN[i][0] for i in pick], context)
     for i, (_, demos) in zip(pick, prompts):
         ids = [d.id for d in demos]
         assert len(ids) == 4 and HUMAN[i][0].id not in ids
-    result = annotator.self_evaluate(context, sample=4, seed=3)
-    assert result["n"] == 4 and 0 <= result["accuracy"] <= 1 and 0 <= result["ece"] <= 1
-    assert annotator.self_evaluate(AnnotationContext(1, []), sample=4, seed=3) is None
+    answers = annotator.annotate([HUMAN[i][0] for i in pick], context)
+    assert [a.demo_ids for a in answers] == [tuple(d.id for d in demos) for _, demos in prompts]

@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from imfl.config import RunConfig, config_from_dict, read_toml, set_path
+from imfl.config import RunConfig, config_from_dict, read_toml, set_path, settings_difference
 from imfl.errors import ConfigError, ImflError
 
 NO_LLM = "none"  # the annotator name of cells that spend no LLM label
@@ -397,20 +397,11 @@ def pending_cells(grid: Grid, only: list[str] | None = None, skip: list[str] | N
         except (json.JSONDecodeError, KeyError):
             raise ConfigError(f"{path}: not a cell result (damaged?); delete it to run the cell again") from None
         new = comparable_config(cell.config, grid.path.parent)
-        if old != new:
-            key = _first_difference(old, new)
+        if key := settings_difference(old, new):
             raise ConfigError(f"{path} was made with a different configuration ({key}); delete it to run the cell again, "
                               "or restore the grid file")
         done.append(cell)
     return done, todo
-
-
-def _first_difference(a: Any, b: Any, prefix: str = "") -> str:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in sorted(set(a) | set(b)):
-            if a.get(k) != b.get(k):
-                return _first_difference(a.get(k), b.get(k), f"{prefix}{k}.")
-    return f"{prefix.rstrip('.')}: {a!r} then, {b!r} now"
 
 
 def run_grid(grid: Grid, workers: int = 1, only: list[str] | None = None, skip: list[str] | None = None,

@@ -78,7 +78,13 @@ class HumanConfig(_Section):
 
 
 class LLMConfig(_Section):
-    annotator: str = Field("local", description="local (a transformers causal LM), openai (any OpenAI-compatible endpoint) or recorded (a column of labels).")
+    annotator: str = Field(
+        "local", description="local (a transformers causal LM), openai (any OpenAI-compatible endpoint), recorded (a column of "
+        "labels) or simulated (the gold label, wrong with probability 1 - llm.accuracy: for experiments only)."
+    )
+    accuracy: float | None = Field(
+        None, gt=0, le=1, description="simulated: how often a label is right; a wrong one is any other label, equally likely."
+    )
     model: str | None = Field(
         None, description="local: a Hugging Face model dir (empty = the bundled SmolLM2-135M-Instruct); openai: the model name."
     )
@@ -101,7 +107,8 @@ class LLMConfig(_Section):
     completion_price: float = Field(0.0, ge=0, description="Price per 1,000,000 completion tokens.")
     cache: bool = Field(True, description="Keep every answer in the cache dir, so no prompt is ever paid twice.")
     eval_sample: int = Field(
-        0, ge=0, description="Each round the LLM also labels this many human-labeled items (leave-one-out demos) to measure its accuracy and ECE."
+        0, ge=0, description="Each round the LLM also labels up to this many human-labeled items it has not labeled before "
+        "(leave-one-out demos): its accuracy, confusion and calibration on this task (the [fidelity] switches need it)."
     )
     on_failure: Literal["requeue", "human"] = Field(
         "requeue", description="An item whose LLM call failed goes back to the pool (requeue) or to the next round's human batch (human)."
@@ -153,6 +160,29 @@ class StudentConfig(_Section):
         return {"human": 1.0, "llm": 1.0} | v
 
 
+class FidelityConfig(_Section):
+    """Fidelity-aware IMFL (beyond the paper; see fidelity.py): act on how good the LLM measures on this task.
+    Every switch needs llm.eval_sample > 0."""
+
+    weighting: bool = Field(False, description="LLM labels train with weight = their calibrated probability of being right.")
+    routing: bool = Field(False, description="LLM labels whose calibrated probability of being right is below route_threshold are not trained on.")
+    route_threshold: float | None = Field(
+        None, ge=0, le=1, description="routing: the threshold; empty = the student's estimated accuracy (out-of-fold on human labels)."
+    )
+    route_to_human: bool = Field(False, description="routing: the round's routed items go to the next round's human batch first.")
+    filter: bool = Field(False, description="cleanlab's find_label_issues drops likely-wrong LLM labels before training.")
+    adaptive: bool = Field(
+        False, description="While the LLM's estimated accuracy is below the student's, buy no LLM labels (each decision is logged)."
+    )
+    human_max: int | None = Field(
+        None, ge=0, description="adaptive: LLM labels not bought become human labels up to this many in total; empty = budget.human."
+    )
+
+    @property
+    def active(self) -> bool:
+        return self.weighting or self.routing or self.filter or self.adaptive
+
+
 class EmbeddingsConfig(_Section):
     model: str | None = Field(None, description="Sentence-transformers dir; empty = the bundled all-MiniLM-L6-v2.")
     batch_size: int = Field(64, ge=1, description="Texts per embedding batch.")
@@ -163,7 +193,7 @@ class RunConfig(_Section):
 
     name: str = Field("run", description="Run folder name under output_dir.")
     seed: int = Field(0, description="Seeds the query, k-means, demo sampling and the student: same seed, same run.")
-    strategy: str = Field("imfl", description="imfl, random, uncertainty, diversity, human-only or llm-only.")
+    strategy: str = Field("imfl", description="imfl, random, uncertainty, diversity, human-only, llm-only or fidelity (imfl with every [fidelity] switch on).")
     output_dir: Path = Field(Path("runs"), description="Runs are written to output_dir/name/.")
     cache_dir: Path | None = Field(None, description="Embedding and model cache; empty = $IMFL_CACHE or ~/.cache/imfl.")
     data: DataConfig
@@ -172,6 +202,7 @@ class RunConfig(_Section):
     human: HumanConfig = Field(default_factory=HumanConfig)
     llm: LLMConfig = Field(default_factory=LLMConfig)
     student: StudentConfig = Field(default_factory=StudentConfig)
+    fidelity: FidelityConfig = Field(default_factory=FidelityConfig)
     embeddings: EmbeddingsConfig = Field(default_factory=EmbeddingsConfig)
 
     @property
@@ -193,6 +224,13 @@ class RunConfig(_Section):
         if self.llm.annotator == "recorded" and not (self.llm.column or self.llm.file):
             raise ValueError("llm.annotator is 'recorded' but llm.column and llm.file are empty: name the pool field with the "
                              "LLM labels, or a file of recorded answers")
+        if self.llm.annotator == "simulated" and self.llm.accuracy is None:
+            raise ValueError("llm.annotator is 'simulated' but llm.accuracy is empty: say how often its labels are right, e.g. 0.7")
+        if self.fidelity.active and self.llm.eval_sample == 0:
+            raise ValueError("the [fidelity] switches need the LLM measured every round: set llm.eval_sample, e.g. 50")
+        if self.fidelity.human_max is not None and self.fidelity.human_max < b.human:
+            raise ValueError(f"fidelity.human_max ({self.fidelity.human_max}) is below budget.human ({b.human}): "
+                             "it caps the human labels, so give at least budget.human")
         if self.llm.annotator == "openai" and not (self.llm.base_url and self.llm.model):
             raise ValueError("llm.annotator is 'openai': set llm.base_url (e.g. http://127.0.0.1:8000/v1) and llm.model")
         if bad := set(self.student.weights) - {"human", "llm"}:
@@ -202,13 +240,16 @@ class RunConfig(_Section):
 
 # Named strategies: each is a set of overrides on top of the user's configuration, applied once by
 # ``resolve_strategy``. Adding a strategy is one line here.
+# A value may be a function of the user's configuration.
 STRATEGIES: dict[str, dict[str, Any]] = {
     "imfl": {"query.strategy": "eeq"},
     "random": {"query.strategy": "random"},
     "uncertainty": {"query.strategy": "uncertainty"},
     "diversity": {"query.strategy": "diversity"},
-    "human-only": {"budget.human": "{total}"},
+    "human-only": {"budget.human": lambda cfg: cfg.budget.total},
     "llm-only": {"budget.human": 0},
+    "fidelity": {"query.strategy": "eeq", "llm.eval_sample": lambda cfg: cfg.llm.eval_sample or 50,
+                 "fidelity.weighting": True, "fidelity.routing": True, "fidelity.filter": True, "fidelity.adaptive": True},
 }
 
 
@@ -218,8 +259,8 @@ def resolve_strategy(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"strategy {cfg.strategy!r} is unknown: use one of {', '.join(STRATEGIES)}")
     data = cfg.model_dump()
     for key, value in STRATEGIES[cfg.strategy].items():
-        if value == "{total}":
-            value = cfg.budget.total
+        if callable(value):
+            value = value(cfg)
         set_path(data, key, value)
     return _validate(data, source="strategy preset")
 
@@ -309,6 +350,36 @@ def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
     data.cache_dir = fix(cfg.cache_dir)
     data.llm.file = fix(cfg.llm.file)
     return data
+
+
+def settings_difference(old: dict, new: dict, prefix: str = "") -> str | None:
+    """The first setting on which two dumped configurations differ, as "key: old then, new now"; None if they
+    agree. A setting added to imfl since ``old`` was written counts as agreeing while ``new`` keeps its default,
+    so results and stores stay valid across versions that only add options."""
+    defaults = _defaults()
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if key not in old and _default_at(defaults, f"{prefix}{key}") == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            if found := settings_difference(a, b, f"{prefix}{key}."):
+                return found
+        elif a != b:
+            return f"{prefix}{key}: {a!r} then, {b!r} now"
+    return None
+
+
+def _defaults() -> dict:
+    return RunConfig(data=DataConfig(pool=Path("-"))).model_dump(mode="json")
+
+
+def _default_at(defaults: dict, dotted: str) -> Any:
+    node: Any = defaults
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return object()  # no default: never equal
+        node = node[part]
+    return node
 
 
 def config_to_toml(cfg: RunConfig) -> str:

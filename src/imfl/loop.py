@@ -16,6 +16,7 @@ import csv
 import fcntl
 import json
 import time
+import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +25,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 
+from imfl import fidelity
 from imfl.annotators import AnnotationContext, Annotator, make_human, make_llm
-from imfl.annotators.recorded import RecordedAnnotator
-from imfl.config import RunConfig, config_to_toml, resolve_strategy
+from imfl.config import RunConfig, config_to_toml, resolve_strategy, settings_difference
 from imfl.data import Dataset, Example, load_dataset
 from imfl.embeddings import Embedder, embedding_input
 from imfl.errors import AnnotatorError, BudgetError, ConfigError
@@ -99,7 +100,7 @@ class Run:
         get_query(cfg.query.strategy)  # fail early on an unknown strategy
         self.human: Annotator = make_human(cfg, self.ds.task)
         self.llm: Annotator = make_llm(cfg, self.ds.task)
-        if isinstance(self.llm, RecordedAnnotator):
+        if hasattr(self.llm, "check"):
             self.llm.check(self.ds.pool, str(cfg.data.pool))
         self.run_dir = cfg.run_dir
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -123,16 +124,19 @@ class Run:
                 self.store.set_meta("config", config_text)
                 self.store.set_meta("labels", json.dumps(self.ds.task.labels))
             self.store.add_items(self.ds.pool)
-        elif previous != config_text:
+        elif changed := settings_difference(tomllib.loads(previous), tomllib.loads(config_text)):
             raise ConfigError(
-                f"{self.run_dir} holds a run with a different configuration; choose another name (--set name=...) "
-                "or move that folder away"
+                f"{self.run_dir} holds a run with a different configuration ({changed}); choose another name "
+                "(--set name=...) or move that folder away"
             )
         (self.run_dir / "config.toml").write_text(config_text, encoding="utf-8")
         self.index = {e.id: i for i, e in enumerate(self.ds.pool)}
         latest = self.store.latest_round()
         self._partial_round = latest[0] if self.continue_partial and latest and latest[1] == "human_pending" else None
-        self.plan = round_plan(cfg.budget.total, cfg.budget.human, cfg.budget.rounds, cfg.budget.schedule, cfg.budget.decay)
+        self.base_plan = round_plan(cfg.budget.total, cfg.budget.human, cfg.budget.rounds, cfg.budget.schedule, cfg.budget.decay)
+        # The adaptive human share may have changed the plan of the rounds still to come.
+        stored_plan = self.store.get_meta("plan")
+        self.plan = [tuple(p) for p in json.loads(stored_plan)] if stored_plan else self.base_plan
         self.timings: dict[str, float] = {}
         self._round_extra: dict[int, dict] = {}
         start = time.perf_counter()
@@ -206,9 +210,9 @@ class Run:
             start = time.perf_counter()
             self._annotate(t, source, annotator)
             seconds[source] = self._timed(f"{source} annotation", start)
-            if source == "human" and cfg.llm.eval_sample and hasattr(self.llm, "self_evaluate"):
+            if source == "human" and cfg.llm.eval_sample:
                 start = time.perf_counter()
-                self._self_evaluate(t)
+                self._measure(t)
                 seconds["llm_self_eval"] = self._timed("LLM self-evaluation", start)
         store.set_round_state(t, "llm_done")
         stats = getattr(self.llm, "stats", {})
@@ -238,20 +242,22 @@ class Run:
         planned_h = sum(h for h, _ in self.plan[:t])
         planned_l = sum(l for _, l in self.plan[:t])
         # What earlier rounds did not spend (failed LLM calls) is carried into this round.
-        n_h, n_l = planned_h - used["human"], planned_l - used["llm"]
+        n_h, n_l = max(planned_h - used["human"], 0), max(planned_l - used["llm"], 0)
         labeled = self._labeled_ids()
-        free = np.array([i for i, e in enumerate(self.ds.pool) if e.id not in labeled])
-        n_h, n_l = min(n_h, len(free)), min(n_l, max(len(free) - n_h, 0))
+        unlabeled = [i for i, e in enumerate(self.ds.pool) if e.id not in labeled]
+        # Items that go to the human first: those whose LLM call failed last round (llm.on_failure = "human"),
+        # and those whose LLM label was routed out last round (fidelity.route_to_human).
+        retry = [self.index[i] for i in self._human_first(t)][:n_h]
+        free = np.array(unlabeled + [i for i in retry if self.ds.pool[i].id in labeled], dtype=int)
+        n_h, n_l = min(n_h, len(free)), min(n_l, max(len(unlabeled) - n_h, 0))
         unc = None
         if proba is not None:
-            unc = least_confidence(np.stack([proba[self.ds.pool[i].id] for i in free]))
+            unc = np.full(len(free), np.nan)
+            unc[: len(unlabeled)] = least_confidence(np.stack([proba[self.ds.pool[i].id] for i in unlabeled]))
         seed = cfg.seed * 1000 + t
-        # Items whose LLM call failed last round may go to the human first (llm.on_failure = "human").
-        first = []
-        if cfg.llm.on_failure == "human" and t > 1:
-            failed = {a.item_id for a in self.store.annotations(round=t - 1, source="llm", ok_only=False) if not a.ok}
-            first = [j for j, i in enumerate(free) if self.ds.pool[i].id in failed][:n_h]
-        rest = np.setdiff1d(np.arange(len(free)), first)
+        position = {int(i): j for j, i in enumerate(free)}
+        first = [position[i] for i in retry]
+        rest = np.setdiff1d(np.arange(len(unlabeled)), first)
         n_query = n_h + n_l - len(first)
         picked = rest[get_query(cfg.query.strategy)(self.embeddings[free[rest]], unc[rest] if unc is not None else None,
                                                    n_query, seed)] if n_query else np.zeros(0, int)
@@ -259,9 +265,21 @@ class Run:
         to_human = np.concatenate([np.array(first, dtype=int), to_human])
 
         def rows(local: np.ndarray) -> list[tuple[str, float | None]]:
-            return [(self.ds.pool[free[j]].id, float(unc[j]) if unc is not None else None) for j in local]
+            return [(self.ds.pool[free[j]].id, float(unc[j]) if unc is not None and not np.isnan(unc[j]) else None) for j in local]
 
         self.store.record_selection(t, (n_h, n_l), rows(to_human), rows(to_llm))
+
+    def _human_first(self, t: int) -> list[str]:
+        """Ids of items the human batch of round ``t`` takes before any query pick."""
+        if t == 1:
+            return []
+        out = []
+        if self.cfg.llm.on_failure == "human":
+            out += [a.item_id for a in self.store.annotations(round=t - 1, source="llm", ok_only=False) if not a.ok]
+        if self.cfg.fidelity.routing and self.cfg.fidelity.route_to_human:
+            human = {a.item_id for a in self.store.annotations(source="human")}
+            out += [i for i in self._fidelity_state(t - 1).get("routed", []) if i not in human]
+        return list(dict.fromkeys(out))
 
     def _annotate(self, t: int, source: str, annotator: Annotator) -> None:
         """Label this round's items for ``source`` that have no annotation yet, committing as it goes."""
@@ -270,6 +288,8 @@ class Run:
             return
         done = {a.item_id for a in self.store.annotations(round=t, source=source, ok_only=False)}
         todo = [self.ds.pool[self.index[i]] for i in self.store.selection(t, source) if i not in done]
+        if source == "llm":  # the adaptive human share may have cancelled this round's LLM labels after selection
+            todo = todo[: max(0, sum(l for _, l in self.plan[:t]) - self.store.budget_used()["llm"])]
         if not todo:
             return
         context = self._context(t)
@@ -295,14 +315,136 @@ class Run:
             raise _WaitingForPeople(t, len(self.store.pending_human(t)))
         # Items left unlabeled go back to the pool; the human budget they did not spend moves to the next round.
 
-    def _self_evaluate(self, t: int) -> None:
-        """How good is the LLM on this task right now: it labels a sample of the human-labeled items,
-        each with demonstrations from the other human-labeled items."""
-        with self.reporter.phase(f"round {t}: LLM self-check on human labels", None):
-            result = self.llm.self_evaluate(self._context(t), self.cfg.llm.eval_sample, self.cfg.seed * 1000 + t)
-        if result:
-            self._round_extra.setdefault(t, {}).update(llm_self_accuracy=result["accuracy"], llm_self_ece=result["ece"],
-                                                       llm_self_n=result["n"])
+    # -- fidelity (beyond the paper; see fidelity.py) ----------------------------------------------------
+    def _fidelity_state(self, t: int) -> dict:
+        path = self._state_dir() / f"fidelity_round{t}.json"
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+    def _save_fidelity_state(self, t: int, state: dict) -> None:
+        path = self._state_dir() / f"fidelity_round{t}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state), encoding="utf-8")
+        tmp.replace(path)
+
+    def _measure(self, t: int) -> None:
+        """How good is the LLM on this task right now, and how good would the student be on human labels alone:
+        the LLM labels up to llm.eval_sample human-labeled items it has not labeled before, each with
+        demonstrations from the *other* human-labeled items; the student's stand-in is scored out-of-fold on
+        all human labels. Probes of earlier rounds count too. With fidelity.adaptive, decides whether to buy
+        LLM labels from now on."""
+        state = self._fidelity_state(t)
+        if "llm" not in state:
+            state = self._probe(t)
+            self._save_fidelity_state(t, state)
+        if self.cfg.fidelity.adaptive and "decision" not in state:
+            state["decision"] = self._adapt(t, state)
+            self._save_fidelity_state(t, state)
+
+    def _probe(self, t: int) -> dict:
+        task, cfg = self.ds.task, self.cfg
+        context = self._context(t)
+        earlier = [row for r in range(1, t) for row in self._fidelity_state(r).get("probe", [])]
+        seen = {row["id"] for row in earlier}
+        candidates = [i for i, (e, _) in enumerate(context.human_labeled) if e.id not in seen]
+        rng = np.random.default_rng([cfg.seed, t])
+        pick = sorted(rng.choice(candidates, size=min(cfg.llm.eval_sample, len(candidates)), replace=False).tolist()) if candidates else []
+        items = [context.human_labeled[i][0] for i in pick]
+        rows = []
+        if items:
+            context.item_embeddings = self.embeddings[[self.index[e.id] for e in items]]
+            context.exclude = pick
+            with self.reporter.phase(f"round {t}: LLM self-check on {len(items)} human labels", len(items)) as advance:
+                context.progress = advance
+                answers = self.llm.annotate(items, context)
+            rows = [{"id": a.item_id, "gold": context.human_labeled[i][1], "label": a.label, "confidence": a.confidence,
+                     "cost": a.cost} for i, a in zip(pick, answers)]
+        probe = [r for r in earlier + rows if r["label"] is not None]
+        llm = fidelity.estimate([task.index(r["label"]) for r in probe], [task.index(r["gold"]) for r in probe], len(task.labels),
+                                [np.nan if r["confidence"] is None else r["confidence"] for r in probe])
+        human = self.store.annotations(source="human")
+        y = np.array([task.index(a.label) for a in human], dtype=int)
+        oof = fidelity.out_of_fold_proba(self.embeddings[[self.index[a.item_id] for a in human]], y, len(task.labels), cfg.seed)
+        student = fidelity.estimate(oof.argmax(axis=1), y, len(task.labels), oof.max(axis=1)) if oof is not None else None
+        return {"probe": rows, "llm": llm.to_dict(), "student": student.to_dict() if student else None}
+
+    def _adapt(self, t: int, state: dict) -> dict | None:
+        """The adaptive human share: buy LLM labels only while the LLM measures at least as good as the student."""
+        llm = fidelity.Estimate.from_dict(state["llm"])
+        student = fidelity.Estimate.from_dict(state["student"]) if state["student"] else None
+        decision = fidelity.decide(t, llm, student, llm_done_this_round=self.cfg.budget.order == "llm-first")
+        if decision is None:
+            return None
+        cap = self.cfg.fidelity.human_max if self.cfg.fidelity.human_max is not None else self.cfg.budget.human
+        plan, decision.moved_to_human = fidelity.apply_decision(self.plan, self.base_plan, decision, cap, human_open_from=t + 1)
+        if plan != self.plan:
+            self.plan = plan
+            self.store.set_meta("plan", json.dumps(plan))
+        verb = "buy LLM labels" if decision.buy_llm else "buy no LLM labels"
+        moved = f"; {decision.moved_to_human} labels move to humans" if decision.moved_to_human else ""
+        self.reporter.log(f"round {t}: {verb} from round {decision.effective} on: {decision.reason}{moved}")
+        return vars(decision)
+
+    def _fidelity_weights(self, t: int, annotations: list, weights: np.ndarray) -> np.ndarray:
+        """Training weights after calibration weighting, routing and filtering of the LLM's labels (each as
+        configured). What happened to every LLM label is kept in the round's state file (``training``), the
+        counts in its metrics, and the routed ids for the next round's human batch."""
+        cfg, task = self.cfg, self.ds.task
+        state = self._fidelity_state(t)
+        llm_rows = np.array([i for i, a in enumerate(annotations) if a.source == "llm"], dtype=int)
+        if "llm" not in state or not len(llm_rows) or state["llm"]["calibration"] is None:
+            return weights
+        calibration = fidelity.Estimate.from_dict(state["llm"]).calibration
+        labels = np.array([task.index(a.label) for a in annotations], dtype=int)
+        conf = np.array([np.nan if annotations[i].confidence is None else annotations[i].confidence for i in llm_rows])
+        p = calibration.p_correct(labels[llm_rows], conf)
+        routed = np.zeros(len(llm_rows), dtype=bool)
+        filtered = np.zeros(len(llm_rows), dtype=bool)
+        info: dict = {}
+        if cfg.fidelity.routing:
+            threshold = cfg.fidelity.route_threshold
+            if threshold is None:
+                threshold = state["student"]["accuracy"] if state["student"] else 1 / len(task.labels)
+            routed = ~fidelity.route(p, threshold)
+            state["routed"] = [annotations[i].item_id for i in llm_rows[routed] if annotations[i].round == t]
+            info.update(route_threshold=round(float(threshold), 4), llm_routed=int(routed.sum()))
+        if cfg.fidelity.filter:
+            # cleanlab sees every label still in (human ones inform its estimate) but may only remove LLM ones.
+            kept = np.ones(len(annotations), dtype=bool)
+            kept[llm_rows[routed]] = False
+            rows = np.flatnonzero(kept)
+            oof = fidelity.out_of_fold_proba(self.embeddings[[self.index[annotations[i].item_id] for i in rows]],
+                                             labels[rows], len(task.labels), cfg.seed)
+            if oof is not None:
+                flagged = set(rows[fidelity.label_issues(labels[rows], oof, np.isin(rows, llm_rows))].tolist())
+                filtered = np.array([i in flagged for i in llm_rows])
+            gold = {e.id: e.label for e in self.ds.pool}
+            known = [annotations[i] for i in llm_rows[filtered] if gold.get(annotations[i].item_id) is not None]
+            info.update(llm_filtered=int(filtered.sum()),
+                        llm_filtered_wrong=sum(a.label != gold[a.item_id] for a in known) if len(known) == filtered.sum() else None)
+        weights = weights.copy()
+        if cfg.fidelity.weighting:
+            weights[llm_rows] *= p
+        weights[llm_rows[routed | filtered]] = 0.0
+        used = weights[llm_rows] > 0
+        info["llm_weight_mean"] = round(float(weights[llm_rows][used].mean()), 4) if used.any() else 0.0
+        state["training"] = [{"id": annotations[i].item_id, "p_correct": round(float(q), 6), "routed": bool(r), "filtered": bool(f),
+                              "weight": float(weights[i])} for i, q, r, f in zip(llm_rows, p, routed, filtered)]
+        self._save_fidelity_state(t, state)
+        self._round_extra.setdefault(t, {}).update(info)
+        return weights
+
+    def _fidelity_metrics(self, t: int) -> dict:
+        state = self._fidelity_state(t)
+        if "llm" not in state:
+            return {}
+        llm, student, decision = state["llm"], state["student"], state.get("decision")
+        out = {"llm_self_n": llm["n"], "llm_self_accuracy": llm["accuracy"], "llm_self_ece": llm["ece"],
+               "llm_probe_cost": round(sum(r["cost"] for r in state["probe"]), 6),
+               "student_est_n": student["n"] if student else 0, "student_est_accuracy": student["accuracy"] if student else None,
+               "fidelity": {"llm": llm, "student": student}}
+        if decision:
+            out.update(buy_llm=decision["buy_llm"], human_moved=decision["moved_to_human"], decision=decision["reason"])
+        return out
 
     def _context(self, t: int) -> AnnotationContext:
         human = self.store.annotations(source="human")
@@ -316,16 +458,20 @@ class Run:
 
     def _train(self, t: int) -> Student:
         annotations = self.store.annotations()
+        human = {a.item_id for a in annotations if a.source == "human"}
+        annotations = [a for a in annotations if a.source == "human" or a.item_id not in human]  # a human label wins
         task = self.ds.task
         items = [self.ds.pool[self.index[a.item_id]] for a in annotations]
-        weights = [self.cfg.student.weights.get(a.source, 1.0) for a in annotations]
+        weights = np.array([self.cfg.student.weights.get(a.source, 1.0) for a in annotations], dtype=float)
+        if self.cfg.fidelity.active:
+            weights = self._fidelity_weights(t, annotations, weights)
         student = make_student(self.cfg, self.cfg.seed)
-        n_used = sum(w > 0 for w in weights)
+        n_used = int((weights > 0).sum())
         with self.reporter.phase(f"round {t}: training the student on {len(items)} labels", student.effective_epochs(n_used) * n_used) as advance:
             student.fit(
                 [e.text for e in items], [task.index(a.label) for a in annotations], len(task.labels),
                 text_pairs=[e.text_pair for e in items] if task.has_pair else None,
-                sample_weight=weights, progress=advance,
+                sample_weight=weights.tolist(), progress=advance,
             )
         return student
 
@@ -350,6 +496,7 @@ class Run:
             "llm_prompt_tokens": sum(a.prompt_tokens or 0 for a in this_round if a.source == "llm"),
             "llm_completion_tokens": sum(a.completion_tokens or 0 for a in this_round if a.source == "llm"),
         }
+        metrics.update(self._fidelity_metrics(t))
         metrics.update(self._round_extra.pop(t, {}))
         gold = {e.id: e.label for e in self.ds.pool}
         llm = [a for a in this_round if a.ok and a.source == "llm" and gold.get(a.item_id) is not None]
@@ -389,7 +536,8 @@ class Run:
     def _write_outputs(self, student: Student) -> None:
         rows = self.metrics()
         (self.run_dir / "metrics.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
-        flat = [{k: v for k, v in r.items() if k != "seconds"} | {f"seconds_{k}": v for k, v in r["seconds"].items()} for r in rows]
+        flat = [{k: v for k, v in r.items() if k not in ("seconds", "fidelity")} | {f"seconds_{k}": v for k, v in r["seconds"].items()}
+                for r in rows]
         columns = list(dict.fromkeys(k for r in flat for k in r))
         with (self.run_dir / "metrics.csv").open("w", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(fh, fieldnames=columns)

@@ -11,6 +11,7 @@ from imfl.annotators.llm import LLMAnnotator
 from imfl.annotators.oracle import OracleAnnotator
 from imfl.annotators.people import PeopleAnnotator
 from imfl.annotators.recorded import RecordedAnnotator
+from imfl.annotators.simulated import SimulatedAnnotator
 from imfl.config import RunConfig
 from imfl.data import Task
 from imfl.errors import ConfigError
@@ -55,6 +56,7 @@ LLM_ANNOTATORS: dict[str, Callable[[RunConfig, Task], Annotator]] = {
     "local": _local,
     "openai": _openai,
     "recorded": lambda cfg, task: RecordedAnnotator(task, cfg.llm.column, cost=cfg.llm.cost, file=cfg.llm.file),
+    "simulated": lambda cfg, task: SimulatedAnnotator(task, cfg.llm.accuracy, seed=cfg.seed, cost=cfg.llm.cost),
 }
 
 
@@ -76,5 +78,5 @@ def make_llm(cfg: RunConfig, task: Task) -> Annotator:
 
 __all__ = [
     "Annotation", "AnnotationContext", "Annotator", "HUMAN_ANNOTATORS", "LLM_ANNOTATORS", "LLMAnnotator",
-    "OracleAnnotator", "PeopleAnnotator", "RecordedAnnotator", "make_human", "make_llm",
+    "OracleAnnotator", "PeopleAnnotator", "RecordedAnnotator", "SimulatedAnnotator", "make_human", "make_llm",
 ]

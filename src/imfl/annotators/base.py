@@ -15,7 +15,8 @@ from imfl.data import Annotation, Example
 @dataclass
 class AnnotationContext:
     """What an annotator may use besides the items: the round, the human-labeled items so far (the
-    LLM's demonstrations), and the embeddings of both."""
+    LLM's demonstrations), and the embeddings of both. When the items are themselves human-labeled (a probe
+    of the LLM), ``exclude[i]`` is item i's own row in ``human_labeled``, never shown as its demonstration."""
 
     round: int
     human_labeled: Sequence[tuple[Example, str]] = ()
@@ -23,6 +24,7 @@ class AnnotationContext:
     item_embeddings: np.ndarray | None = None
     progress: Callable[[int], None] | None = None
     seed: int = 0
+    exclude: Sequence[int] | None = None  # per item, a row of human_labeled it may not see (leave-one-out probes)
 
 
 class Annotator(Protocol):

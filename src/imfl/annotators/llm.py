@@ -5,7 +5,7 @@ similar stands right before the item.
 
 Around any backend: a persistent answer cache (a prompt is never paid twice), optional label-balanced
 or random demonstrations, optional contextual calibration, cost from token prices, and a
-leave-one-out estimate of the LLM's own accuracy on human-labeled items.
+leave-one-out labeling of human-labeled items (``context.exclude``), with which the loop measures the LLM.
 """
 
 from __future__ import annotations
@@ -67,11 +67,10 @@ class LLMAnnotator:
     def _messages(self, text: str, text_pair: str | None, demos: Sequence[Demo]) -> list[dict]:
         return build_messages(self.task.instruction, self.task.labels, text, text_pair, demos)
 
-    def prompts(self, items: Sequence[Example], context: AnnotationContext,
-                exclude: Sequence[int] | None = None) -> list[tuple[list[dict], list[Demo]]]:
+    def prompts(self, items: Sequence[Example], context: AnnotationContext) -> list[tuple[list[dict], list[Demo]]]:
         """The chat messages for each item and the demonstrations they carry."""
         chosen = self._demo_indices(len(items), context.human_labeled, context.human_embeddings,
-                                    context.item_embeddings, context.seed, exclude)
+                                    context.item_embeddings, context.seed, context.exclude)
         out = []
         for e, idx in zip(items, chosen):
             demos = [Demo(d.id, d.text, label, d.text_pair) for d, label in (context.human_labeled[i] for i in idx[::-1])]
@@ -149,38 +148,3 @@ class LLMAnnotator:
                 cost=self._cost(s), prompt_hash=prompt_hash(messages), demo_ids=demo_ids, method=s.method, **tokens,
             ))
         return out
-
-    # -- how good is the LLM here? ---------------------------------------------------------------------
-    def self_evaluate(self, context: AnnotationContext, sample: int, seed: int) -> dict | None:
-        """The LLM labels a sample of human-labeled items, each with demonstrations drawn from the *other*
-        human-labeled items (leave-one-out); returns its accuracy and expected calibration error there."""
-        pool = list(context.human_labeled)
-        if not pool or sample <= 0:
-            return None
-        pick = np.random.default_rng(seed).choice(len(pool), size=min(sample, len(pool)), replace=False)
-        items = [pool[i][0] for i in pick]
-        sub = AnnotationContext(context.round, pool, context.human_embeddings,
-                                context.human_embeddings[pick] if context.human_embeddings is not None else None,
-                                seed=seed)
-        prompts = self.prompts(items, sub, exclude=list(pick))
-        scored = self.score([m for m, _ in prompts])
-        probs = self._calibrated(items, prompts, scored)
-        gold = [pool[i][1] for i in pick]
-        rows = [(p, self.task.index(g)) for p, g in zip(probs, gold) if p is not None]
-        if not rows:
-            return {"n": 0, "accuracy": None, "ece": None}
-        conf = np.array([p.max() for p, _ in rows])
-        hit = np.array([int(p.argmax()) == g for p, g in rows], dtype=float)
-        return {"n": len(rows), "accuracy": round(float(hit.mean()), 4), "ece": round(expected_calibration_error(conf, hit), 4)}
-
-
-def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
-    """Weighted mean gap between confidence and accuracy over equal-width confidence bins."""
-    edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
-    gap = 0.0
-    for b in range(bins):
-        m = which == b
-        if m.any():
-            gap += m.mean() * abs(confidence[m].mean() - correct[m].mean())
-    return float(gap)

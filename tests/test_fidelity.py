@@ -1,0 +1,242 @@
+"""Fidelity-aware IMFL: the estimates, the calibration map, routing, cleanlab filtering and the adaptive human
+share, first as pure functions on small arrays, then inside real runs on real FPB sentences with the simulated
+LLM (whose accuracy we choose) and the real student."""
+
+import json
+import sqlite3
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from conftest import read_jsonl
+from imfl import fidelity, run
+from imfl.annotators import AnnotationContext, SimulatedAnnotator
+from imfl.config import config_from_dict
+from imfl.data import Example, Task
+from imfl.errors import ConfigError
+from test_loop import tiny
+
+TASK = Task(("neutral", "positive", "negative"), "Classify.")
+
+
+# -- estimates and the calibration map ------------------------------------------------------------------
+
+
+def test_estimate_counts_the_confusion_matrix_and_smooths_class_precision():
+    gold = np.array([0, 0, 0, 1, 1, 2, 2, 2])
+    pred = np.array([0, 0, 1, 1, 0, 2, 2, 0])
+    est = fidelity.estimate(pred, gold, 3)
+    assert est.n == 8 and est.accuracy == pytest.approx(5 / 8)
+    assert est.confusion == [[2, 1, 0], [1, 1, 0], [1, 0, 2]]
+    assert est.per_class == [pytest.approx(2 / 3, abs=1e-4), 0.5, pytest.approx(2 / 3, abs=1e-4)]
+    # Said "neutral" 4 times, right twice: (2 + 2 * 5/8) / (4 + 2).
+    assert est.calibration.kind == "class-precision"
+    assert est.calibration.precision[0] == pytest.approx((2 + 2 * 5 / 8) / 6, abs=1e-4)
+    assert est.ece is None
+    np.testing.assert_allclose(est.calibration.p_correct(np.array([0, 2, 1])), np.array(est.calibration.precision)[[0, 2, 1]])
+
+
+def test_isotonic_map_is_increasing_in_confidence_and_falls_back_to_class_precision_without_one():
+    rng = np.random.default_rng(0)
+    conf = rng.uniform(0.34, 1.0, 400)
+    gold = rng.integers(0, 3, 400)
+    right = rng.random(400) < conf  # a well calibrated annotator
+    pred = np.where(right, gold, (gold + 1) % 3)
+    est = fidelity.estimate(pred, gold, 3, conf)
+    cal = est.calibration
+    assert cal.kind == "isotonic" and est.ece < 0.1
+    grid = np.linspace(0, 1, 50)
+    p = cal.p_correct(np.zeros(50, dtype=int), grid)
+    assert np.all(np.diff(p) >= 0) and p.min() >= 0 and p.max() <= 1
+    assert p[-1] > 0.8 and cal.p_correct(np.array([0]), np.array([0.4]))[0] < 0.6
+    unknown = cal.p_correct(np.array([1, 2]), np.array([np.nan, np.nan]))
+    np.testing.assert_allclose(unknown, np.array(cal.precision)[[1, 2]])
+    assert fidelity.Estimate.from_dict(json.loads(json.dumps(est.to_dict()))) == est
+
+
+def test_out_of_fold_probabilities_need_two_items_of_two_classes():
+    x = np.random.default_rng(1).normal(size=(12, 4))
+    assert fidelity.out_of_fold_proba(x, [0] * 12, 3, seed=0) is None
+    assert fidelity.out_of_fold_proba(x, [0] * 11 + [1], 3, seed=0) is None
+    y = np.array([0, 1] * 6)
+    x[y == 1] += 3.0
+    p = fidelity.out_of_fold_proba(x, y, 3, seed=0)
+    assert p.shape == (12, 3) and np.allclose(p.sum(axis=1), 1) and np.all(p[:, 2] == 0)
+    assert (p.argmax(axis=1) == y).mean() >= 0.9
+
+
+# -- routing, filtering, the adaptive rule ---------------------------------------------------------------
+
+
+def test_routing_drops_exactly_the_labels_below_the_threshold():
+    p = np.array([0.2, 0.5, 0.49999, 0.9, 0.5000001])
+    assert fidelity.route(p, 0.5).tolist() == [False, True, False, True, True]
+
+
+def test_label_issues_only_ever_flags_candidates():
+    rng = np.random.default_rng(2)
+    y = np.repeat([0, 1, 2], 40)
+    probs = np.full((120, 3), 0.05)
+    probs[np.arange(120), y] = 0.9
+    noisy = y.copy()
+    wrong = rng.choice(120, 20, replace=False)
+    noisy[wrong] = (y[wrong] + 1) % 3
+    everything = fidelity.label_issues(noisy, probs, np.ones(120, dtype=bool))
+    assert set(np.flatnonzero(everything)) == set(wrong)  # cleanlab finds the flipped labels here
+    half = np.arange(120) % 2 == 0
+    flagged = fidelity.label_issues(noisy, probs, half)
+    assert set(np.flatnonzero(flagged)) == {i for i in wrong if i % 2 == 0}
+
+
+def _estimate(accuracy: float, n: int = 50) -> fidelity.Estimate:
+    return fidelity.Estimate(n, accuracy, [None] * 3, [[0] * 3] * 3, None, None)
+
+
+def test_the_adaptive_rule_needs_both_estimates_on_enough_items():
+    assert fidelity.decide(2, _estimate(0.5), None, False) is None
+    assert fidelity.decide(2, _estimate(0.5, n=fidelity.MIN_DECISION_ITEMS - 1), _estimate(0.7), False) is None
+    stop = fidelity.decide(2, _estimate(0.5), _estimate(0.7), llm_done_this_round=False)
+    assert not stop.buy_llm and stop.effective == 2 and "0.500" in stop.reason and "0.700" in stop.reason
+    go = fidelity.decide(2, _estimate(0.7), _estimate(0.7), llm_done_this_round=True)
+    assert go.buy_llm and go.effective == 3
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_adaptive_rule_moves_budget_only_to_humans_and_never_past_the_cap(seed):
+    from imfl.query import round_plan
+
+    rng = np.random.default_rng(seed)
+    rounds = int(rng.integers(1, 7))
+    total = int(rng.integers(rounds, 400))
+    human = int(rng.integers(0, total + 1))
+    base = round_plan(total, human, rounds)
+    cap = human + int(rng.integers(0, 100))
+    plan = list(base)
+    for t in range(1, rounds + 1):
+        llm_done = bool(rng.integers(0, 2))
+        decision = fidelity.Decision(t, t + 1 if llm_done else t, bool(rng.integers(0, 2)), "test")
+        new, moved = fidelity.apply_decision(plan, base, decision, cap, human_open_from=t + 1)
+        assert new[: decision.effective - 1] == plan[: decision.effective - 1]  # rounds already run keep their plan
+        assert all(l <= b for (_, l), (_, b) in zip(new, base))  # the LLM never gets more than planned
+        assert all(h >= b for (h, _), (b, _) in zip(new, base))  # humans never lose planned labels
+        assert sum(h for h, _ in new) <= max(cap, human)
+        assert new[t - 1][0] == plan[t - 1][0]  # this round's human batch is already labeled
+        if decision.buy_llm:
+            assert moved == 0 and all(n == b for n, b in zip(new[t:], base[t:]))
+        else:
+            assert all(l == 0 for _, l in new[decision.effective - 1 :])
+            assert sum(h for h, _ in new) - sum(h for h, _ in plan) == moved
+        plan = new
+
+
+# -- the simulated LLM ------------------------------------------------------------------------------------
+
+
+def test_simulated_llm_is_right_as_often_as_told_and_spreads_its_errors(fpb_rows):
+    pool = [Example(r["id"], r["text"], label=r["label"]) for r in fpb_rows["pool"]]  # all 3,874
+    annotations = SimulatedAnnotator(TASK, 0.7, seed=3).annotate(pool, AnnotationContext(1))
+    right = np.mean([a.label == e.label for a, e in zip(annotations, pool)])
+    assert abs(right - 0.7) < 0.03
+    for gold in TASK.labels:
+        errors = Counter(a.label for a, e in zip(annotations, pool) if e.label == gold and a.label != gold)
+        assert len(errors) == 2 and min(errors.values()) / max(errors.values()) > 0.6  # both other labels, about evenly
+    assert {a.annotator for a in annotations} == {"simulated:0.7"} and {a.method for a in annotations} == {"simulated"}
+    again = SimulatedAnnotator(TASK, 0.7, seed=3).annotate(pool[:100][::-1], AnnotationContext(2))
+    assert [a.label for a in again[::-1]] == [a.label for a in annotations[:100]]  # per item, not per call order
+    other = SimulatedAnnotator(TASK, 0.7, seed=4).annotate(pool[:100], AnnotationContext(1))
+    assert [a.label for a in other] != [a.label for a in annotations[:100]]
+
+
+def test_fidelity_settings_are_checked(small_fpb):
+    base = {"data": {"pool": str(small_fpb["pool"])}}
+    with pytest.raises(ConfigError, match="llm.accuracy is empty"):
+        config_from_dict(base | {"llm": {"annotator": "simulated"}})
+    with pytest.raises(ConfigError, match="set llm.eval_sample"):
+        config_from_dict(base | {"fidelity": {"routing": True}})
+    with pytest.raises(ConfigError, match=r"fidelity.human_max \(10\) is below budget.human \(200\)"):
+        config_from_dict(base | {"fidelity": {"human_max": 10}})
+    with pytest.raises(ConfigError, match="llm.accuracy"):
+        config_from_dict(base | {"llm": {"annotator": "simulated", "accuracy": 1.5}})
+
+
+# -- inside real runs ----------------------------------------------------------------------------------------
+
+
+def fidelity_run(small_fpb, imfl_cache, out, accuracy, **fid):
+    cfg = tiny(small_fpb["pool"], small_fpb["test"], out, imfl_cache, name=f"fid-{accuracy}",
+               budget={"total": 45, "human": 24, "rounds": 3}, llm={"annotator": "simulated", "accuracy": accuracy, "eval_sample": 30},
+               fidelity=fid)
+    return run(cfg)
+
+
+def state(result, t):
+    return json.loads((result.run_dir / "state" / f"fidelity_round{t}.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def bad_llm_run(small_fpb, imfl_cache, tmp_path_factory):
+    return fidelity_run(small_fpb, imfl_cache, tmp_path_factory.mktemp("fid"), 0.1, adaptive=True, weighting=True,
+                        human_max=30)
+
+
+def test_a_bad_llm_is_measured_and_no_longer_paid(bad_llm_run):
+    result = bad_llm_run
+    m = result.metrics
+    first = m[0]
+    assert first["llm_self_n"] == first["human_total"] and first["llm_self_accuracy"] < 0.3
+    assert first["student_est_n"] == first["human_total"] and first["student_est_accuracy"] > first["llm_self_accuracy"]
+    assert first["buy_llm"] is False and "<" in first["decision"]
+    # Round 1 decided after its human labels, before its LLM ones: no LLM label was ever bought.
+    assert result.budget_used["llm"] == 0 and all(r["llm_labels"] == 0 for r in m)
+    # What the LLM would have had moves to humans, up to human_max (30) and no further.
+    assert result.budget_used["human"] == 30 and first["human_moved"] == 6
+    assert first["fidelity"]["llm"]["confusion"] and first["fidelity"]["student"]["calibration"]
+    labels = read_jsonl(result.run_dir / "labels.jsonl")
+    assert {r["source"] for r in labels} == {"human"}
+
+
+def test_probes_never_repeat_an_item_and_metrics_keep_the_nested_estimates_out_of_the_csv(bad_llm_run):
+    result = bad_llm_run
+    probed = [r["id"] for t in (1, 2, 3) for r in state(result, t)["probe"]]
+    assert len(probed) == len(set(probed)) == result.budget_used["human"]
+    assert "fidelity" not in (result.run_dir / "metrics.csv").read_text().splitlines()[0]
+    saved = json.loads((result.run_dir / "metrics.json").read_text())
+    assert saved[0]["fidelity"]["llm"]["n"] == saved[0]["llm_self_n"]
+
+
+def test_weights_follow_the_calibration_map_and_routing_and_filtering_drop_what_they_say(small_fpb, imfl_cache, tmp_path):
+    result = fidelity_run(small_fpb, imfl_cache, tmp_path, 0.6, weighting=True, routing=True, route_to_human=True, filter=True)
+    store_labels = read_jsonl(result.run_dir / "labels.jsonl")
+    with sqlite3.connect(result.run_dir / "store.sqlite") as c:
+        order = json.loads(c.execute("SELECT value FROM meta WHERE key = 'labels'").fetchone()[0])
+    for t, m in enumerate(result.metrics, 1):
+        s = state(result, t)
+        cal = fidelity.Estimate.from_dict(s["llm"]).calibration
+        llm = [r for r in store_labels if r["source"] == "llm" and r["round"] <= t]
+        human_ids = {r["id"] for r in store_labels if r["source"] == "human" and r["round"] <= t}
+        trained = {row["id"]: row for row in s["training"]}
+        assert set(trained) == {r["id"] for r in llm if r["id"] not in human_ids}
+        for r in llm:
+            if r["id"] not in trained:
+                continue
+            row = trained[r["id"]]
+            expected = cal.p_correct(np.array([order.index(r["label"])]))[0]
+            assert row["p_correct"] == pytest.approx(expected, abs=1e-5)
+            assert row["routed"] == (expected < m["route_threshold"])
+            assert row["weight"] == (0.0 if row["routed"] or row["filtered"] else pytest.approx(expected, abs=1e-5))
+        assert m["route_threshold"] == pytest.approx(s["student"]["accuracy"], abs=1e-4)
+        assert m["llm_routed"] == sum(r["routed"] for r in s["training"])
+        assert m["llm_filtered"] == sum(r["filtered"] for r in s["training"])
+        assert not any(r["routed"] and r["filtered"] for r in s["training"])
+        assert m["llm_filtered_wrong"] <= m["llm_filtered"]
+    # Round 1's routed items head round 2's human batch (as many as it has room for).
+    routed = state(result, 1)["routed"]
+    round2_human = [r["id"] for r in store_labels if r["source"] == "human" and r["round"] == 2]
+    assert routed and round2_human[: min(len(routed), len(round2_human))] == routed[: len(round2_human)]
+
+
+def test_a_good_llm_keeps_being_bought(small_fpb, imfl_cache, tmp_path):
+    result = fidelity_run(small_fpb, imfl_cache, tmp_path, 0.95, adaptive=True)
+    assert all(m["buy_llm"] for m in result.metrics)
+    assert result.budget_used == {"human": 24, "llm": 21}
