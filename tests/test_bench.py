@@ -40,8 +40,8 @@ def test_quick_grid_runs_every_cell_with_its_budget(quick):
     got = cells(quick["dir"] / "results")
     assert set(got) == {f"{d}/{a}/{s}/seed0" for d, a, s in [
         ("fpb", "none", "human-1x"), ("fpb", "smollm2", "llm-only"), ("fpb", "smollm2", "imfl"), ("fpb", "smollm2", "random-query"),
-        ("pubmedqa", "none", "human-1x"), ("pubmedqa", "gpt4", "llm-only"), ("pubmedqa", "gpt4", "imfl"),
-        ("pubmedqa", "gpt4", "random-query")]}
+        ("fpb", "smollm2", "fidelity"), ("pubmedqa", "none", "human-1x"), ("pubmedqa", "gpt4", "llm-only"),
+        ("pubmedqa", "gpt4", "imfl"), ("pubmedqa", "gpt4", "random-query"), ("pubmedqa", "gpt4", "fidelity")]}
     for cell_id, rec in got.items():
         strategy = rec["cell"]["strategy"]
         human = {"human-1x": 8, "llm-only": 0}.get(strategy, 8)
@@ -57,7 +57,12 @@ def test_quick_grid_runs_every_cell_with_its_budget(quick):
     assert got["fpb/smollm2/random-query/seed0"]["config"]["query"]["strategy"] == "random"
     assert got["fpb/smollm2/imfl/seed0"]["config"]["query"]["strategy"] == "eeq"
     assert got["fpb/none/human-1x/seed0"]["llm_accuracy"] is None
-    assert "[8/8] done " in r.stderr and "0 failed" in r.stdout
+    for dataset in ("fpb/smollm2", "pubmedqa/gpt4"):  # fidelity-aware IMFL measured the LLM and the student every round
+        rec = got[f"{dataset}/fidelity/seed0"]
+        assert rec["config"]["fidelity"] == {"weighting": True, "routing": True, "route_threshold": None, "route_to_human": False,
+                                             "filter": True, "adaptive": True, "human_max": None}
+        assert all(m["llm_self_n"] > 0 and m["student_est_n"] > 0 and "decision" in m for m in rec["rounds"]), dataset
+    assert "[10/10] done " in r.stderr and "0 failed" in r.stdout
 
 
 def test_llm_accuracy_of_a_cell_is_what_the_recorded_answers_say(quick):
@@ -77,11 +82,11 @@ def test_aggregates_hold_every_round_of_every_cell(quick):
     results = quick["dir"] / "results"
     with (results / "rounds.csv").open() as fh:
         rounds = list(csv.DictReader(fh))
-    assert len(rounds) == 16 and {r["round"] for r in rounds} == {"1", "2"}
+    assert len(rounds) == 20 and {r["round"] for r in rounds} == {"1", "2"}
     with (results / "cells.csv").open() as fh:
         per_cell = list(csv.DictReader(fh))
     got = cells(results)
-    assert len(per_cell) == 8
+    assert len(per_cell) == 10
     for row in per_cell:
         rec = got[f"{row['dataset']}/{row['annotator']}/{row['strategy']}/seed{row['seed']}"]
         assert float(row["test_accuracy"]) == rec["final"]["test_accuracy"]
@@ -92,10 +97,10 @@ def test_rerun_skips_finished_cells(quick):
     before = {p.name: p.stat().st_mtime_ns for p in (results / "cells").glob("*.json")}
     r = imfl(*quick["args"], env=quick["env"], timeout=120)
     assert r.returncode == 0, r.stderr
-    assert "8 already done, 0 to run" in r.stdout
+    assert "10 already done, 0 to run" in r.stdout
     assert {p.name: p.stat().st_mtime_ns for p in (results / "cells").glob("*.json")} == before
     listed = imfl(*quick["args"], "--list", env=quick["env"], timeout=120)
-    assert listed.returncode == 0 and listed.stdout.count("done") >= 8 and "to run" not in listed.stdout.split("\n", 2)[2]
+    assert listed.returncode == 0 and listed.stdout.count("done") >= 10 and "to run" not in listed.stdout.split("\n", 2)[2]
 
 
 def test_report_tables_and_figures(quick, tmp_path):
@@ -135,6 +140,12 @@ def test_a_grid_changed_under_its_results_is_refused(quick, tmp_path):
     r = imfl("bench", str(GRID), "--quick", "--results", str(results), "--work", str(quick["dir"] / "work"), timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "fpb__none__human-1x__seed0.json" in r.stderr and "student.epochs: 99 then, 4 now" in r.stderr
+    # A setting added to imfl after a result was made is no change while it keeps its default.
+    rec["config"]["student"]["epochs"] = 4
+    del rec["config"]["fidelity"], rec["config"]["llm"]["accuracy"]
+    path.write_text(json.dumps(rec))
+    r = imfl("bench", str(GRID), "--quick", "--results", str(results), "--work", str(quick["dir"] / "work"), "--list", timeout=120)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
 
 
 def test_a_failing_cell_does_not_stop_the_grid(tmp_path, imfl_cache):
@@ -184,3 +195,36 @@ def test_bad_grid_files_get_one_line(tmp_path, text, message):
 def test_report_of_a_folder_without_results(tmp_path):
     r = imfl("report", str(tmp_path), timeout=120)
     assert r.returncode == 2 and "no cells/ folder" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_fidelity_sweep_quick_grid_and_its_chart(tmp_path, imfl_cache):
+    """The sweep grid in its --quick form: a simulated LLM at 50% and 95% with two human shares, against human-only
+    runs with as many human labels; the report's sweep table, crossovers and chart (with a real LLM marked)."""
+    from matplotlib.image import imread
+
+    grid = REPO / "benchmarks" / "sweep.toml"
+    results = tmp_path / "results"
+    r = imfl("bench", str(grid), "--quick", "--workers", "2", "--results", str(results), "--work", str(tmp_path / "work"),
+             env={"IMFL_CACHE": str(imfl_cache)})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    got = cells(results)
+    assert len(got) == 6
+    labels = read_jsonl(tmp_path / "work" / "fpb__sim50__imfl-20pct__seed0" / "labels.jsonl")
+    assert {x["annotator"] for x in labels if x["source"] == "llm"} == {"simulated:0.5"}
+    assert got["fpb/sim95/imfl-20pct/seed0"]["llm_accuracy"] > 0.85 > 0.65 > got["fpb/sim50/imfl-20pct/seed0"]["llm_accuracy"]
+    out = tmp_path / "report"
+    r = imfl("report", str(results), "--out", str(out), "--mark", "GPT-4 (PubMedQA)=0.705", timeout=300)
+    assert r.returncode == 0, r.stderr
+    md = (out / "report.md").read_text()
+    assert "### fpb: simulated LLM accuracy × human share" in md
+    head = next(line for line in md.splitlines() if line.startswith("| simulated LLM accuracy"))
+    assert "IMFL, 20% human (20)" in head and "IMFL, 40% human (40)" in head
+    imfl_hi = got["fpb/sim95/imfl-20pct/seed0"]["final"]["test_accuracy"]
+    ref = got["fpb/none/human-100/seed0"]["final"]["test_accuracy"]
+    row = next(line for line in md.splitlines() if line.startswith("| 0.95 |"))
+    assert f"{imfl_hi:.3f} ± 0.000 ({imfl_hi - ref:+.3f})" in row
+    assert "| crossover: LLM labels pay off from |" in md
+    image = imread(out / "fpb-sweep.png")
+    assert image.shape[0] > 400 and image.std() > 0.01
+    bad = imfl("report", str(results), "--out", str(out), "--mark", "GPT-4=high", timeout=120)
+    assert bad.returncode == 2 and "--mark 'GPT-4=high'" in bad.stderr and "Traceback" not in bad.stderr

@@ -48,6 +48,7 @@ class StrategySpec(_Spec):
     human: float = Field(ge=0, description="Human labels, as a multiple of H (the rest go to the LLM).")
     group: Literal["main", "ablation"] = "main"
     label: str = ""
+    versus: str = Field("imfl", description="ablation: the strategy it changes one thing of (the report's Δ is against it).")
     set: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -104,6 +105,7 @@ class Cell:
     annotator_label: str
     order: int  # the strategy's position in the grid (the report keeps it)
     config: RunConfig
+    versus: str = "imfl"  # an ablation's reference strategy
 
     @property
     def id(self) -> str:
@@ -200,6 +202,7 @@ def load_grid(path: str | Path, quick: bool = False, results: Path | None = None
                     cells.append(Cell(
                         dname, aname, sname, seed, H, sspec.group, sspec.label or sname, aspec.label or aname, order,
                         _cell_config(base_data, overrides, _under(base, dspec.config).parent, f"{path} (cell {cell_id})"),
+                        sspec.versus,
                     ))
     for cell in cells:
         if cell.config.human.annotator != "oracle":
@@ -309,7 +312,7 @@ def run_cell(cell: Cell, grid: Grid) -> dict:
     return {
         "cell": {"id": cell.id, "dataset": cell.dataset, "annotator": cell.annotator, "annotator_label": cell.annotator_label,
                  "strategy": cell.strategy, "label": cell.label, "group": cell.group, "order": cell.order, "seed": cell.seed,
-                 "H": cell.H},
+                 "H": cell.H, "versus": cell.versus},
         "config": comparable_config(cell.config, grid.path.parent),
         "rounds": rounds,
         "final": {k: final.get(k) for k in ("test_accuracy", "test_macro_f1", "human_total", "llm_total",

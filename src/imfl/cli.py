@@ -22,7 +22,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from imfl.errors import ImflError
+from imfl.errors import ConfigError, ImflError
 from imfl.progress import Lines
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -526,12 +526,25 @@ def report(
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Where report.md, report.html and the PNGs go (default: RESULTS/report).")] = None,
     human_price: Annotated[float, typer.Option(min=0, help="Price of one human label, for the cost figure.")] = 1.0,
     llm_price: Annotated[float, typer.Option(min=0, help="Price of one LLM label, for the cost figure.")] = 0.01,
+    mark: Annotated[Optional[list[str]], typer.Option(
+        "--mark", help="NAME=ACCURACY: a real LLM to draw on the sweep figure of simulated ones, e.g. 'GPT-4 (PubMedQA)=0.705'.")] = None,
 ) -> None:
-    """Tables (Markdown, HTML) and figures (learning curves, accuracy vs cost, LLM accuracy per round) from a grid's results."""
+    """Tables (Markdown, HTML) and figures (learning curves, accuracy vs cost, LLM accuracy per round, the simulated-LLM
+    sweep) from a grid's results."""
     from imfl.report import MAIN_HEADER, main_table, make_report
 
     def go() -> None:
-        rep = make_report(results, out_dir or results / "report", human_price, llm_price)
+        marks = {}
+        for item in mark or []:
+            name, _, value = item.rpartition("=")
+            try:
+                accuracy = float(value)
+            except ValueError:
+                accuracy = -1.0
+            if not name.strip() or not 0 <= accuracy <= 1:
+                raise ConfigError(f"--mark {item!r}: write NAME=ACCURACY with an accuracy between 0 and 1, e.g. 'GPT-4=0.705'")
+            marks[name.strip()] = accuracy
+        rep = make_report(results, out_dir or results / "report", human_price, llm_price, marks)
         for dataset, rows in rep.datasets.items():
             table = Table(title=f"{dataset}: main table")
             for col in MAIN_HEADER:

@@ -33,6 +33,7 @@ class Row:
     annotator: str
     annotator_label: str
     records: tuple[dict, ...]
+    versus: str = "imfl"
 
     def final(self, key: str) -> np.ndarray:
         return np.array([r["final"][key] for r in self.records if r["final"].get(key) is not None], dtype=float)
@@ -71,7 +72,8 @@ def group_rows(records: list[dict]) -> dict[str, list[Row]]:
     for (dataset, strategy, annotator), recs in buckets.items():
         c = recs[0]["cell"]
         by_dataset[dataset].append(Row(dataset, strategy, c["label"], c["group"], c["order"], annotator,
-                                       c["annotator_label"], tuple(sorted(recs, key=lambda r: r["cell"]["seed"]))))
+                                       c["annotator_label"], tuple(sorted(recs, key=lambda r: r["cell"]["seed"])),
+                                       c.get("versus", "imfl")))
     for rows in by_dataset.values():
         rows.sort(key=lambda row: (row.annotator != NO_LLM, row.annotator, row.order))
     return dict(by_dataset)
@@ -104,17 +106,18 @@ def main_table(rows: list[Row]) -> list[list[str]]:
             for row in rows if row.group == "main"]
 
 
-ABLATION_HEADER = ["variant", "LLM annotator", "human labels", "LLM labels", "test accuracy", "Δ vs IMFL", "test macro-F1",
+ABLATION_HEADER = ["variant", "LLM annotator", "human labels", "LLM labels", "test accuracy", "Δ vs reference", "test macro-F1",
                    "LLM label accuracy", "seeds"]
 
 
 def ablation_table(rows: list[Row]) -> list[list[str]]:
-    """IMFL and each ablation with the same annotator; Δ is the mean difference over the seeds both have."""
-    imfl = {row.annotator: row for row in rows if row.strategy == "imfl"}
+    """Each reference strategy (IMFL, or another an ablation names with ``versus``) and its ablations with the same
+    annotator; Δ is the mean difference to the reference over the seeds both have."""
     out = []
-    for annotator in dict.fromkeys(row.annotator for row in rows if row.group == "ablation"):
-        ref = imfl.get(annotator)
-        for row in ([ref] if ref else []) + [r for r in rows if r.group == "ablation" and r.annotator == annotator]:
+    for annotator, versus in dict.fromkeys((row.annotator, row.versus) for row in rows if row.group == "ablation"):
+        ref = next((row for row in rows if row.strategy == versus and row.annotator == annotator), None)
+        ablations = [r for r in rows if r.group == "ablation" and r.annotator == annotator and r.versus == versus]
+        for row in ([ref] if ref else []) + ablations:
             delta = "–"
             if ref is not None and row is not ref:
                 base = {r["cell"]["seed"]: r["final"]["test_accuracy"] for r in ref.records}
@@ -242,6 +245,128 @@ def llm_accuracy_curves(rows: list[Row], dataset: str, path: Path) -> Path | Non
                          f"{dataset}: the LLM annotator's accuracy per round", path)
 
 
+# -- the fidelity sweep (simulated LLMs) -----------------------------------------------------------------
+
+
+def _simulated_accuracy(row: Row) -> float | None:
+    llm = row.records[0]["config"]["llm"]
+    return llm.get("accuracy") if llm.get("annotator") == "simulated" else None
+
+
+def _human_labels(row: Row) -> int:
+    return int(row.records[0]["config"]["budget"]["human"])
+
+
+@dataclass
+class SweepLine:
+    """IMFL with one human share over simulated LLMs of several accuracies, and human-only with the same human labels."""
+
+    share: float
+    human: int
+    accuracy: np.ndarray  # the simulated LLM's accuracy (x)
+    mean: np.ndarray
+    std: np.ndarray
+    seeds: list[int]
+    reference: Row | None
+
+    @property
+    def crossover(self) -> float | None:
+        """The LLM accuracy from which IMFL beats human-only with the same human labels (linear between swept points);
+        None without a reference; -inf if it wins at every point, +inf if at none."""
+        if self.reference is None:
+            return None
+        gap = self.mean - self.reference.final("test_accuracy").mean()
+        if gap[0] >= 0:
+            return float("-inf")
+        for i in range(1, len(gap)):
+            if gap[i] >= 0:
+                a0, a1, g0, g1 = self.accuracy[i - 1], self.accuracy[i], gap[i - 1], gap[i]
+                return float(a0 + (a1 - a0) * (-g0) / (g1 - g0))
+        return float("inf")
+
+
+def sweep_lines(rows: list[Row]) -> list[SweepLine]:
+    """The sweep in a dataset's rows: per human share, the runs with a simulated LLM, sorted by its accuracy."""
+    references = {_human_labels(r): r for r in rows if r.annotator == NO_LLM}
+    by_share: dict[tuple[float, int], list[Row]] = defaultdict(list)
+    for row in rows:
+        if _simulated_accuracy(row) is not None and row.group == "main":
+            budget = row.records[0]["config"]["budget"]
+            by_share[(budget["human"] / budget["total"], budget["human"])].append(row)
+    out = []
+    for (share, human), group in sorted(by_share.items()):
+        group.sort(key=_simulated_accuracy)
+        finals = [row.final("test_accuracy") for row in group]
+        out.append(SweepLine(share, human, np.array([_simulated_accuracy(r) for r in group]), np.array([f.mean() for f in finals]),
+                             np.array([f.std(ddof=1) if f.size > 1 else 0.0 for f in finals]),
+                             sorted({s for r in group for s in r.seeds}), references.get(human)))
+    return out
+
+
+def _crossover_text(x: float | None) -> str:
+    if x is None:
+        return "– (no human-only run with as many human labels)"
+    if x == float("-inf"):
+        return "below the swept range (wins everywhere)"
+    if x == float("inf"):
+        return "above the swept range (never wins)"
+    return f"{x:.2f}"
+
+
+SWEEP_HEADER = ["simulated LLM accuracy"]
+
+
+def sweep_table(lines: list[SweepLine]) -> tuple[list[str], list[list[str]]]:
+    """Rows = simulated accuracy; a column per human share: IMFL's test accuracy and its Δ to human-only."""
+    header = SWEEP_HEADER + [f"IMFL, {line.share:.0%} human ({line.human}) — Δ vs human-only" for line in lines]
+    accuracies = sorted({float(a) for line in lines for a in line.accuracy})
+    body = []
+    for acc in accuracies:
+        cells = [f"{acc:.2f}"]
+        for line in lines:
+            hit = np.flatnonzero(np.isclose(line.accuracy, acc))
+            if not hit.size:
+                cells.append("–")
+                continue
+            i = int(hit[0])
+            text = f"{line.mean[i]:.3f} ± {line.std[i]:.3f}"
+            if line.reference is not None:
+                text += f" ({line.mean[i] - line.reference.final('test_accuracy').mean():+.3f})"
+            cells.append(text)
+        body.append(cells)
+    body.append(["human-only, same human labels"] + [_mean_std(line.reference.final("test_accuracy")) if line.reference else "–"
+                                                    for line in lines])
+    body.append(["crossover: LLM labels pay off from"] + [_crossover_text(line.crossover) for line in lines])
+    return header, body
+
+
+def sweep_figure(lines: list[SweepLine], dataset: str, path: Path, marks: dict[str, float]) -> Path:
+    """Test accuracy against the simulated LLM's accuracy, a line per human share (shaded std), human-only with the same
+    human labels as a dashed level in the same colour, crossovers as dots and the ``marks`` (real LLMs) as verticals."""
+    fig, (ax,) = _figure(1)
+    fig.set_size_inches(7.5, 5.0)
+    for k, line in enumerate(lines):
+        color = f"C{k}"
+        ax.plot(line.accuracy, line.mean, "-o", color=color, markersize=3.5, label=f"IMFL, {line.share:.0%} human ({line.human})")
+        if np.any(line.std > 0):
+            ax.fill_between(line.accuracy, line.mean - line.std, line.mean + line.std, color=color, alpha=0.15, linewidth=0)
+        if line.reference is not None:
+            level = line.reference.final("test_accuracy").mean()
+            ax.axhline(level, color=color, linestyle="--", linewidth=1.0, label=f"human only, {line.human} labels: {level:.3f}")
+            x = line.crossover
+            if x is not None and np.isfinite(x):
+                ax.plot([x], [level], "D", color=color, markersize=6)
+    for k, (name, acc) in enumerate(marks.items()):
+        ax.axvline(acc, color="0.35", linestyle=":", linewidth=1.2)
+        ax.text(acc, 0.02 + 0.07 * (k % 4), f" {name} {acc:.0%}", transform=ax.get_xaxis_transform(), fontsize=7.5, color="0.25")
+    ax.set_xlabel("simulated LLM label accuracy")
+    ax.set_ylabel(ACCURACY)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7.5, loc="upper left", ncol=2)
+    ax.set_title(f"{dataset}: when do LLM labels pay off? (diamond: crossover)", fontsize=10)
+    return _save(fig, path)
+
+
 def _save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
@@ -262,8 +387,10 @@ class Report:
     datasets: dict[str, list[Row]]
 
 
-def make_report(results: Path, out: Path, human_price: float = 1.0, llm_price: float = 0.01) -> Report:
-    """Write report.md, report.html and the PNG figures for every dataset in ``results`` into ``out``."""
+def make_report(results: Path, out: Path, human_price: float = 1.0, llm_price: float = 0.01,
+                marks: dict[str, float] | None = None) -> Report:
+    """Write report.md, report.html and the PNG figures for every dataset in ``results`` into ``out``. ``marks``
+    (name → accuracy) are real LLMs drawn on the sweep figures of simulated ones."""
     results, out = Path(results), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     datasets = group_rows(load_results(results))
@@ -278,9 +405,16 @@ def make_report(results: Path, out: Path, human_price: float = 1.0, llm_price: f
         page += [f"<h2>{html.escape(dataset)} (H = {H})</h2>", _html_table(MAIN_HEADER, main_table(rows))]
         ablations = ablation_table(rows)
         if ablations:
-            md += [f"### {dataset}: ablations of IMFL", "", _markdown(ABLATION_HEADER, ablations), ""]
-            page += ["<h3>Ablations of IMFL</h3>", _html_table(ABLATION_HEADER, ablations)]
-        drawn = [learning_curves(rows, dataset, out / f"{dataset}-learning-curves.png"),
+            md += [f"### {dataset}: ablations", "", "Each block starts with its reference (Δ –); every other row of the block "
+                   "changes one thing of it.", "", _markdown(ABLATION_HEADER, ablations), ""]
+            page += ["<h3>Ablations</h3>", _html_table(ABLATION_HEADER, ablations)]
+        lines = sweep_lines(rows)
+        if lines:
+            header, body = sweep_table(lines)
+            md += [f"### {dataset}: simulated LLM accuracy × human share", "", _markdown(header, body), ""]
+            page += ["<h3>Simulated LLM accuracy × human share</h3>", _html_table(header, body)]
+        drawn = [sweep_figure(lines, dataset, out / f"{dataset}-sweep.png", marks or {}) if lines else None,
+                 learning_curves(rows, dataset, out / f"{dataset}-learning-curves.png"),
                  cost_curves(rows, dataset, out / f"{dataset}-cost.png", human_price, llm_price),
                  llm_accuracy_curves(rows, dataset, out / f"{dataset}-llm-accuracy.png")]
         for fig in filter(None, drawn):
