@@ -124,7 +124,11 @@ def test_report_tables_and_figures(quick, tmp_path):
         assert image.shape[0] > 300 and image.shape[1] > 400 and image.std() > 0.01, name
         assert f"{name}.png" in md
     page = (tmp_path / "report" / "report.html").read_text()
-    assert page.count("<img src=") == 6 and page.count("<table>") == 4
+    assert page.count("<img src=") == 6 and page.count("<table>") == 6  # main, ablations, fidelity per dataset
+    fid = got["pubmedqa/gpt4/fidelity/seed0"]
+    row = next(line for line in md.splitlines() if line.startswith("| fidelity-aware IMFL | GPT-4 (recorded, MedRAG) |"))
+    assert "| weighting, routing, filter, adaptive |" in row and f"| {fid['labels_used']['llm']} |" in row
+    assert f"| {fid['rounds'][-1]['llm_self_accuracy']:.3f} |" in row
     assert "main table" in r.stdout
 
 

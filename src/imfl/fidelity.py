@@ -152,7 +152,8 @@ def label_issues(labels, pred_probs: np.ndarray, candidates: np.ndarray) -> np.n
     labels; the others, human labels, inform the estimate but are never removed)."""
     from cleanlab.filter import find_label_issues
 
-    flagged = find_label_issues(np.asarray(labels, dtype=int), pred_probs)
+    # n_jobs=1: cleanlab's own process pool loses its shared arrays inside grid workers (and the cores are taken).
+    flagged = find_label_issues(np.asarray(labels, dtype=int), pred_probs, n_jobs=1)
     return flagged & np.asarray(candidates, dtype=bool)
 
 

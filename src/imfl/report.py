@@ -131,6 +131,38 @@ def ablation_table(rows: list[Row]) -> list[list[str]]:
     return out
 
 
+FIDELITY_SWITCHES = ("weighting", "routing", "filter", "adaptive")
+FIDELITY_HEADER = ["variant", "LLM annotator", "switches", "LLM labels bought", "LLM probe accuracy", "student estimate",
+                   "rounds buying LLM", "LLM labels routed", "filtered (really wrong)", "test accuracy"]
+
+
+def fidelity_table(rows: list[Row]) -> list[list[str]]:
+    """What fidelity-aware runs measured and did, mean over seeds: the final round's estimates of the LLM (probe)
+    and the student (out-of-fold), how many rounds bought LLM labels, and the final training's routed and filtered
+    LLM labels (with how many of the filtered were really wrong)."""
+    def last(row: Row, key: str) -> np.ndarray:
+        return np.array([r["rounds"][-1].get(key) for r in row.records if r["rounds"][-1].get(key) is not None], dtype=float)
+
+    def mean(values: np.ndarray, digits: int) -> str:
+        return f"{values.mean():.{digits}f}" if values.size else "–"
+
+    out = []
+    for row in rows:
+        switches = [k for k in FIDELITY_SWITCHES if (row.records[0]["config"].get("fidelity") or {}).get(k)]
+        if not switches:
+            continue
+        buying = np.array([sum(bool(m.get("buy_llm")) for m in r["rounds"]) for r in row.records], dtype=float)
+        filtered = mean(last(row, "llm_filtered"), 1)
+        if filtered != "–":
+            filtered += f" ({mean(last(row, 'llm_filtered_wrong'), 1)})"
+        out.append([row.label, row.annotator_label, ", ".join(switches),
+                    mean(np.array([r["labels_used"]["llm"] for r in row.records], dtype=float), 0),
+                    _mean_std(last(row, "llm_self_accuracy")), _mean_std(last(row, "student_est_accuracy")),
+                    f"{mean(buying, 1)} of {len(row.records[0]['rounds'])}" if "adaptive" in switches else "–",
+                    mean(last(row, "llm_routed"), 1), filtered, _mean_std(row.final("test_accuracy"))])
+    return out
+
+
 def _markdown(header: list[str], body: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cells) + " |" for cells in body]
@@ -408,6 +440,10 @@ def make_report(results: Path, out: Path, human_price: float = 1.0, llm_price: f
             md += [f"### {dataset}: ablations", "", "Each block starts with its reference (Δ –); every other row of the block "
                    "changes one thing of it.", "", _markdown(ABLATION_HEADER, ablations), ""]
             page += ["<h3>Ablations</h3>", _html_table(ABLATION_HEADER, ablations)]
+        measured = fidelity_table(rows)
+        if measured:
+            md += [f"### {dataset}: what fidelity-aware runs measured and did", "", _markdown(FIDELITY_HEADER, measured), ""]
+            page += ["<h3>What fidelity-aware runs measured and did</h3>", _html_table(FIDELITY_HEADER, measured)]
         lines = sweep_lines(rows)
         if lines:
             header, body = sweep_table(lines)
