@@ -234,3 +234,30 @@ def test_fidelity_sweep_quick_grid_and_its_chart(tmp_path, imfl_cache):
     assert image.shape[0] > 400 and image.std() > 0.01
     bad = imfl("report", str(results), "--out", str(out), "--mark", "GPT-4=high", timeout=120)
     assert bad.returncode == 2 and "--mark 'GPT-4=high'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_ladder_cell_reproduces_exactly_from_its_json(tmp_path, imfl_cache):
+    """The FPB ladder in its --quick form (recorded Llama-2-7b, 40% right, with nulls in no cell here), then one
+    fidelity-aware cell run again from scratch: the same selections, labels and scores in every round."""
+    grid = REPO / "benchmarks" / "ladder-fpb.toml"
+    where = ("--results", str(tmp_path / "results"), "--work", str(tmp_path / "work"))
+    env = {"IMFL_CACHE": str(imfl_cache)}
+    r = imfl("bench", str(grid), "--quick", "--workers", "2", *where, env=env)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    got = cells(tmp_path / "results")
+    assert set(got) == {"fpb-recorded/none/human-1x/seed0", "fpb-recorded/llama2-7b/imfl/seed0",
+                        "fpb-recorded/llama2-7b/fidelity/seed0"}
+    assert got["fpb-recorded/llama2-7b/imfl/seed0"]["llm_accuracy"] < 0.6  # Llama-2-7b says "positive" to most
+    r = imfl("bench", str(grid), "--quick", *where, "--reproduce", "*/fidelity/*", env=env)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "fpb-recorded/llama2-7b/fidelity/seed0: reproduced exactly" in r.stdout
+    assert (tmp_path / "work" / "reproduce" / "results" / "cells" / "fpb-recorded__llama2-7b__fidelity__seed0.json").is_file()
+    # A changed result is caught, named, and the command fails.
+    path = tmp_path / "results" / "cells" / "fpb-recorded__llama2-7b__fidelity__seed0.json"
+    rec = json.loads(path.read_text())
+    rec["selected"][1]["llm"] = rec["selected"][1]["llm"][::-1]
+    path.write_text(json.dumps(rec))
+    r = imfl("bench", str(grid), "--quick", *where, "--reproduce", "*/fidelity/*", env=env)
+    assert r.returncode == 1 and "DIFFERS: round 2: the items selected for the llm differ" in r.stdout
+    r = imfl("bench", str(grid), "--quick", *where, "--reproduce", "*/nothing/*", env=env)
+    assert r.returncode == 2 and "no cell of ladder-fpb.toml matches */nothing/* (ids look like fpb-recorded/" in r.stderr

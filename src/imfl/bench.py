@@ -388,7 +388,8 @@ def pending_cells(grid: Grid, only: list[str] | None = None, skip: list[str] | N
 
     chosen = [c for c in grid.cells if (not only or matches(c, only)) and not matches(c, skip)]
     if (only or skip) and not chosen:
-        raise ConfigError(f"--only/--skip leave no cell of {grid.path.name} (ids look like {grid.cells[0].id})")
+        raise ConfigError(f"no cell of {grid.path.name} matches {', '.join(only or ['*'])}"
+                          f"{' minus ' + ', '.join(skip) if skip else ''} (ids look like {grid.cells[0].id})")
     done, todo = [], []
     for cell in chosen:
         path = grid.result_path(cell)
@@ -446,6 +447,47 @@ def run_grid(grid: Grid, workers: int = 1, only: list[str] | None = None, skip: 
                 on_event(event)
                 submit()
     return events
+
+
+def reproduce(grid: Grid, patterns: list[str], quick: bool, scratch: Path,
+              on_result: Callable[[Cell, str | None], None] = lambda cell, diff: None) -> list[tuple[Cell, str | None]]:
+    """Run the finished cells matching ``patterns`` again from nothing but their grid and JSON, one at a time in a
+    fresh process with the thread count the JSON records, into ``scratch``; compare what they select and score.
+    Returns (cell, first difference or None) per cell."""
+    done, _ = pending_cells(grid, patterns)
+    if not done:
+        raise ConfigError(f"no finished cell of {grid.path.name} matches {', '.join(patterns)}; `imfl bench --list` shows them")
+    fresh = load_grid(grid.path, quick, results=scratch / "results", work=scratch / "work")
+    by_id = {c.id: c for c in fresh.cells}
+    fresh.cells_dir.mkdir(parents=True, exist_ok=True)
+    out = []
+    for cell in done:
+        old = json.loads(grid.result_path(cell).read_text(encoding="utf-8"))
+        with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
+            new = pool.submit(_cell_process, by_id[cell.id], fresh, old["machine"].get("threads")).result()
+        _write_json(fresh.result_path(cell), new)
+        diff = cell_difference(old, new)
+        out.append((cell, diff))
+        on_result(cell, diff)
+    return out
+
+
+REPRODUCED = ("human_total", "llm_total", "llm_failed", "test_accuracy", "test_macro_f1", "llm_accuracy")
+
+
+def cell_difference(old: dict, new: dict) -> str | None:
+    """The first way two results of one cell differ: the items selected in a round, or a round's labels and scores."""
+    if len(old["rounds"]) != len(new["rounds"]):
+        return f"{len(old['rounds'])} rounds then, {len(new['rounds'])} now"
+    for a, b in zip(old["selected"], new["selected"]):
+        for target in ("human", "llm"):
+            if a[target] != b[target]:
+                return f"round {a['round']}: the items selected for the {target} differ"
+    for a, b in zip(old["rounds"], new["rounds"]):
+        for key in REPRODUCED:
+            if a.get(key) != b.get(key):
+                return f"round {a['round']}: {key} {a.get(key)!r} then, {b.get(key)!r} now"
+    return None
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -464,13 +464,32 @@ def bench(
     results: Annotated[Optional[Path], typer.Option(help="Results folder (default: the grid's `results`).")] = None,
     work: Annotated[Optional[Path], typer.Option(help="Folder for run stores and logs (default: the grid's `work`).")] = None,
     list_: Annotated[bool, typer.Option("--list", help="List the cells and whether each is done, run nothing.")] = False,
+    reproduce_: Annotated[Optional[list[str]], typer.Option(
+        "--reproduce", help="Run finished cells matching this glob again from scratch (under WORK/reproduce) and compare "
+        "their selections and scores with their JSON (repeatable).")] = None,
 ) -> None:
     """Run a grid of dataset × annotator × strategy × seed through the loop; finished cells are skipped on a re-run.
     Writes one JSON per cell under RESULTS/cells/ and the aggregates RESULTS/rounds.csv and RESULTS/cells.csv."""
-    from imfl.bench import load_grid, pending_cells, run_grid
+    from imfl.bench import load_grid, pending_cells, reproduce, run_grid
 
     def go() -> None:
         grid = load_grid(grid_file, quick, results, work)
+        if reproduce_:
+            def said(cell, diff) -> None:
+                out.print(f"{cell.id}: " + ("reproduced exactly (same selections, labels and scores every round)"
+                                                if diff is None else f"DIFFERS: {diff}"), highlight=False)
+
+            scratch = grid.work / "reproduce"
+            if scratch.exists():
+                import shutil
+
+                shutil.rmtree(scratch)
+            outcome = reproduce(grid, reproduce_, quick, scratch, said)
+            differing = [cell.id for cell, diff in outcome if diff is not None]
+            if differing:
+                _fail(f"{len(differing)} of {len(outcome)} cell(s) did not reproduce (first: {differing[0]}); "
+                      f"their new runs are in {scratch}", 1)
+            return
         done, todo = pending_cells(grid, only, skip)
         if list_:
             table = Table(title=f"{grid_file.name}: {len(done)} done, {len(todo)} to run")
