@@ -160,6 +160,18 @@ def test_fidelity_settings_are_checked(small_fpb):
         config_from_dict(base | {"llm": {"annotator": "simulated", "accuracy": 1.5}})
 
 
+def test_the_fidelity_preset_turns_on_every_switch_the_config_does_not_set(small_fpb):
+    from imfl.config import resolve_strategy
+
+    base = {"data": {"pool": str(small_fpb["pool"])}, "strategy": "fidelity"}
+    full = resolve_strategy(config_from_dict(base))
+    assert (full.fidelity.weighting, full.fidelity.routing, full.fidelity.filter, full.fidelity.adaptive) == (True,) * 4
+    assert full.llm.eval_sample == 50 and resolve_strategy(full) == full
+    ablation = resolve_strategy(config_from_dict(base | {"fidelity": {"routing": False}, "llm": {"eval_sample": 20}}))
+    assert (ablation.fidelity.weighting, ablation.fidelity.routing, ablation.fidelity.filter) == (True, False, True)
+    assert ablation.llm.eval_sample == 20 and resolve_strategy(ablation) == ablation
+
+
 # -- inside real runs ----------------------------------------------------------------------------------------
 
 

@@ -248,8 +248,10 @@ STRATEGIES: dict[str, dict[str, Any]] = {
     "diversity": {"query.strategy": "diversity"},
     "human-only": {"budget.human": lambda cfg: cfg.budget.total},
     "llm-only": {"budget.human": 0},
-    "fidelity": {"query.strategy": "eeq", "llm.eval_sample": lambda cfg: cfg.llm.eval_sample or 50,
-                 "fidelity.weighting": True, "fidelity.routing": True, "fidelity.filter": True, "fidelity.adaptive": True},
+    # every [fidelity] switch on, except those the configuration sets itself (an ablation turns one off)
+    "fidelity": {"query.strategy": "eeq", "llm.eval_sample": lambda cfg: cfg.llm.eval_sample or 50}
+    | {f"fidelity.{k}": (lambda cfg, k=k: getattr(cfg.fidelity, k) if k in cfg.fidelity.model_fields_set else True)
+       for k in ("weighting", "routing", "filter", "adaptive")},
 }
 
 
