@@ -6,6 +6,11 @@ go to the human, the rest to the LLM. With ``order = "human-first"`` the human l
 before the LLM's prompts are built, so they are already among its demonstrations. Then a fresh
 student is fine-tuned on every label so far and evaluated on the test set.
 
+With ``llm.eval_sample``, the LLM is also measured on human-labeled items right after the human step
+(fidelity-aware IMFL, beyond the paper: ``fidelity.py``); the ``[fidelity]`` switches then weight, route
+or filter its labels before training and may stop buying them (the plan of later rounds is kept in the
+store). A human label of an item always wins over an LLM label of the same item.
+
 Every step is committed to the run's store before the next starts; a run whose store already holds
 rounds continues after the last evaluated one (same config required).
 """
