@@ -14,3 +14,16 @@ def test_readme_lists_every_setting_with_its_default():
         "README's configuration reference is stale: paste the output of "
         "`python -c 'from imfl.config import reference_table; print(reference_table())'`"
     )
+
+
+def test_a_section_added_since_a_store_was_written_agrees_while_at_its_defaults():
+    """Stores written before [fidelity] existed (their TOML has no such table) continue while it stays at defaults."""
+    from imfl.config import settings_difference
+
+    old = {"seed": 0, "budget": {"total": 10, "human": 5}}
+    new = {"seed": 0, "budget": {"total": 10, "human": 5}, "fidelity": {"weighting": False, "adaptive": False}}
+    assert settings_difference(old, new) is None
+    new["fidelity"]["adaptive"] = True
+    assert settings_difference(old, new) == "fidelity.adaptive: None then, True now"
+    assert settings_difference(old, {**new, "seed": 1}) == "fidelity.adaptive: None then, True now"  # first in order
+    assert settings_difference({**old, "seed": 1}, {**new, "fidelity": {}}) == "seed: 1 then, 0 now"

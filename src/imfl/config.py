@@ -363,6 +363,8 @@ def settings_difference(old: dict, new: dict, prefix: str = "") -> str | None:
         a, b = old.get(key), new.get(key)
         if key not in old and _default_at(defaults, f"{prefix}{key}") == b:
             continue
+        if key not in old and isinstance(b, dict):
+            a = {}  # a section added since: each of its settings must be at its default
         if isinstance(a, dict) and isinstance(b, dict):
             if found := settings_difference(a, b, f"{prefix}{key}."):
                 return found
