@@ -238,7 +238,10 @@ def test_fidelity_sweep_quick_grid_and_its_chart(tmp_path, imfl_cache):
 
 def test_a_ladder_cell_reproduces_exactly_from_its_json(tmp_path, imfl_cache):
     """The FPB ladder in its --quick form (recorded Llama-2-7b, 40% right, with nulls in no cell here), then one
-    fidelity-aware cell run again from scratch: the same selections, labels and scores in every round."""
+    fidelity-aware cell run again from scratch: the same selections, labels and scores in every round. With a simulated
+    rung (60%) beside it, the report draws the ladder."""
+    from matplotlib.image import imread
+
     grid = REPO / "benchmarks" / "ladder-fpb.toml"
     where = ("--results", str(tmp_path / "results"), "--work", str(tmp_path / "work"))
     env = {"IMFL_CACHE": str(imfl_cache)}
@@ -246,8 +249,34 @@ def test_a_ladder_cell_reproduces_exactly_from_its_json(tmp_path, imfl_cache):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     got = cells(tmp_path / "results")
     assert set(got) == {"fpb-recorded/none/human-1x/seed0", "fpb-recorded/llama2-7b/imfl/seed0",
-                        "fpb-recorded/llama2-7b/fidelity/seed0"}
+                        "fpb-recorded/llama2-7b/fidelity/seed0", "fpb-recorded/sim60/imfl/seed0", "fpb-recorded/sim60/fidelity/seed0"}
     assert got["fpb-recorded/llama2-7b/imfl/seed0"]["llm_accuracy"] < 0.6  # Llama-2-7b says "positive" to most
+    # Its real accuracy over the whole pool (896 items, as the data README states) goes into every cell it labels.
+    assert got["fpb-recorded/llama2-7b/imfl/seed0"]["annotator_accuracy"] == 0.4007
+    assert got["fpb-recorded/sim60/imfl/seed0"]["annotator_accuracy"] == 0.6
+    assert got["fpb-recorded/none/human-1x/seed0"]["annotator_accuracy"] is None
+    # The report's ladder: annotators by real accuracy, a column per strategy, and what the fidelity-aware runs bought.
+    r = imfl("report", str(tmp_path / "results"), "--out", str(tmp_path / "report"), timeout=300)
+    assert r.returncode == 0, r.stderr
+    md = (tmp_path / "report" / "report.md").read_text().splitlines()
+    head = md.index("### fpb-recorded: the ladder of LLM annotators") + 2
+    assert md[head].startswith("| LLM annotator | its accuracy (pool) | IMFL (H human + 4H LLM) | fidelity-aware IMFL |")
+    imfl_7b = got["fpb-recorded/llama2-7b/imfl/seed0"]["final"]["test_accuracy"]
+    bought = got["fpb-recorded/sim60/fidelity/seed0"]["labels_used"]["llm"]
+    assert md[head + 2].startswith("| simulated 60% | 0.600 | ") and f"| {bought} of 40, +" in md[head + 2]
+    assert md[head + 3].startswith(f"| Llama-2-7b-chat (recorded, 40.1%) | 0.401 | {imfl_7b:.3f} | ")
+    assert any(line.startswith("human 1x (") and "is matched or beaten by" in line for line in md)
+    image = imread(tmp_path / "report" / "fpb-recorded-ladder.png")
+    assert image.shape[0] > 400 and image.std() > 0.01
+    # A cell written before annotator_accuracy existed: worked out from its pool, found from the results folder upwards.
+    from imfl.report import _annotator_accuracy
+
+    old = json.loads(json.dumps(got["fpb-recorded/llama2-7b/imfl/seed0"]))
+    del old["annotator_accuracy"]
+    grid_dir = tmp_path / "old-grid"
+    for key in ("pool", "test"):
+        old["config"]["data"][key] = os.path.relpath(REPO / "benchmarks" / old["config"]["data"][key], grid_dir)
+    assert _annotator_accuracy(old, grid_dir / "results" / "ladder") == 0.4007
     r = imfl("bench", str(grid), "--quick", *where, "--reproduce", "*/fidelity/*", env=env)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert "fpb-recorded/llama2-7b/fidelity/seed0: reproduced exactly" in r.stdout

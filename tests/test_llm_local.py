@@ -39,22 +39,6 @@ def backend(imfl_cache: Path) -> LocalBackend:
     return b
 
 
-def naive_scores(b: LocalBackend, messages: list[dict[str, str]], labels: list[str]) -> np.ndarray:
-    """One full forward pass per label over prompt + label tokens, then a log-softmax across labels."""
-    import torch
-
-    prompt = b._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    ids = b._tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    totals = []
-    for label_ids in b._label_tokens(labels):
-        with torch.inference_mode():
-            logits = b._model(input_ids=torch.tensor([ids + label_ids])).logits[0].double()
-        logp = torch.log_softmax(logits, dim=-1)
-        totals.append(sum(logp[len(ids) - 1 + j, t].item() for j, t in enumerate(label_ids)))
-    totals = np.array(totals)
-    return totals - np.logaddexp.reduce(totals)
-
-
 # ------------------------------------------------------------------ prompts
 
 
@@ -185,7 +169,7 @@ def naive_reference(backend):
         build_messages(INSTRUCTION, MIXED_LABELS, ITEMS[1]),
         build_messages(INSTRUCTION, MIXED_LABELS, "x"),
     ]
-    return prompts, np.stack([naive_scores(backend, p, MIXED_LABELS) for p in prompts])
+    return prompts, backend.score_one_by_one(prompts, MIXED_LABELS)
 
 
 @pytest.mark.parametrize("batch_size", [1, 3])

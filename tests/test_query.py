@@ -21,7 +21,7 @@ def test_eeq_takes_the_most_uncertain_item_of_each_cluster():
     x, _ = blobs()
     unc = np.random.default_rng(1).random(len(x))
     picked = eeq(x, unc, 8, seed=3)
-    assign, _ = kmeans(x, 8, seed=3)
+    assign, _, _ = kmeans(x, 8, seed=3)
     # one item per cluster, and it is that cluster's most uncertain member
     assert sorted(assign[picked]) == list(range(8))
     for i in picked:
@@ -35,11 +35,32 @@ def test_eeq_without_a_student_is_diversity_alone():
     x, true = blobs()
     picked = eeq(x, None, 8, seed=0)
     assert sorted(true[picked]) == list(range(8))  # well-separated blobs: one from each
-    assign, centres = kmeans(x, 8, seed=0)
+    assign, _, centres = kmeans(x, 8, seed=0)
     for i in picked:  # the member nearest its centre
         members = np.flatnonzero(assign == assign[i])
         d = np.linalg.norm(x[members] - centres[assign[i]], axis=1)
         assert np.isclose(np.linalg.norm(x[i] - centres[assign[i]]), d.min())
+
+
+def test_large_pools_fit_kmeans_on_a_sample_and_assign_every_row():
+    """Past KMEANS_EXACT_MAX rows, k-means is fitted on a seeded sample and every row goes to its nearest centre (in
+    chunks): the same clusters on well-separated blobs, each row's distance right, and the same picks for the same seed."""
+    from imfl.query import strategies
+
+    x, true = blobs(n_per=2_500, centers=12, dim=24, seed=4)  # 30,000 rows: past the exact limit
+    assert len(x) > strategies.KMEANS_EXACT_MAX
+    assign, dist, centres = kmeans(x, 12, seed=1)
+    nearest = ((x[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2).argmin(axis=1)
+    np.testing.assert_array_equal(assign, nearest)
+    np.testing.assert_allclose(dist, np.linalg.norm(x - centres[assign], axis=1), rtol=1e-4, atol=1e-3)
+    # each true blob is exactly one cluster
+    assert len({(a, t) for a, t in zip(assign, true)}) == 12
+    unc = np.random.default_rng(2).random(len(x))
+    picked = eeq(x, unc, 12, seed=1)
+    np.testing.assert_array_equal(picked, eeq(x, unc, 12, seed=1))
+    assert sorted(true[picked]) == list(range(12))
+    for i in picked:
+        assert unc[i] == unc[assign == assign[i]].max()
 
 
 def test_split_sends_the_most_uncertain_to_the_human():

@@ -266,6 +266,25 @@ def comparable_config(cfg: RunConfig, root: Path) -> dict:
     return data
 
 
+def annotator_accuracy(cfg: RunConfig) -> float | None:
+    """The real accuracy of the LLM annotator over the whole pool: a simulated LLM's setting, or the share of gold-labeled
+    pool items a recorded LLM got right (no usable answer counts as wrong). None for a live LLM (its accuracy is only
+    known on the labels it gave) or a pool that cannot be read."""
+    from imfl.annotators.recorded import RecordedAnnotator
+    from imfl.data import load_dataset
+
+    if cfg.llm.annotator == "simulated":
+        return cfg.llm.accuracy
+    if cfg.llm.annotator != "recorded":
+        return None
+    try:
+        dataset = load_dataset(cfg.data)
+        accuracy = RecordedAnnotator(dataset.task, cfg.llm.column, file=cfg.llm.file).accuracy(dataset.pool)
+    except ImflError:
+        return None
+    return None if accuracy is None else round(accuracy, 4)
+
+
 def _machine() -> dict:
     cpu = platform.processor()
     try:
@@ -319,6 +338,7 @@ def run_cell(cell: Cell, grid: Grid) -> dict:
                                             "human_cost_total", "llm_cost_total")},
         "labels_used": result.budget_used,
         "llm_accuracy": round(llm_right / llm_n, 4) if llm_n else None,
+        "annotator_accuracy": annotator_accuracy(cell.config) if cell.annotator != NO_LLM else None,
         "llm_failed": sum(r.get("llm_failed", 0) + r.get("llm_unparsed", 0) for r in rounds),
         "wall_seconds": round(time.time() - started, 1),
         "loop_seconds": round(sum(sum(r.get("seconds", {}).values()) for r in rounds), 1),

@@ -43,24 +43,30 @@ class Embedder:
         return h.hexdigest()[:32]
 
     def encode(self, texts: Sequence[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
-        """Embeddings of ``texts`` as a float32 array (n, d), read from the cache when these exact texts
-        were embedded by this model before. The cache file is memory-mapped on read."""
+        """Embeddings of ``texts`` as a float32 array (n, d), memory-mapped from the cache file: read when these exact
+        texts were embedded by this model before, else written there chunk by chunk first."""
         target = cache_dir(self.cache) / "embeddings" / f"{self._key(texts)}.npy"
         if target.exists():
             if progress:
                 progress(len(texts))
             return np.load(target, mmap_mode="r")
         st = self._load()
-        out = []
-        step = self.batch_size * 16  # large chunks: sentence-transformers sorts each by length
-        for start in range(0, len(texts), step):
-            chunk = list(texts[start : start + step])
-            out.append(st.encode(chunk, batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True))
-            if progress:
-                progress(len(chunk))
-        emb = np.concatenate(out).astype(np.float32) if out else np.zeros((0, 384), np.float32)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f"{target.stem}.{os.getpid()}.tmp.npy")  # two processes may embed the same texts at once
-        np.save(tmp, emb)
-        tmp.replace(target)
-        return emb
+        dim = (getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension)()  # renamed in 6.x
+        # Written chunk by chunk into a memory-mapped .npy file: a pool of millions never sits in memory twice.
+        emb = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(texts), dim))
+        step = self.batch_size * 16  # large chunks: sentence-transformers sorts each by length
+        try:
+            for start in range(0, len(texts), step):
+                chunk = list(texts[start : start + step])
+                emb[start : start + len(chunk)] = st.encode(chunk, batch_size=self.batch_size, normalize_embeddings=True,
+                                                            convert_to_numpy=True)
+                if progress:
+                    progress(len(chunk))
+            emb.flush()
+            del emb
+            tmp.replace(target)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return np.load(target, mmap_mode="r")

@@ -6,6 +6,10 @@ the ablation table (each ablation's difference to IMFL with the same annotator),
 test accuracy against the number of human labels (learning curves), against the annotation cost (prices
 per label are parameters), and the LLM annotator's accuracy per round. ``report.md`` and ``report.html``
 hold the same tables; the HTML page shows the figures too.
+
+Beyond the paper's: what fidelity-aware runs measured and did; a sweep of simulated LLMs (table of test accuracy by
+simulated accuracy × human share, with the crossover where LLM labels start to pay off, and its figure); and the
+ladder of LLM annotators whose real accuracy is known (recorded LLMs, simulated ones faint behind them).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imfl.bench import NO_LLM, load_results
+from imfl.bench import NO_LLM, annotator_accuracy, load_results
 
 
 @dataclass(frozen=True)
@@ -291,8 +295,10 @@ def _human_labels(row: Row) -> int:
 
 @dataclass
 class SweepLine:
-    """IMFL with one human share over simulated LLMs of several accuracies, and human-only with the same human labels."""
+    """IMFL (plain, or fidelity-aware) with one human share over simulated LLMs of several accuracies, and human-only
+    with the same human labels."""
 
+    name: str  # "IMFL", "fidelity-aware IMFL" or "LLM only"
     share: float
     human: int
     accuracy: np.ndarray  # the simulated LLM's accuracy (x)
@@ -320,16 +326,18 @@ class SweepLine:
 def sweep_lines(rows: list[Row]) -> list[SweepLine]:
     """The sweep in a dataset's rows: per human share, the runs with a simulated LLM, sorted by its accuracy."""
     references = {_human_labels(r): r for r in rows if r.annotator == NO_LLM}
-    by_share: dict[tuple[float, int], list[Row]] = defaultdict(list)
+    by_share: dict[tuple[str, float, int], list[Row]] = defaultdict(list)
     for row in rows:
         if _simulated_accuracy(row) is not None and row.group == "main":
             budget = row.records[0]["config"]["budget"]
-            by_share[(budget["human"] / budget["total"], budget["human"])].append(row)
+            fidelity = any((row.records[0]["config"].get("fidelity") or {}).get(k) for k in FIDELITY_SWITCHES)
+            name = "LLM only" if budget["human"] == 0 else "fidelity-aware IMFL" if fidelity else "IMFL"
+            by_share[(name, budget["human"] / budget["total"], budget["human"])].append(row)
     out = []
-    for (share, human), group in sorted(by_share.items()):
+    for (name, share, human), group in sorted(by_share.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         group.sort(key=_simulated_accuracy)
         finals = [row.final("test_accuracy") for row in group]
-        out.append(SweepLine(share, human, np.array([_simulated_accuracy(r) for r in group]), np.array([f.mean() for f in finals]),
+        out.append(SweepLine(name, share, human, np.array([_simulated_accuracy(r) for r in group]), np.array([f.mean() for f in finals]),
                              np.array([f.std(ddof=1) if f.size > 1 else 0.0 for f in finals]),
                              sorted({s for r in group for s in r.seeds}), references.get(human)))
     return out
@@ -350,7 +358,7 @@ SWEEP_HEADER = ["simulated LLM accuracy"]
 
 def sweep_table(lines: list[SweepLine]) -> tuple[list[str], list[list[str]]]:
     """Rows = simulated accuracy; a column per human share: IMFL's test accuracy and its Δ to human-only."""
-    header = SWEEP_HEADER + [f"IMFL, {line.share:.0%} human ({line.human}) — Δ vs human-only" for line in lines]
+    header = SWEEP_HEADER + [f"{line.name}, {line.share:.0%} human ({line.human}) — Δ vs human-only" for line in lines]
     accuracies = sorted({float(a) for line in lines for a in line.accuracy})
     body = []
     for acc in accuracies:
@@ -379,7 +387,7 @@ def sweep_figure(lines: list[SweepLine], dataset: str, path: Path, marks: dict[s
     fig.set_size_inches(7.5, 5.0)
     for k, line in enumerate(lines):
         color = f"C{k}"
-        ax.plot(line.accuracy, line.mean, "-o", color=color, markersize=3.5, label=f"IMFL, {line.share:.0%} human ({line.human})")
+        ax.plot(line.accuracy, line.mean, "-o", color=color, markersize=3.5, label=f"{line.name}, {line.share:.0%} human ({line.human})")
         if np.any(line.std > 0):
             ax.fill_between(line.accuracy, line.mean - line.std, line.mean + line.std, color=color, alpha=0.15, linewidth=0)
         if line.reference is not None:
@@ -391,11 +399,133 @@ def sweep_figure(lines: list[SweepLine], dataset: str, path: Path, marks: dict[s
     for k, (name, acc) in enumerate(marks.items()):
         ax.axvline(acc, color="0.35", linestyle=":", linewidth=1.2)
         ax.text(acc, 0.02 + 0.07 * (k % 4), f" {name} {acc:.0%}", transform=ax.get_xaxis_transform(), fontsize=7.5, color="0.25")
-    ax.set_xlabel("simulated LLM label accuracy")
+    return _save_single(fig, ax, path, "simulated LLM label accuracy", f"{dataset}: when do LLM labels pay off? (diamond: crossover)",
+                        legend={"fontsize": 7.5, "loc": "upper left"})
+
+
+# -- the ladder of real annotators (recorded LLMs), with simulated ones behind -----------------------------
+
+
+def _annotator_accuracy(record: dict, results: Path) -> float | None:
+    """The cell's ``annotator_accuracy``; for cells written before it existed, worked out again from the pool named in
+    its config (relative to the grid's folder, looked for from ``results`` upwards)."""
+    if "annotator_accuracy" in record:
+        return record["annotator_accuracy"]
+    from imfl.config import config_from_dict
+
+    pool = record["config"]["data"]["pool"]
+    results = Path(results).resolve()
+    base = next((b for b in (results, *results.parents) if (b / pool).is_file()), None)
+    return None if base is None else annotator_accuracy(config_from_dict(record["config"], base_dir=base))
+
+
+@dataclass
+class Rung:
+    """One LLM annotator of a ladder: its real accuracy, and whether it is a simulated one."""
+
+    annotator: str
+    label: str
+    accuracy: float
+    simulated: bool
+
+
+def ladder_rungs(rows: list[Row], results: Path) -> list[Rung]:
+    """A dataset's annotators with a known accuracy, most accurate first; empty unless at least one is a real
+    (recorded) LLM and there are two or more (a sweep of simulated LLMs alone is the sweep figure's business)."""
+    rungs = {}
+    for row in rows:
+        if row.annotator != NO_LLM and row.annotator not in rungs:
+            acc = _annotator_accuracy(row.records[0], results)
+            if acc is not None:
+                rungs[row.annotator] = Rung(row.annotator, row.annotator_label, float(acc), _simulated_accuracy(row) is not None)
+    out = sorted(rungs.values(), key=lambda r: (-r.accuracy, r.annotator))
+    return out if len(out) >= 2 and not all(r.simulated for r in out) else []
+
+
+def _ladder_strategies(rows: list[Row], rungs: list[Rung]) -> list[Row]:
+    """One row per LLM-using main strategy (the first annotator's), in grid order: the ladder's columns."""
+    names = {r.annotator for r in rungs}
+    first = {}
+    for row in sorted(rows, key=lambda r: r.order):
+        if row.group == "main" and row.annotator in names:
+            first.setdefault(row.strategy, row)
+    return list(first.values())
+
+
+def _cell(rows: list[Row], strategy: str, annotator: str) -> Row | None:
+    return next((r for r in rows if r.strategy == strategy and r.annotator == annotator), None)
+
+
+def ladder_table(rows: list[Row], rungs: list[Rung]) -> tuple[list[str], list[list[str]], list[str]]:
+    """Rows = annotators by accuracy; a column per LLM-using strategy (test accuracy), and what fidelity-aware runs bought;
+    plus one line per human-only reference saying which real annotators each strategy beats it with."""
+    strategies = _ladder_strategies(rows, rungs)
+    adaptive = [s for s in strategies if (s.records[0]["config"].get("fidelity") or {}).get("adaptive")]
+    header = ["LLM annotator", "its accuracy (pool)"] + [s.label for s in strategies]
+    header += [f"{s.label}: LLM labels bought, moved to humans" for s in adaptive]
+    body = []
+    for rung in rungs:
+        cells = [rung.label, f"{rung.accuracy:.3f}"]
+        cells += [_mean_std(row.final("test_accuracy")) if (row := _cell(rows, s.strategy, rung.annotator)) else "–" for s in strategies]
+        for s in adaptive:
+            row = _cell(rows, s.strategy, rung.annotator)
+            if row is None:
+                cells.append("–")
+                continue
+            bought = np.mean([r["labels_used"]["llm"] for r in row.records])
+            moved = np.mean([sum(m.get("human_moved") or 0 for m in r["rounds"]) for r in row.records])
+            cells.append(f"{bought:.0f} of {row.records[0]['config']['budget']['total'] - row.records[0]['config']['budget']['human']}"
+                         f", +{moved:.0f}")
+        body.append(cells)
+    notes = []
+    for ref in (r for r in rows if r.annotator == NO_LLM and r.group == "main"):
+        level = ref.final("test_accuracy").mean()
+        wins = []
+        for s in strategies:
+            beaten = [rung.label for rung in rungs if not rung.simulated and (row := _cell(rows, s.strategy, rung.annotator))
+                      and row.final("test_accuracy").mean() >= level]
+            wins.append(f"{s.label} with {', '.join(beaten) if beaten else 'none'}")
+        notes.append(f"{ref.label} ({_mean_std(ref.final('test_accuracy'))}) is matched or beaten by: " + "; ".join(wins) + ".")
+    return header, body, notes
+
+
+def ladder_figure(rows: list[Row], rungs: list[Rung], dataset: str, path: Path) -> Path:
+    """Test accuracy (y) against the LLM annotator's real accuracy (x): per LLM-using strategy, real (recorded) LLMs as
+    bold points with std bars and simulated LLMs as a faint line behind; human-only references as dashed levels."""
+    fig, (ax,) = _figure(1)
+    fig.set_size_inches(8.0, 5.2)
+    for s in _ladder_strategies(rows, rungs):
+        color = f"C{s.order % 10}"
+        for simulated in (True, False):
+            pts = [(rung, row) for rung in rungs if rung.simulated == simulated and (row := _cell(rows, s.strategy, rung.annotator))]
+            if not pts:
+                continue
+            pts.sort(key=lambda p: p[0].accuracy)
+            x = np.array([rung.accuracy for rung, _ in pts])
+            finals = [row.final("test_accuracy") for _, row in pts]
+            mean = np.array([f.mean() for f in finals])
+            std = np.array([f.std(ddof=1) if f.size > 1 else 0.0 for f in finals])
+            if simulated:
+                ax.plot(x, mean, "-", color=color, alpha=0.35, linewidth=1.2, label=f"{s.label}, simulated LLMs")
+                ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.08, linewidth=0)
+            else:
+                ax.errorbar(x, mean, yerr=std, fmt="o", color=color, markersize=6, capsize=3, label=f"{s.label}, real LLMs")
+                for (rung, _), xi, yi in zip(pts, x, mean):
+                    ax.annotate(rung.annotator, (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7, color=color)
+    for ref in (r for r in rows if r.annotator == NO_LLM and r.group == "main"):
+        level = ref.final("test_accuracy").mean()
+        ax.axhline(level, color=f"C{ref.order % 10}", linestyle="--", linewidth=1.0, label=f"{ref.label}: {level:.3f}")
+    return _save_single(fig, ax, path, "LLM annotator's real accuracy on the pool",
+                        f"{dataset}: real annotators (points) against simulated ones (faint lines)", legend={"fontsize": 7, "loc": "lower right"})
+
+
+def _save_single(fig, ax, path: Path, xlabel: str, title: str, legend: dict) -> Path:
+    """Label, grid, legend (two columns) and title of a one-panel figure with test accuracy as y, then save it."""
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ACCURACY)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7.5, loc="upper left", ncol=2)
-    ax.set_title(f"{dataset}: when do LLM labels pay off? (diamond: crossover)", fontsize=10)
+    ax.legend(ncol=2, **legend)
+    ax.set_title(title, fontsize=10)
     return _save(fig, path)
 
 
@@ -449,7 +579,13 @@ def make_report(results: Path, out: Path, human_price: float = 1.0, llm_price: f
             header, body = sweep_table(lines)
             md += [f"### {dataset}: simulated LLM accuracy × human share", "", _markdown(header, body), ""]
             page += ["<h3>Simulated LLM accuracy × human share</h3>", _html_table(header, body)]
-        drawn = [sweep_figure(lines, dataset, out / f"{dataset}-sweep.png", marks or {}) if lines else None,
+        rungs = ladder_rungs(rows, results)
+        if rungs:
+            header, body, notes = ladder_table(rows, rungs)
+            md += [f"### {dataset}: the ladder of LLM annotators", "", _markdown(header, body), "", *notes, ""]
+            page += ["<h3>The ladder of LLM annotators</h3>", _html_table(header, body), *(f"<p>{html.escape(n)}</p>" for n in notes)]
+        drawn = [ladder_figure(rows, rungs, dataset, out / f"{dataset}-ladder.png") if rungs else None,
+                 sweep_figure(lines, dataset, out / f"{dataset}-sweep.png", marks or {}) if lines else None,
                  learning_curves(rows, dataset, out / f"{dataset}-learning-curves.png"),
                  cost_curves(rows, dataset, out / f"{dataset}-cost.png", human_price, llm_price),
                  llm_accuracy_curves(rows, dataset, out / f"{dataset}-llm-accuracy.png")]

@@ -69,12 +69,23 @@ class RecordedAnnotator:
                 f"{path}: llm.column {self.column!r} is not a field of the pool; fields found: {', '.join(fields) or 'none'}"
             )
 
+    def _label(self, e: Example) -> tuple[str | None, dict[str, float] | None, str | None]:
+        """The recorded label of ``e`` (None if there is none or it names no label), its probabilities, and why not."""
+        raw, probs = self._answer(e)
+        label = parse_label(str(raw), self.task.labels) if raw is not None else None
+        error = None if label else ("no recorded answer" if raw is None else f"unparsed: {str(raw)[:80]!r}")
+        return label, probs, error
+
+    def accuracy(self, pool: Sequence[Example]) -> float | None:
+        """The share of gold-labeled ``pool`` items whose recorded label is right (no usable answer counts as wrong):
+        the annotator's real accuracy, as the benchmarks' ladder plots it. None without gold labels."""
+        gold = [e for e in pool if e.label is not None]
+        return sum(self._label(e)[0] == e.label for e in gold) / len(gold) if gold else None
+
     def annotate(self, items: Sequence[Example], context: AnnotationContext) -> list[Annotation]:
         out = []
         for e in items:
-            raw, probs = self._answer(e)
-            label = parse_label(str(raw), self.task.labels) if raw is not None else None
-            error = None if label else ("no recorded answer" if raw is None else f"unparsed: {str(raw)[:80]!r}")
+            label, probs, error = self._label(e)
             out.append(Annotation(e.id, context.round, "llm", self.name, label, probs=probs if label else None,
                                   confidence=probs[label] if label and probs else None,
                                   cost=self.cost if label else 0.0, method="recorded", error=error))

@@ -10,7 +10,9 @@ such as ``transformers serve DIR`` can use it as well.
 one prefill of the prompt, then one pass over the tokens of all labels laid side by side on the prompt's key/value
 cache, each seeing only the prompt and its own label (an item with one-token labels needs only the prefill).
 With Banking77's 77 intents (481 label tokens) this is about 50x faster than scoring each label on its own, with the
-same log-probabilities to 1e-4 in float32.
+same log-probabilities to 1e-4 in float32. The tokens every prompt of a call starts with (the system message with the
+task and its labels) are computed once, and each batch continues from their key/value cache.
+:meth:`LocalBackend.score_one_by_one` is the slow reference the tests and ``benchmarks/perf.py`` compare with.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUNDLED_NAME = "SmolLM2-135M-Instruct"
 BUNDLED_SUBDIR = Path("models") / "smollm2-135m-instruct"
 _PROVENANCE = "imfl_conversion.json"
+#: Prompts of one ``score`` call that share at least this many leading tokens get that part computed once.
+MIN_SHARED_PREFIX = 8
 
 
 def default_cache_dir() -> Path:
@@ -303,42 +307,91 @@ class LocalBackend:
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
         out = np.empty((len(prompts), len(labels)), dtype=np.float64)
         with torch.inference_mode():
+            prefix = self._prefill_shared_prefix(encoded)
             for lo in range(0, len(order), self.batch_size):
                 chunk = order[lo : lo + self.batch_size]
-                loglik = self._token_logprobs([encoded[i] for i in chunk], label_ids).sum(dim=2)
+                loglik = self._token_logprobs([encoded[i] for i in chunk], label_ids, prefix).sum(dim=2)
                 out[chunk] = (loglik - torch.logsumexp(loglik, dim=1, keepdim=True)).numpy()
                 if progress is not None:
                     for _ in chunk:
                         progress(1)
         return out
 
-    def _token_logprobs(self, prompts: list[list[int]], label_ids: list[list[int]]):
+    def score_one_by_one(self, prompts: Sequence[list[dict[str, str]]], labels: Sequence[str]) -> np.ndarray:
+        """The slow reference for :meth:`score` (same output): one full forward pass per prompt and label, over the
+        prompt and the label's tokens, with nothing shared or batched. For checking and benchmarking only."""
+        import torch
+
+        self.load()
+        labels = list(labels)
+        label_ids = self._label_tokens(labels)
+        budget = self.max_length - max(len(ids) for ids in label_ids)
+        out = np.empty((len(prompts), len(labels)), dtype=np.float64)
+        with torch.inference_mode():
+            for row, messages in enumerate(prompts):
+                ids = self._encode(messages, budget, row)
+                for col, label in enumerate(label_ids):
+                    logits = self._model(input_ids=torch.tensor([ids + label])).logits[0].double()
+                    logp = torch.log_softmax(logits, dim=-1)
+                    out[row, col] = sum(logp[len(ids) - 1 + j, t].item() for j, t in enumerate(label))
+        return out - np.logaddexp.reduce(out, axis=1, keepdims=True)
+
+    def _prefill_shared_prefix(self, prompts: list[list[int]]) -> tuple[int, list] | None:
+        """The key/value cache of the tokens every prompt starts with (the system message and the start of the first
+        user turn: the instruction and label list), computed once per :meth:`score` call instead of once per prompt.
+        None when the shared part is shorter than ``MIN_SHARED_PREFIX`` tokens. Each prompt keeps at least one token
+        of its own, so that its last position is computed with the rest of its batch."""
+        import torch
+
+        first = prompts[0]
+        shared = min(len(p) for p in prompts) - 1
+        for ids in prompts[1:]:
+            shared = min(shared, next((j for j in range(shared) if ids[j] != first[j]), shared))
+        if shared < MIN_SHARED_PREFIX:
+            return None
+        result = self._model(input_ids=torch.tensor([first[:shared]], dtype=torch.long), use_cache=True, logits_to_keep=1)
+        cache = getattr(result, "cache", None) or getattr(result, "past_key_values", None)
+        return shared, [(layer.keys, layer.values) for layer in cache.layers]
+
+    def _token_logprobs(self, prompts: list[list[int]], label_ids: list[list[int]], prefix: tuple[int, list] | None = None):
         """Log-probability of every label token, shape (len(prompts), len(label_ids), longest label), float64.
 
         Positions past the end of a shorter label hold 0. One left-padded prefill of the prompts gives each label's
         first token from its last-position logits; one more forward over its key/value cache scores the remaining
-        tokens of every label at once (no copy of the cache, no padding of labels).
+        tokens of every label at once (no copy of the cache, no padding of labels). With a ``prefix`` (its length and
+        per-layer keys/values, from :meth:`_prefill_shared_prefix`) the prompts start from its cache, shared by the
+        batch: only the rest of each prompt is computed, its padding sitting between the prefix and the prompt's own
+        tokens (masked out, with positions that continue the prefix).
         """
         import torch
+        from transformers import DynamicCache
 
         model = self._model
         n_prompts, n_labels = len(prompts), len(label_ids)
         longest = max(len(ids) for ids in label_ids)
+        shared, past = 0, None
+        if prefix is not None:
+            shared = prefix[0]
+            past = DynamicCache(ddp_cache_data=[(k.expand(n_prompts, -1, -1, -1), v.expand(n_prompts, -1, -1, -1)) for k, v in prefix[1]])
+            prompts = [p[shared:] for p in prompts]
         width = max(len(p) for p in prompts)
         pad = self._tokenizer.pad_token_id
         pad = 0 if pad is None else pad
         input_ids = torch.full((n_prompts, width), pad, dtype=torch.long)
-        mask = torch.zeros((n_prompts, width), dtype=torch.long)
+        own = torch.zeros((n_prompts, width), dtype=torch.long)
         for row, ids in enumerate(prompts):
             input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-            mask[row, width - len(ids) :] = 1
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+            own[row, width - len(ids) :] = 1
+        positions = shared + (own.cumsum(dim=1) - 1).clamp(min=0)
+        mask = torch.cat([torch.ones((n_prompts, shared), dtype=torch.long), own], dim=1)
+        width += shared
         result = model(
             input_ids=input_ids,
             attention_mask=mask if n_prompts > 1 else None,
             position_ids=positions,
-            use_cache=longest > 1,
+            use_cache=longest > 1 or past is not None,
             logits_to_keep=1,
+            **({self._cache_kw: past} if past is not None else {}),
         )
         first = torch.log_softmax(result.logits[:, -1, :].double(), dim=-1)  # (P, V)
         first_ids = torch.tensor([ids[0] for ids in label_ids], dtype=torch.long)

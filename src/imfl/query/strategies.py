@@ -15,18 +15,49 @@ def least_confidence(proba: np.ndarray) -> np.ndarray:
     return 1.0 - np.asarray(proba).max(axis=1)
 
 
-def kmeans(embeddings: np.ndarray, n_clusters: int, seed: int, max_iter: int = 100) -> tuple[np.ndarray, np.ndarray]:
-    """Cluster assignment of each row and the cluster centres (k-means++ start, one seeded init)."""
+#: Pools up to this size are clustered exactly (k-means on every row). Larger ones fit k-means on a seeded sample
+#: of ``KMEANS_SAMPLE`` rows (at least ``KMEANS_PER_CLUSTER`` per cluster) and assign every row to its nearest centre
+#: in chunks: a pool of 1,000,000 384-d embeddings takes seconds instead of minutes, and no pool-sized temporary
+#: array is made (BENCHMARKS.md compares the selections with exact k-means).
+KMEANS_EXACT_MAX = 20_000
+KMEANS_SAMPLE = 20_000
+KMEANS_PER_CLUSTER = 50
+_CHUNK = 65_536
+
+
+def kmeans(embeddings: np.ndarray, n_clusters: int, seed: int, max_iter: int = 100,
+           sample: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cluster assignment of each row, the distance to its centre, and the centres (k-means++ start, one seeded
+    init). ``sample``: fit on this many rows (seeded) and assign the rest; default: every row of a pool up to
+    ``KMEANS_EXACT_MAX``, else ``max(KMEANS_SAMPLE, KMEANS_PER_CLUSTER * n_clusters)`` rows."""
+    n = len(embeddings)
+    if sample is None:
+        sample = n if n <= KMEANS_EXACT_MAX else max(KMEANS_SAMPLE, KMEANS_PER_CLUSTER * n_clusters)
     km = KMeans(n_clusters=n_clusters, n_init=1, max_iter=max_iter, random_state=seed)
-    assign = km.fit_predict(np.asarray(embeddings, dtype=np.float32))
-    return assign, km.cluster_centers_
+    if sample >= n:
+        rows = np.asarray(embeddings, dtype=np.float32)
+        assign = km.fit_predict(rows)
+        dist = np.linalg.norm(rows - km.cluster_centers_[assign], axis=1)
+        return assign, dist, km.cluster_centers_
+    fit_rows = np.sort(np.random.default_rng(seed).choice(n, size=sample, replace=False))
+    km.fit(np.asarray(embeddings[fit_rows], dtype=np.float32))
+    centres = km.cluster_centers_.astype(np.float32)
+    c_sq = (centres**2).sum(axis=1)
+    assign = np.empty(n, dtype=np.int32)
+    dist = np.empty(n, dtype=np.float32)
+    for lo in range(0, n, _CHUNK):
+        x = np.asarray(embeddings[lo : lo + _CHUNK], dtype=np.float32)
+        d2 = (x**2).sum(axis=1, keepdims=True) - 2.0 * (x @ centres.T) + c_sq
+        assign[lo : lo + len(x)] = d2.argmin(axis=1)
+        dist[lo : lo + len(x)] = np.sqrt(np.maximum(d2[np.arange(len(x)), assign[lo : lo + len(x)]], 0.0))
+    return assign, dist, centres
 
 
-def _per_cluster(embeddings: np.ndarray, n: int, seed: int, score: np.ndarray | None) -> np.ndarray:
+def _per_cluster(embeddings: np.ndarray, n: int, seed: int, score: np.ndarray | None, sample: int | None = None) -> np.ndarray:
     """One item per k-means cluster: the highest-``score`` one, or (no score) the one nearest its centre.
-    Ordered by score, then by cluster size, largest first (the most representative regions first)."""
-    assign, centres = kmeans(embeddings, n, seed)
-    dist = np.linalg.norm(embeddings - centres[assign], axis=1)
+    Ordered by score, then by cluster size, largest first (the most representative regions first).
+    ``sample``: see :func:`kmeans`."""
+    assign, dist, _ = kmeans(embeddings, n, seed, sample=sample)
     # Rank within a cluster: highest score first, then nearest to the centre, then lowest index.
     key = -score if score is not None else np.zeros(len(embeddings))
     order = np.lexsort((np.arange(len(embeddings)), dist, key, assign))
