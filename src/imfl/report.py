@@ -140,6 +140,11 @@ FIDELITY_HEADER = ["variant", "LLM annotator", "switches", "LLM labels bought", 
                    "rounds buying LLM", "LLM labels routed", "filtered (really wrong)", "test accuracy"]
 
 
+def _switches(row: Row) -> list[str]:
+    """The fidelity-aware switches a row's runs had on (none for plain IMFL)."""
+    return [k for k in FIDELITY_SWITCHES if (row.records[0]["config"].get("fidelity") or {}).get(k)]
+
+
 def fidelity_table(rows: list[Row]) -> list[list[str]]:
     """What fidelity-aware runs measured and did, mean over seeds: the final round's estimates of the LLM (probe)
     and the student (out-of-fold), how many rounds bought LLM labels, and the final training's routed and filtered
@@ -152,7 +157,7 @@ def fidelity_table(rows: list[Row]) -> list[list[str]]:
 
     out = []
     for row in rows:
-        switches = [k for k in FIDELITY_SWITCHES if (row.records[0]["config"].get("fidelity") or {}).get(k)]
+        switches = _switches(row)
         if not switches:
             continue
         buying = np.array([sum(bool(m.get("buy_llm")) for m in r["rounds"]) for r in row.records], dtype=float)
@@ -330,8 +335,7 @@ def sweep_lines(rows: list[Row]) -> list[SweepLine]:
     for row in rows:
         if _simulated_accuracy(row) is not None and row.group == "main":
             budget = row.records[0]["config"]["budget"]
-            fidelity = any((row.records[0]["config"].get("fidelity") or {}).get(k) for k in FIDELITY_SWITCHES)
-            name = "LLM only" if budget["human"] == 0 else "fidelity-aware IMFL" if fidelity else "IMFL"
+            name = "LLM only" if budget["human"] == 0 else "fidelity-aware IMFL" if _switches(row) else "IMFL"
             by_share[(name, budget["human"] / budget["total"], budget["human"])].append(row)
     out = []
     for (name, share, human), group in sorted(by_share.items(), key=lambda kv: (kv[0][1], kv[0][0])):
@@ -460,7 +464,7 @@ def ladder_table(rows: list[Row], rungs: list[Rung]) -> tuple[list[str], list[li
     """Rows = annotators by accuracy; a column per LLM-using strategy (test accuracy), and what fidelity-aware runs bought;
     plus one line per human-only reference saying which real annotators each strategy beats it with."""
     strategies = _ladder_strategies(rows, rungs)
-    adaptive = [s for s in strategies if (s.records[0]["config"].get("fidelity") or {}).get("adaptive")]
+    adaptive = [s for s in strategies if "adaptive" in _switches(s)]
     header = ["LLM annotator", "its accuracy (pool)"] + [s.label for s in strategies]
     header += [f"{s.label}: LLM labels bought, moved to humans" for s in adaptive]
     body = []
