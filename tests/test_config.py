@@ -27,3 +27,12 @@ def test_a_section_added_since_a_store_was_written_agrees_while_at_its_defaults(
     assert settings_difference(old, new) == "fidelity.adaptive: None then, True now"
     assert settings_difference(old, {**new, "seed": 1}) == "fidelity.adaptive: None then, True now"  # first in order
     assert settings_difference({**old, "seed": 1}, {**new, "fidelity": {}}) == "seed: 1 then, 0 now"
+
+
+def test_the_engine_is_not_part_of_a_runs_identity():
+    """A run started in process may be continued on Ray and back: same results, so no "different configuration"."""
+    from imfl.config import settings_difference
+
+    old = {"seed": 0, "engine": "local", "ray": {"actors": 2}}
+    assert settings_difference(old, {"seed": 0, "engine": "ray", "ray": {"actors": 8, "address": "ray://head:10001"}}) is None
+    assert settings_difference(old, {"seed": 1, "engine": "ray"}) == "seed: 0 then, 1 now"

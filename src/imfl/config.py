@@ -188,6 +188,18 @@ class EmbeddingsConfig(_Section):
     batch_size: int = Field(64, ge=1, description="Texts per embedding batch.")
 
 
+class RayConfig(_Section):
+    """Where and how wide pool-sized work runs when ``engine = "ray"`` (see imfl.engine)."""
+
+    address: str | None = Field(None, description="Ray cluster to join (e.g. ray://head:10001); empty = $RAY_ADDRESS, else a Ray started on this machine.")
+    actors: int = Field(2, ge=1, description="Actors embedding and predicting the pool; each loads the model once per pass.")
+    cpus_per_actor: float = Field(1.0, gt=0, description="CPUs Ray reserves for each of those actors.")
+    batch_size: int = Field(256, ge=1, description="Pool items per Ray batch when embedding and predicting.")
+    llm_actors: int = Field(2, ge=1, description="Actors scoring LLM prompts; an HTTP endpoint sees at most llm_actors x llm.max_concurrency calls at once.")
+    llm_cpus_per_actor: float = Field(1.0, gt=0, description="CPUs per LLM actor: 1 or more for llm.annotator = 'local', e.g. 0.1 for an HTTP endpoint.")
+    llm_batch_size: int = Field(8, ge=1, description="Prompts per Ray batch.")
+
+
 class RunConfig(_Section):
     """The whole run. ``strategy`` is a preset that fills in the other sections (see ``STRATEGIES``)."""
 
@@ -204,6 +216,8 @@ class RunConfig(_Section):
     student: StudentConfig = Field(default_factory=StudentConfig)
     fidelity: FidelityConfig = Field(default_factory=FidelityConfig)
     embeddings: EmbeddingsConfig = Field(default_factory=EmbeddingsConfig)
+    engine: Literal["local", "ray"] = Field("local", description="Where pool-sized work runs: 'local' (this process) or 'ray' (Ray Data actors, see [ray]).")
+    ray: RayConfig = Field(default_factory=RayConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -354,12 +368,18 @@ def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
     return data
 
 
+# Settings that change where the work runs, never its results: a run may be continued under another engine.
+EXECUTION_SETTINGS = ("engine", "ray")
+
+
 def settings_difference(old: dict, new: dict, prefix: str = "") -> str | None:
     """The first setting on which two dumped configurations differ, as "key: old then, new now"; None if they
     agree. A setting added to imfl since ``old`` was written counts as agreeing while ``new`` keeps its default,
     so results and stores stay valid across versions that only add options."""
     defaults = _defaults()
     for key in sorted(set(old) | set(new)):
+        if not prefix and key in EXECUTION_SETTINGS:
+            continue
         a, b = old.get(key), new.get(key)
         if key not in old and _default_at(defaults, f"{prefix}{key}") == b:
             continue

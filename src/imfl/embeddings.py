@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from imfl.errors import ModelError
 from imfl.paths import bundled_encoder, cache_dir, local_model_dir
+
+# rows (a slice or an index array) and their embeddings
+Chunks = Callable[[Sequence[str]], Iterator[tuple[slice | np.ndarray, np.ndarray]]]
 
 
 def embedding_input(text: str, text_pair: str | None) -> str:
@@ -42,31 +46,49 @@ class Embedder:
             h.update(hashlib.sha256(t.encode()).digest())
         return h.hexdigest()[:32]
 
-    def encode(self, texts: Sequence[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
+    def compute(self, texts: Sequence[str]) -> np.ndarray:
+        """Embeddings of ``texts`` computed now, in memory (no cache)."""
+        return self._load().encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True)
+
+    def _chunks(self, texts: Sequence[str]) -> Iterator[tuple[slice, np.ndarray]]:
+        step = self.batch_size * 16  # large chunks: sentence-transformers sorts each by length
+        for start in range(0, len(texts), step):
+            chunk = texts[start : start + step]
+            yield slice(start, start + len(chunk)), self.compute(chunk)
+
+    def encode(self, texts: Sequence[str], progress: Callable[[int], None] | None = None, chunks: Chunks | None = None) -> np.ndarray:
         """Embeddings of ``texts`` as a float32 array (n, d), memory-mapped from the cache file: read when these exact
-        texts were embedded by this model before, else written there chunk by chunk first."""
+        texts were embedded by this model before, else written there chunk by chunk first. ``chunks(texts)`` yields
+        (rows, embeddings) in any order; by default this process computes them, in order."""
         target = cache_dir(self.cache) / "embeddings" / f"{self._key(texts)}.npy"
         if target.exists():
             if progress:
                 progress(len(texts))
             return np.load(target, mmap_mode="r")
-        st = self._load()
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f"{target.stem}.{os.getpid()}.tmp.npy")  # two processes may embed the same texts at once
-        dim = (getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension)()  # renamed in 6.x
-        # Written chunk by chunk into a memory-mapped .npy file: a pool of millions never sits in memory twice.
-        emb = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(texts), dim))
-        step = self.batch_size * 16  # large chunks: sentence-transformers sorts each by length
+        # Written chunk by chunk into a memory-mapped .npy file (made when the first chunk tells the width): a pool of
+        # millions never sits in memory twice.
+        emb, written = None, 0
         try:
-            for start in range(0, len(texts), step):
-                chunk = list(texts[start : start + step])
-                emb[start : start + len(chunk)] = st.encode(chunk, batch_size=self.batch_size, normalize_embeddings=True,
-                                                            convert_to_numpy=True)
+            for rows, values in (chunks or self._chunks)(texts):
+                if emb is None:
+                    emb = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(texts), values.shape[1]))
+                emb[rows] = values
+                written += len(values)
                 if progress:
-                    progress(len(chunk))
+                    progress(len(values))
+            if written != len(texts):
+                raise ModelError(f"embedding {len(texts)} texts returned {written} rows; run again")
+            if emb is None:
+                emb = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(0, self._dimension()))
             emb.flush()
             del emb
             tmp.replace(target)
         finally:
             tmp.unlink(missing_ok=True)
         return np.load(target, mmap_mode="r")
+
+    def _dimension(self) -> int:
+        st = self._load()
+        return int((getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension)())  # renamed in 6.x

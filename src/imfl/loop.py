@@ -35,6 +35,7 @@ from imfl.annotators import AnnotationContext, Annotator, make_human, make_llm
 from imfl.config import RunConfig, config_to_toml, resolve_strategy, settings_difference
 from imfl.data import Dataset, Example, load_dataset
 from imfl.embeddings import Embedder, embedding_input
+from imfl.engine import make_engine
 from imfl.errors import AnnotatorError, BudgetError, ConfigError
 from imfl.progress import Reporter, Silent
 from imfl.query import get_query, least_confidence, round_plan, split_by_uncertainty
@@ -104,7 +105,8 @@ class Run:
         check_budget(cfg, self.ds)
         get_query(cfg.query.strategy)  # fail early on an unknown strategy
         self.human: Annotator = make_human(cfg, self.ds.task)
-        self.llm: Annotator = make_llm(cfg, self.ds.task)
+        self.engine = make_engine(cfg)
+        self.llm: Annotator = self.engine.wrap_llm(make_llm(cfg, self.ds.task))
         if hasattr(self.llm, "check"):
             self.llm.check(self.ds.pool, str(cfg.data.pool))
         self.run_dir = cfg.run_dir
@@ -146,7 +148,7 @@ class Run:
         self._round_extra: dict[int, dict] = {}
         start = time.perf_counter()
         with self.reporter.phase("embedding the pool", len(self.ds.pool)) as advance:
-            self.embeddings = self._embedder().encode([embedding_input(e.text, e.text_pair) for e in self.ds.pool], advance)
+            self.embeddings = self.engine.embed(self._embedder(), [embedding_input(e.text, e.text_pair) for e in self.ds.pool], advance)
         self._timed("embedding", start)
 
     def _embedder(self) -> Embedder:
@@ -508,7 +510,7 @@ class Run:
         metrics["llm_accuracy"] = round(float(np.mean([a.label == gold[a.item_id] for a in llm])), 4) if llm else None
         if self.ds.test:
             with self.reporter.phase(f"round {t}: evaluating on {len(self.ds.test)} test items", len(self.ds.test)) as advance:
-                p = _predict(student, self.ds.test, task.has_pair, advance)
+                p = self._predict(student, self.ds.test, advance)
             y = [task.index(e.label) for e in self.ds.test]
             pred = p.argmax(axis=1)
             metrics["test_accuracy"] = round(float(accuracy_score(y, pred)), 4)
@@ -518,10 +520,14 @@ class Run:
             labeled = self._labeled_ids()
             free = [e for e in self.ds.pool if e.id not in labeled]
             with self.reporter.phase(f"round {t}: student uncertainty on {len(free)} pool items", len(free)) as advance:
-                p = _predict(student, free, task.has_pair, advance)
+                p = self._predict(student, free, advance)
             proba = {e.id: row for e, row in zip(free, p)}
             np.savez(self._state_dir() / f"proba_round{t}.npz", ids=np.array([e.id for e in free]), proba=p)
         return metrics, proba
+
+    def _predict(self, student: Student, items: Sequence[Example], progress) -> np.ndarray:
+        pairs = [e.text_pair for e in items] if self.ds.task.has_pair else None
+        return self.engine.predict(student, [e.text for e in items], pairs, progress)
 
     def _state_dir(self) -> Path:
         d = self.run_dir / "state"
@@ -553,12 +559,6 @@ class Run:
                 fh.write(json.dumps({"id": a.item_id, "label": a.label, "source": a.source, "annotator": a.annotator,
                                      "round": a.round, "confidence": a.confidence}, ensure_ascii=False) + "\n")
         student.save(self.run_dir / "adapter")
-
-
-def _predict(student: Student, items: Sequence[Example], has_pair: bool, progress) -> np.ndarray:
-    return student.predict_proba(
-        [e.text for e in items], text_pairs=[e.text_pair for e in items] if has_pair else None, progress=progress
-    )
 
 
 def _round_line(m: dict) -> str:

@@ -177,6 +177,10 @@ class LocalBackend:
         self._tokenizer: Any = None
         self._cache_kw = "past_key_values"
 
+    def __getstate__(self) -> dict:
+        """A pickled backend (e.g. sent to a Ray actor) carries its settings, not its weights: it loads them where it runs."""
+        return self.__dict__ | {"_model": None, "_tokenizer": None}
+
     @property
     def name(self) -> str:
         """``local:SmolLM2-135M-Instruct`` for the bundled model, else ``local:<directory name>``."""
