@@ -10,7 +10,8 @@ bf16, with the accuracy of each), ``train`` (LoRA epochs over 1,000 pool items, 
 accuracy of each), ``llm`` (the local LLM annotator: one forward pass per label against batched scoring with the
 label tokens side by side and the shared prefix computed once; the largest probability difference) and ``select``
 (EEQ with 200 clusters on a synthetic pool of 1,000,000 384-d embeddings, and sampled against exact k-means on
-20,000). FLOPs are counted by ``torch.utils.flop_counter`` on a separate pass (the counter slows what it counts).
+20,000), ``ray`` (embedding and student predictions through ``engine = "ray"`` on a local Ray with two one-CPU
+actors, against this process; the largest difference). FLOPs are counted by ``torch.utils.flop_counter`` on a separate pass (the counter slows what it counts).
 Each row is also printed as a JSON line (and appended to ``--out``); peak RSS is the process's so far.
 """
 
@@ -29,7 +30,7 @@ import numpy as np
 
 from _common import emit
 
-SECTIONS = ("matmul", "embed", "predict", "train", "llm", "select")
+SECTIONS = ("matmul", "embed", "predict", "train", "llm", "select", "ray")
 
 
 def peak_rss_gib() -> float:
@@ -222,6 +223,35 @@ def bench_llm(table: Table, args, ds) -> None:
               accuracy_fp32=round(float((fast.argmax(axis=1) == gold).mean()), 4))
 
 
+def bench_ray(table: Table, args, ds) -> None:
+    import tempfile
+
+    import ray
+
+    from imfl.config import RayConfig
+    from imfl.embeddings import Embedder, embedding_input
+    from imfl.engine import LocalEngine, RayEngine
+
+    texts = [embedding_input(e.text, e.text_pair) for e in ds.pool[: args.embed_items]]
+    fit_x, fit_pairs, fit_y = _xy(ds, ds.pool[: args.fit_items])
+    test_x, test_pairs, _ = _xy(ds, ds.test)
+    student = _student(args, predict_dtype="float32")
+    student.fit(fit_x, fit_y, len(ds.task.labels), text_pairs=fit_pairs)
+    seconds, _ = timed(lambda: ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False))
+    table.add("ray.init (local Ray, 2 CPUs)", 1, seconds)
+    results = {}
+    for engine in (LocalEngine(), RayEngine(RayConfig(actors=2, cpus_per_actor=1))):
+        with tempfile.TemporaryDirectory() as cache:
+            seconds, emb = timed(lambda e=engine: np.array(e.embed(Embedder(cache=cache), texts)))
+        extra = {"max_diff_vs_local": float(np.abs(emb - results["embed"]).max())} if results else {}
+        table.add(f"embed pool, engine={engine.name}", len(texts), seconds, dtype="float32", **extra)
+        seconds, proba = timed(lambda e=engine: e.predict(student, test_x, test_pairs))
+        extra = {"max_diff_vs_local": float(np.abs(proba - results["predict"]).max())} if results else {}
+        table.add(f"student predict_proba (test set), engine={engine.name}", len(test_x), seconds, dtype="float32", **extra)
+        results = results or {"embed": emb, "predict": proba}
+    ray.shutdown()
+
+
 def synthetic_pool(n: int, dim: int, components: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Unit vectors around ``components`` random directions (a mixture, so cluster coverage can be checked)."""
     rng = np.random.default_rng(seed)
@@ -315,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {machine_line()}", flush=True)
     table = Table(args.out)
     ds = None
-    if set(only) & {"embed", "predict", "train", "llm"}:
+    if set(only) & {"embed", "predict", "train", "llm", "ray"}:
         from imfl.config import config_from_dict
         from imfl.data import load_dataset
 
@@ -330,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
             globals()[f"bench_{name}"](table, args, ds)
     if "select" in only:
         bench_select(table, args)
+    if "ray" in only:
+        bench_ray(table, args, ds)
     table.show()
     return 0
 

@@ -14,6 +14,9 @@ import os
 # imfl only ever loads models from local paths; never let a library reach for a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# oneDNN keeps a compiled kernel for every input shape it meets (1,024 by default); prompts and batches come in many
+# lengths, so that cache grew the process by ~0.25 GiB per 500 LLM prompts. 16 halved the growth at the same speed.
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16")
 
 from imfl.config import RunConfig  # noqa: E402, config_from_dict, load_config
 from imfl.data import Annotation, Dataset, Example, Task, load_dataset  # noqa: E402

@@ -84,7 +84,8 @@ class RayEngine:
         table = pa.table(rows)
         blocks = [table.slice(start, batch_size) for start in range(0, table.num_rows, batch_size)]  # one batch per block
         dataset = data.from_arrow(blocks).map_batches(
-            actor, fn_constructor_args=args, batch_size=batch_size, concurrency=actors, num_cpus=cpus, batch_format="numpy")
+            actor, fn_constructor_args=args, batch_size=batch_size, compute=data.ActorPoolStrategy(size=actors), num_cpus=cpus,
+            batch_format="numpy")
         try:
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
                 n = len(batch["row"])

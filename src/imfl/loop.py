@@ -18,6 +18,7 @@ rounds continues after the last evaluated one (same config required).
 from __future__ import annotations
 
 import csv
+import ctypes
 import fcntl
 import json
 import time
@@ -197,6 +198,7 @@ class Run:
     def _timed(self, phase: str, start: float) -> float:
         spent = time.perf_counter() - start
         self.timings[phase] = self.timings.get(phase, 0.0) + spent
+        _release_memory()
         return spent
 
     def _labeled_ids(self) -> set[str]:
@@ -559,6 +561,15 @@ class Run:
                 fh.write(json.dumps({"id": a.item_id, "label": a.label, "source": a.source, "annotator": a.annotator,
                                      "round": a.round, "confidence": a.confidence}, ensure_ascii=False) + "\n")
         student.save(self.run_dir / "adapter")
+
+
+def _release_memory() -> None:
+    """Give memory freed by the phase that just ended back to the system: glibc keeps it otherwise, and the process
+    grows round after round (four student fits in one process: 1.2-1.4 GiB between fits without, 0.45 GiB with)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
 
 
 def _round_line(m: dict) -> str:

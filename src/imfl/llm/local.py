@@ -41,6 +41,9 @@ BUNDLED_SUBDIR = Path("models") / "smollm2-135m-instruct"
 _PROVENANCE = "imfl_conversion.json"
 #: Prompts of one ``score`` call that share at least this many leading tokens get that part computed once.
 MIN_SHARED_PREFIX = 8
+#: Prompts per ``score`` call (sorted by length there, then batched): 32 rather than 8 leaves less padding in each
+#: batch, 14% faster on 96 FPB prompts with 4 demos in bfloat16 (3.75 against 3.29 prompts/s; 96 gave 3.83).
+SCORE_CHUNK = 32
 
 
 def default_cache_dir() -> Path:
@@ -202,7 +205,7 @@ class LocalBackend:
         chunk handed to ``on_result`` as soon as it is scored."""
         from imfl.llm.base import ArrayScorer
 
-        return ArrayScorer(self).score_items(prompts, labels, progress=progress, on_result=on_result)
+        return ArrayScorer(self, chunk=SCORE_CHUNK).score_items(prompts, labels, progress=progress, on_result=on_result)
 
     # ---------------------------------------------------------------- loading
 
