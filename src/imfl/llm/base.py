@@ -99,23 +99,3 @@ def vote_probs(answers: Sequence[str | None], labels: Sequence[str], alpha: floa
     if counts.sum() == 0:
         return None
     return (counts + alpha) / (counts.sum() + alpha * len(labels))
-
-
-class ArrayScorer:
-    """Gives a backend whose ``score(prompts, labels)`` returns an (n, n_labels) array of log-probabilities
-    (the local transformers backend) the ``score_items`` contract, in chunks, so that each chunk's
-    results can be kept (cached) as soon as they exist."""
-
-    def __init__(self, backend, chunk: int = 8):
-        self.backend = backend
-        self.chunk = chunk
-
-    def score_items(self, prompts, labels, progress=None, on_result=None) -> list[Scored]:
-        out: list[Scored] = []
-        for start in range(0, len(prompts), self.chunk):
-            rows = self.backend.score(list(prompts[start : start + self.chunk]), labels, progress=progress)
-            for i, row in enumerate(rows, start):
-                out.append(Scored([float(x) for x in row], "loglik"))
-                if on_result:
-                    on_result(i, out[-1])
-        return out

@@ -201,11 +201,23 @@ class LocalBackend:
         return key
 
     def score_items(self, prompts, labels, progress=None, on_result=None):
-        """The common backend contract (see ``imfl.llm.base``): one ``Scored`` per prompt, in chunks, each
-        chunk handed to ``on_result`` as soon as it is scored."""
-        from imfl.llm.base import ArrayScorer
+        """The common backend contract (see ``imfl.llm.base``): one ``Scored`` per prompt. Prompts are scored
+        ``SCORE_CHUNK`` per :meth:`score` call (sorted by length there), and each batch's results are handed to
+        ``on_result`` as soon as it is scored, so a crash loses at most one batch."""
+        from imfl.llm.base import Scored
 
-        return ArrayScorer(self, chunk=SCORE_CHUNK).score_items(prompts, labels, progress=progress, on_result=on_result)
+        out: list = [None] * len(prompts)
+
+        def keep(start: int, rows: list[int], values: np.ndarray) -> None:
+            for i, row in zip(rows, values):
+                out[start + i] = Scored([float(x) for x in row], "loglik")
+                if on_result:
+                    on_result(start + i, out[start + i])
+
+        for start in range(0, len(prompts), SCORE_CHUNK):
+            self.score(list(prompts[start : start + SCORE_CHUNK]), labels, progress=progress,
+                       on_rows=lambda rows, values, s=start: keep(s, rows, values))
+        return out
 
     # ---------------------------------------------------------------- loading
 
@@ -287,13 +299,15 @@ class LocalBackend:
 
     # ---------------------------------------------------------------- scoring
 
-    def score(self, prompts: Sequence[list[dict[str, str]]], labels: Sequence[str], progress: Callable[[int], None] | None = None) -> np.ndarray:
+    def score(self, prompts: Sequence[list[dict[str, str]]], labels: Sequence[str], progress: Callable[[int], None] | None = None,
+              on_rows: Callable[[list[int], np.ndarray], None] | None = None) -> np.ndarray:
         """(n_prompts, n_labels) log-probabilities over the label set.
 
         Each entry is the log-softmax, across the labels, of the summed log-likelihood of the label's tokens as
         the start of the assistant's answer to the prompt (the chat template applied with
         ``add_generation_prompt=True``), so ``exp()`` of a row sums to 1. Prompts longer than ``max_length`` lose
-        their oldest demonstrations first; the item itself is never cut. ``progress(1)`` is called per prompt.
+        their oldest demonstrations first; the item itself is never cut. ``progress(1)`` is called per prompt, and
+        ``on_rows(indices, rows)`` after each batch with its prompts' indices and rows.
         """
         labels = list(labels)
         if not labels:
@@ -319,6 +333,8 @@ class LocalBackend:
                 chunk = order[lo : lo + self.batch_size]
                 loglik = self._token_logprobs([encoded[i] for i in chunk], label_ids, prefix).sum(dim=2)
                 out[chunk] = (loglik - torch.logsumexp(loglik, dim=1, keepdim=True)).numpy()
+                if on_rows is not None:
+                    on_rows(chunk, out[chunk])
                 if progress is not None:
                     for _ in chunk:
                         progress(1)
