@@ -52,9 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_from_dict(settings, args.overrides + ["llm.cache=false"], source="benchmark")
     ds = load_dataset(cfg.data)
     rng = np.random.default_rng(args.seed)
-    order = rng.permutation(len(ds.pool))
-    humans = [ds.pool[i] for i in order[: args.humans]]
-    items = ds.test if args.eval == "test" else [ds.pool[i] for i in order[args.humans :]]
+    pool = list(ds.pool)
+    order = rng.permutation(len(pool))
+    humans = [pool[i] for i in order[: args.humans]]
+    items = ds.test if args.eval == "test" else [pool[i] for i in order[args.humans :]]
     if args.n is not None and args.n < len(items):
         items = [items[i] for i in sorted(rng.choice(len(items), size=args.n, replace=False))]
     embedder = Embedder(cfg.embeddings.model, cfg.embeddings.batch_size, cfg.cache_dir)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import platform
 import resource
@@ -352,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_from_dict({"data": {"pool": str(args.data / "pool.jsonl"), "test": str(args.data / "test.jsonl")}}, source="perf")
         ds = load_dataset(cfg.data)
         # The pool file is ordered (its first 200 items are 88% positive): every section takes a seeded shuffle.
-        ds.pool[:] = [ds.pool[i] for i in np.random.default_rng(args.seed).permutation(len(ds.pool))]
+        pool = list(ds.pool)
+        ds = dataclasses.replace(ds, pool=[pool[i] for i in np.random.default_rng(args.seed).permutation(len(pool))])
     if "matmul" in only or set(only) & {"embed", "predict"}:
         bench_matmul(table, args)  # the reference rates the others are compared with
     for name in ("embed", "predict", "train", "llm"):

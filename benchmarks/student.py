@@ -37,11 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_from_dict({"seed": args.seed, "data": {"pool": str(args.data / "pool.jsonl")}}, args.overrides, source="benchmark")
     ds = load_dataset(cfg.data)
     labels = list(ds.task.labels)
-    order = np.random.default_rng(args.seed).permutation(len(ds.pool))
-    held = [ds.pool[i] for i in order[: args.held_out]]
+    pool = list(ds.pool)
+    order = np.random.default_rng(args.seed).permutation(len(pool))
+    held = [pool[i] for i in order[: args.held_out]]
     pairs = (lambda rows: [e.text_pair for e in rows]) if ds.task.has_pair else (lambda rows: None)
     for n in (int(x) for x in args.train.split(",")):
-        train = [ds.pool[i] for i in order[args.held_out : args.held_out + n]]
+        train = [pool[i] for i in order[args.held_out : args.held_out + n]]
         student = make_student(cfg, args.seed)
         start = time.perf_counter()
         student.fit([e.text for e in train], [labels.index(e.label) for e in train], len(labels), text_pairs=pairs(train))

@@ -27,7 +27,7 @@ try:
     ds = load_dataset(DataConfig(pool=data / "pool.jsonl", test=data / "test.jsonl"))
 except DataError as exc:
     sys.exit(f"error: {exc}")
-pool, task = ds.pool, ds.task
+pool, task = list(ds.pool), ds.task  # ds.pool is a stream over the file; this small pool fits in memory
 print(f"{len(pool)} pool items, {len(ds.test)} test items, labels {task.labels}")
 
 # 2. Embeddings of the pool (cached on disk), then the exploration–exploitation query. Round 1 has no

@@ -18,7 +18,7 @@ def imfl(*args, cwd=None):
 
 
 def digest(paths):
-    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in paths if p.exists()}
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in paths if p.is_file()}
 
 
 def write_config(tmp_path, pool_rows=None, test_rows=None, pool_text=None, extra=""):
@@ -37,7 +37,7 @@ def write_config(tmp_path, pool_rows=None, test_rows=None, pool_text=None, extra
     return cfg
 
 
-def check_fails(tmp_path, cfg, *needles, args=()):
+def check_fails(tmp_path, cfg, *needles, args=(), started=False):
     before = digest(list(tmp_path.iterdir()))
     r = imfl("run", str(cfg), *args)
     assert r.returncode == 2, r.stderr + r.stdout
@@ -46,7 +46,7 @@ def check_fails(tmp_path, cfg, *needles, args=()):
     for needle in needles:
         assert needle in err, err
     assert digest([p for p in before]) == before  # nothing the user gave was modified
-    assert not (tmp_path / "out" / "bad" / "store.sqlite").exists() or "already" in err
+    assert started or not (tmp_path / "out" / "bad" / "store.sqlite").exists() or "already" in err
     return err
 
 
@@ -137,3 +137,15 @@ def test_csv_pool_with_missing_text_names_its_line(tmp_path):
     (tmp_path / "pool.csv").write_text("id,text,label\na,good,positive\nb,,negative\n", encoding="utf-8")
     cfg = write_config(tmp_path, GOOD_POOL)
     check_fails(tmp_path, cfg, "pool.csv:3:", "field 'text'", args=["--set", 'data.pool="pool.csv"'])
+
+
+def test_pool_changed_since_the_run_started(tmp_path):
+    cfg = write_config(tmp_path, GOOD_POOL)
+    r = imfl("init", str(cfg))
+    assert r.returncode == 0, r.stderr
+    store = tmp_path / "out" / "bad" / "store.sqlite"
+    before = digest([store])
+    write_jsonl(tmp_path / "pool.jsonl", GOOD_POOL[:5] + [{"id": "new", "text": "a new row", "label": "neutral"}] + GOOD_POOL[5:])
+    check_fails(tmp_path, cfg, "pool.jsonl:6:", "the pool file changed since the run", "item 6: id 'new' now, id 'p5' then",
+                "put the file back", started=True)
+    assert digest([store]) == before  # the run was not touched

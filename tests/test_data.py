@@ -31,7 +31,7 @@ def test_two_input_task_is_detected(shared_data):
     ds = load_dataset(DataConfig(pool=shared_data / "pubmedqa" / "pool.jsonl", test=shared_data / "pubmedqa" / "test.jsonl"))
     assert ds.task.has_pair and len(ds.pool) == 500 and len(ds.test) == 500
     assert set(ds.task.labels) == {"yes", "no", "maybe"}
-    assert "llm_gpt4_medrag" in ds.pool[0].extra
+    assert "llm_gpt4_medrag" in next(iter(ds.pool)).extra
 
 
 def test_instruction_names_the_labels(tmp_path):

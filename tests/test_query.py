@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from imfl.query import QUERY_STRATEGIES, eeq, least_confidence, round_plan, split_by_uncertainty
+from imfl.query import QUERY_STRATEGIES, Rows, eeq, least_confidence, round_plan, split_by_uncertainty
 from imfl.query.strategies import kmeans
 
 
@@ -102,3 +102,18 @@ def test_strategies_are_seeded_and_return_distinct_indices(name):
     b = QUERY_STRATEGIES[name](x, unc, 10, 7)
     assert list(a) == list(b)
     assert len(set(a.tolist())) == 10 and a.max() < len(x)
+
+
+@pytest.mark.parametrize("n_per", [300, 2_500])  # 3,600 rows: exact k-means; 30,000: a sample, then assignment
+def test_a_rows_view_of_a_memory_mapped_pool_selects_exactly_what_the_copied_rows_do(tmp_path, n_per):
+    x, _ = blobs(n_per=n_per, centers=12, dim=24, seed=5)
+    pool = np.lib.format.open_memmap(tmp_path / "pool.npy", mode="w+", dtype=np.float32, shape=x.shape)
+    pool[:] = x
+    keep = np.sort(np.random.default_rng(0).choice(len(x), len(x) - 100, replace=False))  # some items are labeled
+    rows = Rows(pool, keep)
+    assert len(rows) == len(keep) and rows.shape == (len(keep), 24)
+    np.testing.assert_array_equal(np.asarray(rows), x[keep])
+    np.testing.assert_array_equal(rows[10:20], x[keep[10:20]])
+    unc = np.random.default_rng(1).random(len(keep))
+    for name, query in QUERY_STRATEGIES.items():
+        np.testing.assert_array_equal(query(rows, unc, 12, 3), query(x[keep], unc, 12, 3), err_msg=name)

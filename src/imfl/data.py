@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from imfl.config import DataConfig
 from imfl.errors import DataError
 
@@ -136,17 +138,16 @@ def _text(value: Any) -> str | None:
     return text if text.strip() else None
 
 
-def load_examples(path: Path, cfg: DataConfig, what: str = "pool", labels: tuple[str, ...] | None = None,
-                  require_label: bool = False) -> list[Example]:
-    """Read and check one file. ``labels`` (when given) is the allowed label set; ``require_label``
-    makes a missing gold label an error (test files)."""
+def iter_examples(path: Path, cfg: DataConfig, what: str = "pool", labels: tuple[str, ...] | None = None,
+                  require_label: bool = False) -> Iterator[Example]:
+    """Read and check one file row by row. ``labels`` (when given) is the allowed label set; ``require_label``
+    makes a missing gold label an error (test files). Only the ids seen so far are kept (to report a repeated one)."""
     path = Path(path)
     pair_field = cfg.text_pair_field
-    examples: list[Example] = []
     seen: dict[str, int] = {}
     for lineno, row in read_rows(path, what):
         where = f"{path}:{lineno}"
-        if not examples and pair_field is None and "text_pair" in row:
+        if not seen and pair_field is None and "text_pair" in row:
             pair_field = "text_pair"
         raw_id = row.get(cfg.id_field)
         if raw_id is None or (isinstance(raw_id, str) and not raw_id.strip()):
@@ -175,39 +176,82 @@ def load_examples(path: Path, cfg: DataConfig, what: str = "pool", labels: tuple
             raise DataError(f"{where}: field {cfg.label_field!r} (the gold label) is missing; a {what} file needs a label on every row")
         used = {cfg.id_field, cfg.text_field, cfg.label_field, pair_field}
         extra = {k: v for k, v in row.items() if k not in used}
-        examples.append(Example(item_id, text, pair, label, extra, lineno))
-    if not examples:
+        yield Example(item_id, text, pair, label, extra, lineno)
+    if not seen:
         raise DataError(f"{path}: the {what} file has no rows")
-    return examples
+
+
+def load_examples(path: Path, cfg: DataConfig, what: str = "pool", labels: tuple[str, ...] | None = None,
+                  require_label: bool = False) -> list[Example]:
+    """``iter_examples`` as a list (for files that fit in memory: test sets, small pools)."""
+    return list(iter_examples(path, cfg, what, labels, require_label))
+
+
+class Pool:
+    """The pool file as a stream of checked examples, never held in memory: every iteration reads the file again
+    (keeping only the rows of ``pool_sample`` when set). ``len`` and ``has_pair`` come from the first pass
+    (``load_dataset``), which checked every row. A run copies the pool into its store once and reads it from there."""
+
+    def __init__(self, path: Path, cfg: DataConfig, labels: tuple[str, ...] | None, n: int, has_pair: bool,
+                 keep: np.ndarray | None = None):
+        self.path, self.cfg, self.labels = Path(path), cfg, labels
+        self.n, self.has_pair, self.keep = n, has_pair, keep
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[Example]:
+        rows = iter_examples(self.path, self.cfg, "pool", self.labels)
+        if self.keep is None:
+            yield from rows
+            return
+        wanted = iter(self.keep.tolist())
+        target = next(wanted, None)
+        for position, e in enumerate(rows):
+            if position == target:
+                yield e
+                target = next(wanted, None)
+                if target is None:
+                    return
 
 
 @dataclass(frozen=True)
 class Dataset:
     task: Task
-    pool: list[Example]
+    pool: Pool
     test: list[Example]
 
 
 def load_dataset(cfg: DataConfig) -> Dataset:
-    """Read the pool and the test file, settle the label set, and check that the test set is held out."""
+    """Check the pool (one streaming pass) and read the test file, settle the label set, and check that the test set
+    is held out."""
     declared = tuple(cfg.labels) or None
     if declared is not None and len(set(declared)) != len(declared):
         raise DataError(f"data.labels lists a label twice ({', '.join(declared)}); list each label once")
-    pool = load_examples(cfg.pool, cfg, "pool", declared)
     test = load_examples(cfg.test, cfg, "test", declared, require_label=True) if cfg.test else []
+    held_out = _HeldOut(cfg, test)
+    n, found, has_pair = 0, {e.label for e in test}, False
+    for e in iter_examples(cfg.pool, cfg, "pool", declared):
+        held_out.check(e)
+        if e.label is not None:
+            found.add(e.label)
+        has_pair = e.text_pair is not None
+        n += 1
     if declared is None:
-        found = sorted({e.label for e in pool + test if e.label is not None})
+        found.discard(None)
         if len(found) < 2:
             raise DataError(
                 f"{cfg.pool}: found {len(found)} distinct label(s) in field {cfg.label_field!r}; "
                 "list the label set in data.labels"
             )
-        labels = tuple(found)
+        labels = tuple(sorted(found))
     else:
         labels = declared
-    _check_held_out(cfg, pool, test)
-    pool, test = _sample(pool, cfg.pool_sample), _sample(test, cfg.test_sample)
-    has_pair = pool[0].text_pair is not None
+    keep = _sample(n, cfg.pool_sample)
+    pool = Pool(cfg.pool, cfg, declared, n if keep is None else len(keep), has_pair, keep)
+    test_keep = _sample(len(test), cfg.test_sample)
+    if test_keep is not None:
+        test = [test[i] for i in test_keep]
     if test and (test[0].text_pair is not None) != has_pair:
         raise DataError(f"{cfg.test}: the pool {'has' if has_pair else 'has no'} second input (text_pair) but the test file "
                         f"{'does not' if has_pair else 'does'}; both files must have the same fields")
@@ -216,27 +260,28 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     return Dataset(task, pool, test)
 
 
-def _sample(examples: list[Example], n: int) -> list[Example]:
-    """A fixed random subset of ``n`` rows in file order (all rows when n is 0 or not smaller)."""
-    if not n or n >= len(examples):
-        return examples
-    import numpy as np
-
-    keep = np.sort(np.random.default_rng(0).choice(len(examples), n, replace=False))
-    return [examples[i] for i in keep]
+def _sample(n: int, size: int) -> np.ndarray | None:
+    """The positions of a fixed random subset of ``size`` of ``n`` rows, in file order (None: all rows, when size
+    is 0 or not smaller)."""
+    if not size or size >= n:
+        return None
+    return np.sort(np.random.default_rng(0).choice(n, size, replace=False))
 
 
-def _check_held_out(cfg: DataConfig, pool: list[Example], test: list[Example]) -> None:
-    by_id = {e.id: e for e in pool}
-    by_text = {(e.text, e.text_pair): e for e in pool}
-    for e in test:
-        other = by_id.get(e.id)
-        reason = f"id {e.id!r}"
+class _HeldOut:
+    """Checks pool rows, one at a time, against the test set: no shared id, no shared text."""
+
+    def __init__(self, cfg: DataConfig, test: list[Example]):
+        self.cfg = cfg
+        self.by_id = {e.id: e for e in test}
+        self.by_text = {(e.text, e.text_pair): e for e in test}
+
+    def check(self, e: Example) -> None:
+        other, reason = self.by_id.get(e.id), f"id {e.id!r}"
         if other is None:
-            other = by_text.get((e.text, e.text_pair))
-            reason = "the same text"
+            other, reason = self.by_text.get((e.text, e.text_pair)), "the same text"
         if other is not None:
             raise DataError(
-                f"{cfg.test}:{e.line}: {reason} is also in the pool ({cfg.pool}:{other.line}); "
+                f"{self.cfg.test}:{other.line}: {reason} is also in the pool ({self.cfg.pool}:{e.line}); "
                 "the test set must be held out: remove the overlap from one of the files"
             )

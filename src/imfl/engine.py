@@ -26,6 +26,7 @@ from imfl.config import RayConfig, RunConfig
 from imfl.errors import ConfigError, ImflError
 
 Progress = Callable[[int], None] | None
+EMBED_WINDOW = 100_000  # texts sent to Ray at once
 
 
 class LocalEngine:
@@ -104,10 +105,12 @@ class RayEngine:
         s = self.settings
 
         def chunks(todo: Sequence[str]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-            rows = {"row": np.arange(len(todo)), "text": list(todo)}
-            for batch in self._map(rows, _Embed, (embedder.model, embedder.batch_size), actors=s.actors,
-                                   cpus=s.cpus_per_actor, batch_size=s.batch_size, kind="embed", progress=None):
-                yield batch["row"], batch["embedding"]
+            for start in range(0, len(todo), EMBED_WINDOW):  # a pool larger than memory goes in windows
+                window = todo[start : start + EMBED_WINDOW]
+                rows = {"row": np.arange(start, start + len(window)), "text": list(window)}
+                for batch in self._map(rows, _Embed, (embedder.model, embedder.batch_size), actors=s.actors,
+                                       cpus=s.cpus_per_actor, batch_size=s.batch_size, kind="embed", progress=None):
+                    yield batch["row"], batch["embedding"]
 
         return embedder.encode(texts, progress, chunks=chunks)
 

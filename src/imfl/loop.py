@@ -13,6 +13,10 @@ store). A human label of an item always wins over an LLM label of the same item.
 
 Every step is committed to the run's store before the next starts; a run whose store already holds
 rounds continues after the last evaluated one (same config required).
+
+The pool is read as a stream and copied into the store once; afterwards the run holds, per pool item, only its id,
+its embedding (memory-mapped) and the student's probabilities, and reads texts back from the store when it needs
+them: the items of a round, the labeled ones for training, the pool a window at a time for embedding and scoring.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import csv
 import ctypes
 import fcntl
+import itertools
 import json
 import time
 import tomllib
@@ -39,13 +44,14 @@ from imfl.embeddings import Embedder, embedding_input
 from imfl.engine import make_engine
 from imfl.errors import AnnotatorError, BudgetError, ConfigError
 from imfl.progress import Reporter, Silent
-from imfl.query import get_query, least_confidence, round_plan, split_by_uncertainty
+from imfl.query import Rows, get_query, least_confidence, round_plan, split_by_uncertainty
 from imfl.store import Store
 
 if TYPE_CHECKING:
     from imfl.student import Student
 
 LLM_COMMIT_EVERY = 32  # LLM labels are committed in chunks: a crash loses at most this many calls
+PREDICT_WINDOW = 20_000  # pool items whose texts are in memory at once while the student scores the pool
 
 
 @dataclass
@@ -70,10 +76,10 @@ def check_budget(cfg: RunConfig, ds: Dataset) -> None:
             f"budget.total ({cfg.budget.total}) is larger than the pool ({n} items in {cfg.data.pool}); lower budget.total or add items"
         )
     if cfg.human.annotator == "oracle" and cfg.budget.human > 0:
-        missing = [e for e in ds.pool if e.label is None]
+        missing = [e.line for e in ds.pool if e.label is None]
         if missing:
             raise AnnotatorError(
-                f"{cfg.data.pool}:{missing[0].line}: {len(missing)} pool rows have no label, but the simulated expert "
+                f"{cfg.data.pool}:{missing[0]}: {len(missing)} pool rows have no label, but the simulated expert "
                 f"(human.annotator = 'oracle') needs one on every row; label them or use a real human annotator"
             )
 
@@ -131,14 +137,19 @@ class Run:
             with self.store.transaction():
                 self.store.set_meta("config", config_text)
                 self.store.set_meta("labels", json.dumps(self.ds.task.labels))
-            self.store.add_items(self.ds.pool)
         elif changed := settings_difference(tomllib.loads(previous), tomllib.loads(config_text)):
             raise ConfigError(
                 f"{self.run_dir} holds a run with a different configuration ({changed}); choose another name "
                 "(--set name=...) or move that folder away"
             )
         (self.run_dir / "config.toml").write_text(config_text, encoding="utf-8")
-        self.index = {e.id: i for i, e in enumerate(self.ds.pool)}
+        if not self.store.items_complete():  # a new run (or one whose store predates schema 3)
+            with self.reporter.phase("copying the pool into the run's store", len(self.ds.pool)):
+                self.store.add_items(self.ds.pool)
+        # The pool itself stays in the store: this process holds its ids, embeddings (memory-mapped) and probabilities.
+        self.ids = self.store.item_ids()
+        self._check_pool_unchanged()
+        self.index = {item_id: i for i, item_id in enumerate(self.ids)}
         latest = self.store.latest_round()
         self._partial_round = latest[0] if self.continue_partial and latest and latest[1] == "human_pending" else None
         self.base_plan = round_plan(cfg.budget.total, cfg.budget.human, cfg.budget.rounds, cfg.budget.schedule, cfg.budget.decay)
@@ -149,8 +160,17 @@ class Run:
         self._round_extra: dict[int, dict] = {}
         start = time.perf_counter()
         with self.reporter.phase("embedding the pool", len(self.ds.pool)) as advance:
-            self.embeddings = self.engine.embed(self._embedder(), [embedding_input(e.text, e.text_pair) for e in self.ds.pool], advance)
+            self.embeddings = self.engine.embed(self._embedder(), StoredTexts(self.store, len(self.ids)), advance)
         self._timed("embedding", start)
+
+    def _check_pool_unchanged(self) -> None:
+        """The run works on its store's copy of the pool: the pool file must still hold the same items in the same order."""
+        for n, (e, item_id) in enumerate(itertools.zip_longest(self.ds.pool, self.ids), 1):
+            if e is None or e.id != item_id:
+                where = f"{self.cfg.data.pool}:{e.line}" if e else str(self.cfg.data.pool)
+                now, then = (f"id {e.id!r}" if e else "missing"), (f"id {item_id!r}" if item_id else "not there")
+                raise ConfigError(f"{where}: the pool file changed since the run in {self.run_dir} started (item {n}: {now} "
+                                  f"now, {then} then); put the file back as it was, or start a new run (--set name=...)")
 
     def _embedder(self) -> Embedder:
         return Embedder(self.cfg.embeddings.model, self.cfg.embeddings.batch_size, self.cfg.cache_dir)
@@ -204,7 +224,7 @@ class Run:
     def _labeled_ids(self) -> set[str]:
         return {a.item_id for a in self.store.annotations()}
 
-    def _round(self, t: int, proba: dict[str, np.ndarray] | None) -> dict[str, np.ndarray] | None:
+    def _round(self, t: int, proba: np.ndarray | None) -> np.ndarray | None:
         cfg, store = self.cfg, self.store
         seconds: dict[str, float] = {}
         if store.round_state(t) is None:
@@ -244,7 +264,7 @@ class Run:
         self.reporter.log(_round_line(metrics))
         return proba
 
-    def _select(self, t: int, proba: dict[str, np.ndarray] | None) -> None:
+    def _select(self, t: int, proba: np.ndarray | None) -> None:
         """Pick this round's items and split them between human and LLM; commits the round's plan."""
         cfg = self.cfg
         used = self.store.budget_used()
@@ -253,28 +273,27 @@ class Run:
         # What earlier rounds did not spend (failed LLM calls) is carried into this round.
         n_h, n_l = max(planned_h - used["human"], 0), max(planned_l - used["llm"], 0)
         labeled = self._labeled_ids()
-        unlabeled = [i for i, e in enumerate(self.ds.pool) if e.id not in labeled]
+        unlabeled = [i for i, item_id in enumerate(self.ids) if item_id not in labeled]
         # Items that go to the human first: those whose LLM call failed last round (llm.on_failure = "human"),
         # and those whose LLM label was routed out last round (fidelity.route_to_human).
         retry = [self.index[i] for i in self._human_first(t)][:n_h]
-        free = np.array(unlabeled + [i for i in retry if self.ds.pool[i].id in labeled], dtype=int)
+        free = np.array(unlabeled + [i for i in retry if self.ids[i] in labeled], dtype=int)
         n_h, n_l = min(n_h, len(free)), min(n_l, max(len(unlabeled) - n_h, 0))
         unc = None
         if proba is not None:
             unc = np.full(len(free), np.nan)
-            unc[: len(unlabeled)] = least_confidence(np.stack([proba[self.ds.pool[i].id] for i in unlabeled]))
+            unc[: len(unlabeled)] = least_confidence(proba[unlabeled])
         seed = cfg.seed * 1000 + t
-        position = {int(i): j for j, i in enumerate(free)}
-        first = [position[i] for i in retry]
+        first = [int(np.flatnonzero(free == i)[0]) for i in retry]
         rest = np.setdiff1d(np.arange(len(unlabeled)), first)
         n_query = n_h + n_l - len(first)
-        picked = rest[get_query(cfg.query.strategy)(self.embeddings[free[rest]], unc[rest] if unc is not None else None,
+        picked = rest[get_query(cfg.query.strategy)(Rows(self.embeddings, free[rest]), unc[rest] if unc is not None else None,
                                                    n_query, seed)] if n_query else np.zeros(0, int)
         to_human, to_llm = split_by_uncertainty(picked, unc, n_h - len(first))
         to_human = np.concatenate([np.array(first, dtype=int), to_human])
 
         def rows(local: np.ndarray) -> list[tuple[str, float | None]]:
-            return [(self.ds.pool[free[j]].id, float(unc[j]) if unc is not None and not np.isnan(unc[j]) else None) for j in local]
+            return [(self.ids[free[j]], float(unc[j]) if unc is not None and not np.isnan(unc[j]) else None) for j in local]
 
         self.store.record_selection(t, (n_h, n_l), rows(to_human), rows(to_llm))
 
@@ -296,11 +315,12 @@ class Run:
             self._await_people(t)
             return
         done = {a.item_id for a in self.store.annotations(round=t, source=source, ok_only=False)}
-        todo = [self.ds.pool[self.index[i]] for i in self.store.selection(t, source) if i not in done]
+        todo_ids = [i for i in self.store.selection(t, source) if i not in done]
         if source == "llm":  # the adaptive human share may have cancelled this round's LLM labels after selection
-            todo = todo[: max(0, sum(l for _, l in self.plan[:t]) - self.store.budget_used()["llm"])]
-        if not todo:
+            todo_ids = todo_ids[: max(0, sum(l for _, l in self.plan[:t]) - self.store.budget_used()["llm"])]
+        if not todo_ids:
             return
+        todo = self.store.examples(todo_ids)
         context = self._context(t)
         label = "human experts" if source == "human" else f"LLM ({annotator.name})"
         chunk = len(todo) if source == "human" else LLM_COMMIT_EVERY
@@ -426,7 +446,7 @@ class Run:
             if oof is not None:
                 flagged = set(rows[fidelity.label_issues(labels[rows], oof, np.isin(rows, llm_rows))].tolist())
                 filtered = np.array([i in flagged for i in llm_rows])
-            gold = {e.id: e.label for e in self.ds.pool}
+            gold = self._gold([annotations[i].item_id for i in llm_rows[filtered]])
             known = [annotations[i] for i in llm_rows[filtered] if gold.get(annotations[i].item_id) is not None]
             info.update(llm_filtered=int(filtered.sum()),
                         llm_filtered_wrong=sum(a.label != gold[a.item_id] for a in known) if len(known) == filtered.sum() else None)
@@ -457,7 +477,7 @@ class Run:
 
     def _context(self, t: int) -> AnnotationContext:
         human = self.store.annotations(source="human")
-        demos = [(self.ds.pool[self.index[a.item_id]], a.label) for a in human]
+        demos = list(zip(self.store.examples([a.item_id for a in human]), [a.label for a in human]))
         return AnnotationContext(
             round=t,
             human_labeled=demos,
@@ -470,7 +490,7 @@ class Run:
         human = {a.item_id for a in annotations if a.source == "human"}
         annotations = [a for a in annotations if a.source == "human" or a.item_id not in human]  # a human label wins
         task = self.ds.task
-        items = [self.ds.pool[self.index[a.item_id]] for a in annotations]
+        items = self.store.examples([a.item_id for a in annotations])
         weights = np.array([self.cfg.student.weights.get(a.source, 1.0) for a in annotations], dtype=float)
         if self.cfg.fidelity.active:
             weights = self._fidelity_weights(t, annotations, weights)
@@ -484,7 +504,7 @@ class Run:
             )
         return student
 
-    def _evaluate(self, t: int, student: Student) -> tuple[dict, dict[str, np.ndarray] | None]:
+    def _evaluate(self, t: int, student: Student) -> tuple[dict, np.ndarray | None]:
         task, store = self.ds.task, self.store
         this_round = store.annotations(round=t, ok_only=False)
         used = store.budget_used()
@@ -507,7 +527,7 @@ class Run:
         }
         metrics.update(self._fidelity_metrics(t))
         metrics.update(self._round_extra.pop(t, {}))
-        gold = {e.id: e.label for e in self.ds.pool}
+        gold = self._gold([a.item_id for a in this_round if a.ok and a.source == "llm"])
         llm = [a for a in this_round if a.ok and a.source == "llm" and gold.get(a.item_id) is not None]
         metrics["llm_accuracy"] = round(float(np.mean([a.label == gold[a.item_id] for a in llm])), 4) if llm else None
         if self.ds.test:
@@ -520,27 +540,39 @@ class Run:
         proba = None
         if t < self.cfg.budget.rounds:
             labeled = self._labeled_ids()
-            free = [e for e in self.ds.pool if e.id not in labeled]
+            free = [item_id for item_id in self.ids if item_id not in labeled]
             with self.reporter.phase(f"round {t}: student uncertainty on {len(free)} pool items", len(free)) as advance:
-                p = self._predict(student, free, advance)
-            proba = {e.id: row for e, row in zip(free, p)}
-            np.savez(self._state_dir() / f"proba_round{t}.npz", ids=np.array([e.id for e in free]), proba=p)
+                # A window of the pool at a time: its texts come from the store and go when it is scored.
+                parts = [self._predict(student, self.store.examples(free[start : start + PREDICT_WINDOW]), advance)
+                         for start in range(0, len(free), PREDICT_WINDOW)]
+            p = np.concatenate(parts) if parts else np.zeros((0, len(task.labels)))
+            np.savez(self._state_dir() / f"proba_round{t}.npz", ids=np.array(free), proba=p)
+            proba = self._pool_proba(free, p)
         return metrics, proba
+
+    def _pool_proba(self, ids: Sequence[str], p: np.ndarray) -> np.ndarray:
+        """The student's probabilities as one row per pool item (NaN for items that had a label)."""
+        out = np.full((len(self.ids), p.shape[1]), np.nan)
+        out[[self.index[i] for i in ids]] = p
+        return out
 
     def _predict(self, student: Student, items: Sequence[Example], progress) -> np.ndarray:
         pairs = [e.text_pair for e in items] if self.ds.task.has_pair else None
         return self.engine.predict(student, [e.text for e in items], pairs, progress)
+
+    def _gold(self, ids: Sequence[str]) -> dict[str, str | None]:
+        return {e.id: e.label for e in self.store.examples(ids)}
 
     def _state_dir(self) -> Path:
         d = self.run_dir / "state"
         d.mkdir(exist_ok=True)
         return d
 
-    def _load_proba(self, t: int) -> dict[str, np.ndarray] | None:
+    def _load_proba(self, t: int) -> np.ndarray | None:
         if t >= self.cfg.budget.rounds:
             return None
         data = np.load(self._state_dir() / f"proba_round{t}.npz")
-        return dict(zip(data["ids"].tolist(), data["proba"]))
+        return self._pool_proba(data["ids"].tolist(), data["proba"])
 
     # -- outputs ----------------------------------------------------------------------------------
     def metrics(self) -> list[dict]:
@@ -561,6 +593,30 @@ class Run:
                 fh.write(json.dumps({"id": a.item_id, "label": a.label, "source": a.source, "annotator": a.annotator,
                                      "round": a.round, "confidence": a.confidence}, ensure_ascii=False) + "\n")
         student.save(self.run_dir / "adapter")
+
+
+class StoredTexts(Sequence[str]):
+    """The pool's embedding inputs, read from the run's store a window at a time (never all in memory)."""
+
+    def __init__(self, store: Store, n: int):
+        self.store, self.n = store, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            start, stop, step = key.indices(self.n)
+            if step != 1:
+                raise IndexError("StoredTexts supports contiguous slices only")
+            return [embedding_input(text, pair) for text, pair in self.store.texts(start, stop)]
+        if not -self.n <= key < self.n:
+            raise IndexError(key)
+        return self[key % self.n : key % self.n + 1][0]
+
+    def __iter__(self):
+        for start in range(0, self.n, PREDICT_WINDOW):
+            yield from self[start : start + PREDICT_WINDOW]
 
 
 def _release_memory() -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 from imfl.data import Annotation, Example
 from imfl.errors import DataError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 ROUND_STATES = ("selected", "human_pending", "human_done", "llm_done", "trained", "evaluated")
 
 MIGRATIONS: dict[int, str] = {
@@ -89,7 +89,14 @@ MIGRATIONS: dict[int, str] = {
         PRIMARY KEY (round, item_id, annotator)
     );
     """,
+    3: """
+    ALTER TABLE items ADD COLUMN line INTEGER;  -- the row's line in the pool file (for messages)
+    ALTER TABLE items ADD COLUMN extra TEXT;    -- JSON: the row's other fields (e.g. recorded LLM labels)
+    """,
 }
+
+
+_CHUNK = 500  # ids per query (SQLite limits the parameters of one statement)
 
 
 class Rejected(Exception):
@@ -156,15 +163,43 @@ class Store:
         self.conn.execute("INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value", (key, value))
 
     # -- items ---------------------------------------------------------------------------------
-    def add_items(self, examples: Sequence[Example]) -> None:
+    def add_items(self, examples: Iterable[Example]) -> None:
+        """Copy the pool in (streamed: ``examples`` may be a file larger than memory). Items already here (same
+        id) get their line and other fields refreshed: stores written before schema 3 did not keep them."""
         with self.transaction():
             self.conn.executemany(
-                "INSERT INTO items(idx, id, text, text_pair, gold) VALUES(?, ?, ?, ?, ?)",
-                ((i, e.id, e.text, e.text_pair, e.label) for i, e in enumerate(examples)),
+                "INSERT INTO items(idx, id, text, text_pair, gold, line, extra) VALUES(?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT(id) DO UPDATE SET line=excluded.line, extra=excluded.extra",
+                ((i, e.id, e.text, e.text_pair, e.label, e.line, json.dumps(e.extra, ensure_ascii=False, default=str))
+                 for i, e in enumerate(examples)),
             )
 
     def n_items(self) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+
+    def items_complete(self) -> bool:
+        """Whether the pool is here with every item's line and other fields (False before it is copied in, and for a
+        pool copied in before schema 3)."""
+        row = self.conn.execute("SELECT COUNT(*), COUNT(extra) FROM items").fetchone()
+        return row[0] > 0 and row[0] == row[1]
+
+    def item_ids(self) -> list[str]:
+        """Every item's id, in pool order."""
+        return [r[0] for r in self.conn.execute("SELECT id FROM items ORDER BY idx")]
+
+    def examples(self, ids: Sequence[str]) -> list[Example]:
+        """The items with these ids, in this order."""
+        found: dict[str, Example] = {}
+        for start in range(0, len(ids), _CHUNK):
+            part = list(ids[start : start + _CHUNK])
+            rows = self.conn.execute(f"SELECT * FROM items WHERE id IN ({','.join('?' * len(part))})", part)
+            found.update((r["id"], _example(r)) for r in rows)
+        return [found[i] for i in ids]
+
+    def texts(self, start: int, stop: int) -> list[tuple[str, str | None]]:
+        """(text, text_pair) of the items at pool positions [start, stop)."""
+        rows = self.conn.execute("SELECT text, text_pair FROM items WHERE idx >= ? AND idx < ? ORDER BY idx", (start, stop))
+        return [(r[0], r[1]) for r in rows]
 
     # -- rounds --------------------------------------------------------------------------------
     def round_state(self, round: int) -> str | None:
@@ -359,6 +394,10 @@ class Store:
     def item(self, item_id: str) -> dict | None:
         row = self.conn.execute("SELECT id, text, text_pair FROM items WHERE id=?", (item_id,)).fetchone()
         return dict(row) if row else None
+
+
+def _example(r: sqlite3.Row) -> Example:
+    return Example(r["id"], r["text"], r["text_pair"], r["gold"], json.loads(r["extra"]) if r["extra"] else {}, r["line"] or 0)
 
 
 def _annotation(r: sqlite3.Row) -> Annotation:

@@ -8,7 +8,7 @@ and the item goes back to the pool."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from imfl.annotators.base import Annotation, AnnotationContext
@@ -57,17 +57,22 @@ class RecordedAnnotator:
             self._answers = read_recorded(self.file, self.task.labels)
         return self._answers.get(e.id, (None, None))
 
-    def check(self, pool: Sequence[Example], path: str = "pool") -> None:
+    def check(self, pool: Iterable[Example], path: str = "pool") -> None:
+        """Fail early when no pool item has a recorded answer (one pass over the pool, stopping at the first that has)."""
         if self.file is not None:
             self._answers = read_recorded(self.file, self.task.labels)
-            if not set(self._answers) & {e.id for e in pool}:
+            if not any(e.id in self._answers for e in pool):
                 raise AnnotatorError(f"{self.file}: none of its ids is in the pool {path}; check that the ids match")
             return
-        if not any(self.column in e.extra for e in pool):
-            fields = sorted({k for e in pool[:50] for k in e.extra})
-            raise AnnotatorError(
-                f"{path}: llm.column {self.column!r} is not a field of the pool; fields found: {', '.join(fields) or 'none'}"
-            )
+        fields: set[str] = set()
+        for n, e in enumerate(pool):
+            if self.column in e.extra:
+                return
+            if n < 50:
+                fields.update(e.extra)
+        raise AnnotatorError(
+            f"{path}: llm.column {self.column!r} is not a field of the pool; fields found: {', '.join(sorted(fields)) or 'none'}"
+        )
 
     def _label(self, e: Example) -> tuple[str | None, dict[str, float] | None, str | None]:
         """The recorded label of ``e`` (None if there is none or it names no label), its probabilities, and why not."""
@@ -76,11 +81,11 @@ class RecordedAnnotator:
         error = None if label else ("no recorded answer" if raw is None else f"unparsed: {str(raw)[:80]!r}")
         return label, probs, error
 
-    def accuracy(self, pool: Sequence[Example]) -> float | None:
+    def accuracy(self, pool: Iterable[Example]) -> float | None:
         """The share of gold-labeled ``pool`` items whose recorded label is right (no usable answer counts as wrong):
         the annotator's real accuracy, as the benchmarks' ladder plots it. None without gold labels."""
-        gold = [e for e in pool if e.label is not None]
-        return sum(self._label(e)[0] == e.label for e in gold) / len(gold) if gold else None
+        right = [self._label(e)[0] == e.label for e in pool if e.label is not None]
+        return sum(right) / len(right) if right else None
 
     def annotate(self, items: Sequence[Example], context: AnnotationContext) -> list[Annotation]:
         out = []

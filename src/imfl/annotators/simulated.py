@@ -9,7 +9,7 @@ annotation agree, and a resumed run gives the same labels."""
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -40,10 +40,10 @@ class SimulatedAnnotator:
     def name(self) -> str:
         return f"simulated:{self.accuracy:g}"
 
-    def check(self, pool: Sequence[Example], path: str = "pool") -> None:
-        missing = [e for e in pool if e.label is None]
+    def check(self, pool: Iterable[Example], path: str = "pool") -> None:
+        missing = [e.line for e in pool if e.label is None]
         if missing:
-            raise AnnotatorError(f"{path}:{missing[0].line}: {len(missing)} pool rows have no label, but the simulated LLM "
+            raise AnnotatorError(f"{path}:{missing[0]}: {len(missing)} pool rows have no label, but the simulated LLM "
                                  "(llm.annotator = 'simulated') draws its labels around the gold ones; label them or use another LLM")
 
     def annotate(self, items: Sequence[Example], context: AnnotationContext) -> list[Annotation]:

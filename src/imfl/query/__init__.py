@@ -1,12 +1,13 @@
 """Query strategies: pure functions over arrays that return indices, never touching data or store.
 
 Each strategy has the signature ``query(embeddings, uncertainty, n, seed) -> indices`` where
-``embeddings`` are the unlabeled items' vectors, ``uncertainty`` their least-confidence scores
+``embeddings`` are the unlabeled items' vectors (an array, or from the loop a ``Rows`` view of its memory-mapped
+pool: index it for some rows, ``np.asarray`` it for all), ``uncertainty`` their least-confidence scores
 (``None`` before any student exists), ``n`` how many to pick; the result indexes the given arrays,
 ordered most-wanted first. Register a new strategy in ``QUERY_STRATEGIES``.
 """
 
 from imfl.query.schedule import round_plan, split_by_uncertainty
-from imfl.query.strategies import QUERY_STRATEGIES, eeq, get_query, least_confidence
+from imfl.query.strategies import QUERY_STRATEGIES, Rows, eeq, get_query, least_confidence
 
-__all__ = ["QUERY_STRATEGIES", "eeq", "get_query", "least_confidence", "round_plan", "split_by_uncertainty"]
+__all__ = ["QUERY_STRATEGIES", "Rows", "eeq", "get_query", "least_confidence", "round_plan", "split_by_uncertainty"]

@@ -7,7 +7,33 @@ from collections.abc import Callable
 import numpy as np
 from sklearn.cluster import KMeans
 
-QueryFn = Callable[[np.ndarray, "np.ndarray | None", int, int], np.ndarray]
+
+
+class Rows:
+    """Rows ``index`` of ``array`` (e.g. the run's memory-mapped pool embeddings), read only when indexed: ``rows[a:b]``
+    and ``rows[[i, j]]`` read those rows, ``np.asarray(rows)`` reads them all. What the loop hands a query as the
+    unlabeled items' vectors, so that a pool of millions is never copied whole."""
+
+    def __init__(self, array: np.ndarray, index: np.ndarray):
+        self.array, self.index = array, np.asarray(index)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.index), *self.array.shape[1:])
+
+    def __getitem__(self, key) -> np.ndarray:
+        return np.asarray(self.array[self.index[key]])
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[:]
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+
+Vectors = np.ndarray | Rows
+QueryFn = Callable[[Vectors, "np.ndarray | None", int, int], np.ndarray]
 
 
 def least_confidence(proba: np.ndarray) -> np.ndarray:
@@ -25,7 +51,7 @@ KMEANS_PER_CLUSTER = 50
 _CHUNK = 65_536
 
 
-def kmeans(embeddings: np.ndarray, n_clusters: int, seed: int, max_iter: int = 100,
+def kmeans(embeddings: Vectors, n_clusters: int, seed: int, max_iter: int = 100,
            sample: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cluster assignment of each row, the distance to its centre, and the centres (k-means++ start, one seeded
     init). ``sample``: fit on this many rows (seeded) and assign the rest; default: every row of a pool up to
@@ -53,7 +79,7 @@ def kmeans(embeddings: np.ndarray, n_clusters: int, seed: int, max_iter: int = 1
     return assign, dist, centres
 
 
-def _per_cluster(embeddings: np.ndarray, n: int, seed: int, score: np.ndarray | None, sample: int | None = None) -> np.ndarray:
+def _per_cluster(embeddings: Vectors, n: int, seed: int, score: np.ndarray | None, sample: int | None = None) -> np.ndarray:
     """One item per k-means cluster: the highest-``score`` one, or (no score) the one nearest its centre.
     Ordered by score, then by cluster size, largest first (the most representative regions first).
     ``sample``: see :func:`kmeans`."""
@@ -67,25 +93,25 @@ def _per_cluster(embeddings: np.ndarray, n: int, seed: int, score: np.ndarray | 
     return first[np.lexsort((first, -sizes, primary))]
 
 
-def eeq(embeddings: np.ndarray, uncertainty: np.ndarray | None, n: int, seed: int) -> np.ndarray:
+def eeq(embeddings: Vectors, uncertainty: np.ndarray | None, n: int, seed: int) -> np.ndarray:
     """Exploration–exploitation query: k-means into ``n`` clusters (exploration), then from each cluster
     its most uncertain item (exploitation). Without uncertainty (round 1) it is diversity alone."""
     return _per_cluster(embeddings, n, seed, uncertainty)
 
 
-def diversity(embeddings: np.ndarray, uncertainty: np.ndarray | None, n: int, seed: int) -> np.ndarray:
+def diversity(embeddings: Vectors, uncertainty: np.ndarray | None, n: int, seed: int) -> np.ndarray:
     """k-means only: the item nearest each of ``n`` cluster centres."""
     return _per_cluster(embeddings, n, seed, None)
 
 
-def uncertainty_query(embeddings: np.ndarray, uncertainty: np.ndarray | None, n: int, seed: int) -> np.ndarray:
+def uncertainty_query(embeddings: Vectors, uncertainty: np.ndarray | None, n: int, seed: int) -> np.ndarray:
     """The ``n`` least-confident items; before a student exists, a seeded random sample."""
     if uncertainty is None:
         return random_query(embeddings, None, n, seed)
     return np.lexsort((np.arange(len(uncertainty)), -uncertainty))[:n]
 
 
-def random_query(embeddings: np.ndarray, uncertainty: np.ndarray | None, n: int, seed: int) -> np.ndarray:
+def random_query(embeddings: Vectors, uncertainty: np.ndarray | None, n: int, seed: int) -> np.ndarray:
     """A seeded uniform sample without replacement."""
     return np.random.default_rng(seed).choice(len(embeddings), size=n, replace=False)
 
