@@ -51,7 +51,7 @@ if TYPE_CHECKING:
     from imfl.student import Student
 
 LLM_COMMIT_EVERY = 32  # LLM labels are committed in chunks: a crash loses at most this many calls
-PREDICT_WINDOW = 20_000  # pool items whose texts are in memory at once while the student scores the pool
+POOL_WINDOW = 20_000  # pool items whose texts are in memory at once (embedding the pool, the student scoring it)
 
 
 @dataclass
@@ -543,8 +543,8 @@ class Run:
             free = [item_id for item_id in self.ids if item_id not in labeled]
             with self.reporter.phase(f"round {t}: student uncertainty on {len(free)} pool items", len(free)) as advance:
                 # A window of the pool at a time: its texts come from the store and go when it is scored.
-                parts = [self._predict(student, self.store.examples(free[start : start + PREDICT_WINDOW]), advance)
-                         for start in range(0, len(free), PREDICT_WINDOW)]
+                parts = [self._predict(student, self.store.examples(free[start : start + POOL_WINDOW]), advance)
+                         for start in range(0, len(free), POOL_WINDOW)]
             p = np.concatenate(parts) if parts else np.zeros((0, len(task.labels)))
             np.savez(self._state_dir() / f"proba_round{t}.npz", ids=np.array(free), proba=p)
             proba = self._pool_proba(free, p)
@@ -615,8 +615,8 @@ class StoredTexts(Sequence[str]):
         return self[key % self.n : key % self.n + 1][0]
 
     def __iter__(self):
-        for start in range(0, self.n, PREDICT_WINDOW):
-            yield from self[start : start + PREDICT_WINDOW]
+        for start in range(0, self.n, POOL_WINDOW):
+            yield from self[start : start + POOL_WINDOW]
 
 
 def _release_memory() -> None:
