@@ -143,12 +143,14 @@ class Run:
                 "(--set name=...) or move that folder away"
             )
         (self.run_dir / "config.toml").write_text(config_text, encoding="utf-8")
-        if not self.store.items_complete():  # a new run (or one whose store predates schema 3)
+        copied = self.store.n_items() == 0  # a new run: the store's pool is the file as just read
+        if not self.store.items_complete():  # (or a store that predates schema 3: its items get their fields)
             with self.reporter.phase("copying the pool into the run's store", len(self.ds.pool)):
                 self.store.add_items(self.ds.pool)
         # The pool itself stays in the store: this process holds its ids, embeddings (memory-mapped) and probabilities.
         self.ids = self.store.item_ids()
-        self._check_pool_unchanged()
+        if not copied:
+            self._check_pool_unchanged()
         self.index = {item_id: i for i, item_id in enumerate(self.ids)}
         latest = self.store.latest_round()
         self._partial_round = latest[0] if self.continue_partial and latest and latest[1] == "human_pending" else None
