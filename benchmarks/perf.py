@@ -4,8 +4,9 @@ and, where the FLOPs are counted, achieved GFLOP/s next to the machine's own mat
     python benchmarks/perf.py --data ../shared/data/fpb                       # every section, ~15 min on 2 cores
     python benchmarks/perf.py --data ../shared/data/fpb --only select --pool-size 1000000
 
-Sections (``--only``, comma-separated): ``matmul`` (a large torch.matmul, fp32 and bf16: the reference rate),
-``embed`` (sentence embeddings of pool items, fp32 and bf16), ``predict`` (the student over the test set, fp32 and
+Sections (``--only``, comma-separated): ``matmul`` (a large torch.matmul, fp32 and bf16: the reference rate; and the
+encoder's largest product at its own size), ``embed`` (sentence embeddings of pool items as the Embedder batches them,
+fp32 and bf16, against sentence-transformers' own ``encode``), ``predict`` (the student over the test set, fp32 and
 bf16, with the accuracy of each), ``train`` (LoRA epochs over 1,000 pool items, fp32 and bf16, with the test
 accuracy of each), ``llm`` (the local LLM annotator: one forward pass per label against batched scoring with the
 label tokens side by side and the shared prefix computed once; the largest probability difference) and ``select``
@@ -106,6 +107,11 @@ def bench_matmul(table: Table, args) -> None:
         flops = 2.0 * n**3
         table.matmul[dtype] = flops / seconds / 1e9
         table.add(f"torch.matmul {n}x{n}", 1, seconds, dtype=dtype, flops=flops)
+        # the encoder's largest product on a batch of 64 FPB sentences (~30 tokens) x its 384 -> 1536 feed-forward layer
+        a, b = torch.randn(64 * 30, 384, dtype=a.dtype), torch.randn(384, 1536, dtype=a.dtype)
+        torch.matmul(a, b)
+        seconds, _ = timed(lambda: [torch.matmul(a, b) for _ in range(20)], repeat=3)
+        table.add("torch.matmul 1920x384 @ 384x1536, 20 times", 20, seconds, dtype=dtype, flops=20 * 2.0 * 1920 * 384 * 1536)
 
 
 def _bf16(model):
@@ -117,28 +123,33 @@ def _bf16(model):
 
 
 def bench_embed(table: Table, args, ds) -> None:
-    from sentence_transformers import SentenceTransformer
-
-    from imfl.embeddings import embedding_input
-    from imfl.paths import bundled_encoder
+    """The Embedder as the loop runs it (batches of texts with similar token counts), against sentence-transformers'
+    own ``encode`` over the same texts (which sorts them by characters). GFLOP/s count the FLOPs of the same calls,
+    padding included; ``unpadded_pct_of_matmul`` counts only those of each text on its own."""
+    from imfl.embeddings import Embedder, embedding_input
 
     texts = [embedding_input(e.text, e.text_pair) for e in ds.pool[: args.embed_items]]
-    st = SentenceTransformer(str(bundled_encoder()), device="cpu", local_files_only=True)
+    embedder = Embedder()
+    st = embedder._load()
+    runs = [("embed pool, sentence-transformers encode (batches of 64 sorted by characters)", "float32",
+             lambda x: st.encode(x, batch_size=64, normalize_embeddings=True, convert_to_numpy=True)),
+            ("embed pool, Embedder (batches of 64 sorted by tokens)", "float32", embedder.compute)]
+    fast = Embedder()
+    fast._st = _bf16(st)  # the same Embedder on a bfloat16 copy of the model
+    runs.append(("embed pool, Embedder (batches of 64 sorted by tokens)", "bfloat16", fast.compute))
+    # the FLOPs without padding: each text on its own
+    useful = counted_flops(lambda: [embedder.compute([t]) for t in texts])
     base = None
-    for dtype, model in (("float32", st), ("bfloat16", _bf16(st))):
-        def encode(x, m=model):
-            return m.encode(x, batch_size=64, normalize_embeddings=True, convert_to_numpy=True)
-
+    for name, dtype, encode in runs:
         encode(texts[:64])  # warm-up
         seconds, emb = timed(lambda: encode(texts))
-        flops = counted_flops(lambda: encode(texts[:256])) * len(texts) / len(texts[:256])
-        emb = emb.astype(np.float32)
-        extra = {}
+        emb = np.asarray(emb, dtype=np.float32)
+        extra = {"unpadded_pct_of_matmul": round(100 * useful / seconds / 1e9 / table.matmul[dtype], 1)}
         if base is None:
             base = emb
         else:
-            extra["min_cosine_vs_fp32"] = round(float((emb * base).sum(axis=1).min()), 4)
-        table.add("embed pool (all-MiniLM-L6-v2, length-sorted batches of 64)", len(texts), seconds, dtype=dtype, flops=flops, **extra)
+            extra["min_cosine_vs_first"] = round(float((emb * base).sum(axis=1).min()), 6)
+        table.add(name, len(texts), seconds, dtype=dtype, flops=counted_flops(lambda: encode(texts)), **extra)
 
 
 def _student(args, **kw):

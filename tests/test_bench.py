@@ -277,7 +277,7 @@ def test_a_ladder_cell_reproduces_exactly_from_its_json(tmp_path, imfl_cache):
     for key in ("pool", "test"):
         old["config"]["data"][key] = os.path.relpath(REPO / "benchmarks" / old["config"]["data"][key], grid_dir)
     assert _annotator_accuracy(old, grid_dir / "results" / "ladder") == 0.4007
-    r = imfl("bench", str(grid), "--quick", *where, "--reproduce", "*/fidelity/*", env=env)
+    r = imfl("bench", str(grid), "--quick", *where, "--reproduce", "*/llama2-7b/fidelity/*", env=env)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert "fpb-recorded/llama2-7b/fidelity/seed0: reproduced exactly" in r.stdout
     assert (tmp_path / "work" / "reproduce" / "results" / "cells" / "fpb-recorded__llama2-7b__fidelity__seed0.json").is_file()
@@ -286,7 +286,7 @@ def test_a_ladder_cell_reproduces_exactly_from_its_json(tmp_path, imfl_cache):
     rec = json.loads(path.read_text())
     rec["selected"][1]["llm"] = rec["selected"][1]["llm"][::-1]
     path.write_text(json.dumps(rec))
-    r = imfl("bench", str(grid), "--quick", *where, "--reproduce", "*/fidelity/*", env=env)
+    r = imfl("bench", str(grid), "--quick", *where, "--reproduce", "*/llama2-7b/fidelity/*", env=env)
     assert r.returncode == 1 and "DIFFERS: round 2: the items selected for the llm differ" in r.stdout
     r = imfl("bench", str(grid), "--quick", *where, "--reproduce", "*/nothing/*", env=env)
     assert r.returncode == 2 and "no cell of ladder-fpb.toml matches */nothing/* (ids look like fpb-recorded/" in r.stderr

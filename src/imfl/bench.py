@@ -278,7 +278,7 @@ def annotator_accuracy(cfg: RunConfig) -> float | None:
     if cfg.llm.annotator != "recorded":
         return None
     try:
-        dataset = load_dataset(cfg.data)
+        dataset = load_dataset(cfg.data.model_copy(update={"pool_sample": 0}))
         accuracy = RecordedAnnotator(dataset.task, cfg.llm.column, file=cfg.llm.file).accuracy(dataset.pool)
     except ImflError:
         return None

@@ -47,11 +47,27 @@ class Embedder:
         return h.hexdigest()[:32]
 
     def compute(self, texts: Sequence[str]) -> np.ndarray:
-        """Embeddings of ``texts`` computed now, in memory (no cache)."""
-        return self._load().encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True)
+        """Embeddings of ``texts`` computed now, in memory (no cache), in batches of texts with similar token counts.
+
+        sentence-transformers sorts a call's texts by their length in characters, a rough guide to their length in
+        tokens: on FPB a third of the work went into padding. Each batch here is one ``encode`` call on texts sorted
+        by token count (BENCHMARKS.md, "Speed")."""
+        st = self._load()
+        texts = list(texts)
+        tokenizer = getattr(st, "tokenizer", None)
+        if tokenizer is None or not texts:  # no text tokenizer: by characters, as sentence-transformers does
+            lengths = [len(t) for t in texts]
+        else:
+            lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=st.max_seq_length)["input_ids"]]
+        order = np.argsort([-n for n in lengths], kind="stable")
+        out = np.empty((len(texts), self._dimension()), dtype=np.float32)
+        for start in range(0, len(texts), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            out[rows] = st.encode([texts[i] for i in rows], batch_size=len(rows), normalize_embeddings=True, convert_to_numpy=True)
+        return out
 
     def _chunks(self, texts: Sequence[str]) -> Iterator[tuple[slice, np.ndarray]]:
-        step = self.batch_size * 16  # large chunks: sentence-transformers sorts each by length
+        step = self.batch_size * 16  # large chunks: each is sorted by length before batching
         for start in range(0, len(texts), step):
             chunk = texts[start : start + step]
             yield slice(start, start + len(chunk)), self.compute(chunk)
