@@ -12,7 +12,8 @@ accuracy of each), ``llm`` (the local LLM annotator: one forward pass per label 
 label tokens side by side and the shared prefix computed once; the largest probability difference) and ``select``
 (EEQ with 200 clusters on a synthetic pool of 1,000,000 384-d embeddings, and sampled against exact k-means on
 20,000), ``ray`` (embedding and student predictions through ``engine = "ray"`` on a local Ray with two one-CPU
-actors, against this process; the largest difference). FLOPs are counted by ``torch.utils.flop_counter`` on a separate pass (the counter slows what it counts).
+actors, against this process; the largest difference). FLOPs are counted by ``torch.utils.flop_counter`` on a
+separate pass over the same inputs (the counter slows what it counts).
 Each row is also printed as a JSON line (and appended to ``--out``); peak RSS is the process's so far.
 """
 
@@ -57,21 +58,38 @@ def counted_flops(fn) -> int:
     return counter.get_total_flops()
 
 
-class Table:
-    """Rows of the result table; ``matmul`` holds the reference GFLOP/s per dtype once measured."""
+def matmul_rate(dtype: str, n: int, repeat: int = 10) -> tuple[float, float]:
+    """(best seconds, GFLOP/s) of an n x n torch.matmul in ``dtype``."""
+    import torch
 
-    def __init__(self, out: Path | None):
+    a, b = (torch.randn(n, n, dtype=getattr(torch, dtype)) for _ in range(2))
+    torch.matmul(a, b)  # warm-up
+    seconds, _ = timed(lambda: torch.matmul(a, b), repeat=repeat)
+    return seconds, 2.0 * n**3 / seconds / 1e9
+
+
+class Table:
+    """Rows of the result table. ``matmul`` holds the reference GFLOP/s per dtype: the best the large matmul reached in
+    this run, measured at the start and again after each operation whose FLOPs are counted (this host's rate varies
+    by up to 20% from minute to minute, and a slow reference would flatter the operations)."""
+
+    def __init__(self, out: Path | None, matmul_size: int = 4096):
         self.rows: list[dict] = []
         self.matmul: dict[str, float] = {}
+        self.matmul_size = matmul_size
         self.out = out
 
-    def add(self, operation: str, items: int, seconds: float, *, dtype: str = "", flops: float | None = None, **extra) -> dict:
+    def add(self, operation: str, items: int, seconds: float, *, dtype: str = "", flops: float | None = None,
+            unpadded_flops: float | None = None, **extra) -> dict:
         row = {"operation": operation, "dtype": dtype, "items": items, "seconds": round(seconds, 3),
                "items_per_s": round(items / seconds, 1) if seconds > 0 else None}
         if flops is not None and seconds > 0:
             row["gflops"] = round(flops / seconds / 1e9, 1)
             if dtype in self.matmul:
+                self.matmul[dtype] = max(self.matmul[dtype], matmul_rate(dtype, self.matmul_size, repeat=5)[1])
                 row["pct_of_matmul"] = round(100 * row["gflops"] / self.matmul[dtype], 1)
+                if unpadded_flops is not None:
+                    row["unpadded_pct_of_matmul"] = round(100 * unpadded_flops / seconds / 1e9 / self.matmul[dtype], 1)
         row.update(extra, peak_rss_gib=round(peak_rss_gib(), 2))
         self.rows.append(row)
         emit(row, self.out)
@@ -89,7 +107,11 @@ class Table:
             notes = ", ".join(f"{k}={v}" for k, v in r.items() if k not in core)
             t.add_row(r["operation"], r["dtype"], str(r["items"]), f"{r['seconds']:.2f}", str(r.get("items_per_s") or ""),
                       str(r.get("gflops", "")), str(r.get("pct_of_matmul", "")), notes)
-        Console(width=200).print(t)
+        console = Console(width=200)
+        console.print(t)
+        if self.matmul:
+            best = ", ".join(f"{dtype} {rate:.1f}" for dtype, rate in self.matmul.items())
+            console.print(f"% of matmul: against the best GFLOP/s the {self.matmul_size}x{self.matmul_size} matmul reached in this run ({best})")
 
 
 # -- sections ------------------------------------------------------------------------------------------------
@@ -100,17 +122,13 @@ def bench_matmul(table: Table, args) -> None:
 
     n = args.matmul_size
     for dtype in ("float32", "bfloat16"):
-        a = torch.randn(n, n, dtype=getattr(torch, dtype))
-        b = torch.randn(n, n, dtype=getattr(torch, dtype))
-        torch.matmul(a, b)  # warm-up
-        seconds, _ = timed(lambda: torch.matmul(a, b), repeat=3)
-        flops = 2.0 * n**3
-        table.matmul[dtype] = flops / seconds / 1e9
-        table.add(f"torch.matmul {n}x{n}", 1, seconds, dtype=dtype, flops=flops)
+        seconds, rate = matmul_rate(dtype, n)
+        table.add(f"torch.matmul {n}x{n}", 1, seconds, dtype=dtype, flops=2.0 * n**3)
+        table.matmul[dtype] = rate
         # the encoder's largest product on a batch of 64 FPB sentences (~30 tokens) x its 384 -> 1536 feed-forward layer
-        a, b = torch.randn(64 * 30, 384, dtype=a.dtype), torch.randn(384, 1536, dtype=a.dtype)
+        a, b = (torch.randn(*shape, dtype=getattr(torch, dtype)) for shape in ((64 * 30, 384), (384, 1536)))
         torch.matmul(a, b)
-        seconds, _ = timed(lambda: [torch.matmul(a, b) for _ in range(20)], repeat=3)
+        seconds, _ = timed(lambda: [torch.matmul(a, b) for _ in range(20)], repeat=5)
         table.add("torch.matmul 1920x384 @ 384x1536, 20 times", 20, seconds, dtype=dtype, flops=20 * 2.0 * 1920 * 384 * 1536)
 
 
@@ -142,14 +160,14 @@ def bench_embed(table: Table, args, ds) -> None:
     base = None
     for name, dtype, encode in runs:
         encode(texts[:64])  # warm-up
-        seconds, emb = timed(lambda: encode(texts))
+        seconds, emb = timed(lambda: encode(texts), repeat=2)
         emb = np.asarray(emb, dtype=np.float32)
-        extra = {"unpadded_pct_of_matmul": round(100 * useful / seconds / 1e9 / table.matmul[dtype], 1)}
+        extra = {}
         if base is None:
             base = emb
         else:
             extra["min_cosine_vs_first"] = round(float((emb * base).sum(axis=1).min()), 6)
-        table.add(name, len(texts), seconds, dtype=dtype, flops=counted_flops(lambda: encode(texts)), **extra)
+        table.add(name, len(texts), seconds, dtype=dtype, flops=counted_flops(lambda: encode(texts)), unpadded_flops=useful, **extra)
 
 
 def _student(args, **kw):
@@ -172,12 +190,10 @@ def bench_predict(table: Table, args, ds) -> None:
     for dtype in ("float32", "bfloat16"):
         student.predict_dtype = dtype
         predict = lambda: student.predict_proba(test_x, text_pairs=test_pairs)  # noqa: E731
-        seconds, proba = timed(predict)
-        n = min(256, len(test_x))
-        flops = counted_flops(lambda: student.predict_proba(test_x[:n], text_pairs=test_pairs[:n] if test_pairs else None))
+        seconds, proba = timed(predict, repeat=2)
         acc = float((proba.argmax(axis=1) == np.array(test_y)).mean())
         table.add(f"student predict_proba (test set; trained on {len(texts)} pool items)", len(test_x), seconds, dtype=dtype,
-                  flops=flops * len(test_x) / n, test_accuracy=round(acc, 4))
+                  flops=counted_flops(predict), test_accuracy=round(acc, 4))
 
 
 def bench_train(table: Table, args, ds) -> None:
@@ -355,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"machine: {machine_line()}", flush=True)
-    table = Table(args.out)
+    table = Table(args.out, args.matmul_size)
     ds = None
     if set(only) & {"embed", "predict", "train", "llm", "ray"}:
         from imfl.config import config_from_dict
