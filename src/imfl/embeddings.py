@@ -55,7 +55,7 @@ class Embedder:
         st = self._load()
         texts = list(texts)
         tokenizer = getattr(st, "tokenizer", None)
-        if tokenizer is None or not texts:  # no text tokenizer: by characters, as sentence-transformers does
+        if tokenizer is None or not texts:  # by characters, as sentence-transformers does (the tokenizer refuses [])
             lengths = [len(t) for t in texts]
         else:
             lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=st.max_seq_length)["input_ids"]]
@@ -67,7 +67,7 @@ class Embedder:
         return out
 
     def _chunks(self, texts: Sequence[str]) -> Iterator[tuple[slice, np.ndarray]]:
-        step = self.batch_size * 16  # large chunks: each is sorted by length before batching
+        step = self.batch_size * 16  # large chunks: each is sorted by token count before batching
         for start in range(0, len(texts), step):
             chunk = texts[start : start + step]
             yield slice(start, start + len(chunk)), self.compute(chunk)
