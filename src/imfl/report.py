@@ -498,8 +498,14 @@ def ladder_figure(rows: list[Row], rungs: list[Rung], dataset: str, path: Path) 
     bold points with std bars and simulated LLMs as a faint line behind; human-only references as dashed levels."""
     fig, (ax,) = _figure(1)
     fig.set_size_inches(8.0, 5.2)
-    for s in _ladder_strategies(rows, rungs):
+    strategies = _ladder_strategies(rows, rungs)
+    # Real LLMs of about the same accuracy share an x: each strategy's points are moved a little sideways so that
+    # their error bars stay apart; the names are written once per x, above the plot, with a faint vertical line.
+    accuracies = [rung.accuracy for rung in rungs]
+    dodge = 0.012 * max(max(accuracies) - min(accuracies), 0.1)
+    for i, s in enumerate(strategies):
         color = f"C{s.order % 10}"
+        shift = (i - (len(strategies) - 1) / 2) * dodge
         for simulated in (True, False):
             pts = [(rung, row) for rung in rungs if rung.simulated == simulated and (row := _cell(rows, s.strategy, rung.annotator))]
             if not pts:
@@ -513,9 +519,15 @@ def ladder_figure(rows: list[Row], rungs: list[Rung], dataset: str, path: Path) 
                 ax.plot(x, mean, "-", color=color, alpha=0.35, linewidth=1.2, label=f"{s.label}, simulated LLMs")
                 ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.08, linewidth=0)
             else:
-                ax.errorbar(x, mean, yerr=std, fmt="o", color=color, markersize=6, capsize=3, label=f"{s.label}, real LLMs")
-                for (rung, _), xi, yi in zip(pts, x, mean):
-                    ax.annotate(rung.annotator, (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7, color=color)
+                ax.errorbar(x + shift, mean, yerr=std, fmt="o", color=color, markersize=5, capsize=3, label=f"{s.label}, real LLMs")
+    names: dict[float, list[str]] = {}
+    for rung in rungs:
+        if not rung.simulated:
+            names.setdefault(round(rung.accuracy, 3), []).append(rung.annotator)
+    for acc in names:
+        ax.axvline(acc, color="0.8", linewidth=0.8, zorder=0)
+    top = ax.secondary_xaxis("top")
+    top.set_xticks(list(names), labels=["\n".join(at) for at in names.values()], fontsize=7)
     for ref in (r for r in rows if r.annotator == NO_LLM and r.group == "main"):
         level = ref.final("test_accuracy").mean()
         ax.axhline(level, color=f"C{ref.order % 10}", linestyle="--", linewidth=1.0, label=f"{ref.label}: {level:.3f}")
