@@ -271,10 +271,11 @@ def test_terminal_annotation_with_undo_and_skip(waiting):
     cfg, run_dir, people = waiting
     imfl = [sys.executable, "-m", "imfl", "annotate", str(run_dir), "--name", "term"]
     # label, label, undo the second, skip the item handed back, give a wrong answer, quit
-    r = subprocess.run(imfl, input="1\n3\nu\ns\nbullish\nq\n", capture_output=True, text=True, timeout=120)
+    r = subprocess.run(imfl, input="1\n3\nu\ns\n[bullish]\nq\n", capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "round 1: 0 of 6 labeled" in r.stdout and "took back the label of" in r.stdout
-    assert "'bullish' is not a choice" in r.stdout
+    # what the user typed and the keys in the prompt are shown as written (not taken for console markup)
+    assert "'[bullish]' is not a choice" in r.stdout and "[u] undo  [s] skip  [q] quit >" in r.stderr, r.stderr
     with sqlite3.connect(run_dir / "store.sqlite") as c:
         rows = c.execute("SELECT annotator, label, retracted_at IS NOT NULL FROM annotations ORDER BY id").fetchall()
     assert rows == [("term", "negative", 0), ("term", "positive", 1)]
@@ -307,8 +308,8 @@ def test_init_status_and_export_from_the_command_line(tmp_path, shared_data, imf
     [row] = read_jsonl(tmp_path / "out" / "labels.jsonl")
     assert row["id"] == got["item"]["id"] and row["label"] == "neutral" and row["annotator"] == "dr-b"
     assert row["source"] == "human" and row["round"] == 1 and row["text"] == got["item"]["text"] and row["created_at"] > 0
-    r = subprocess.run(imfl + ["status", str(tmp_path / "nowhere")], capture_output=True, text=True)
-    assert r.returncode == 2 and "Traceback" not in r.stderr and "config" in r.stderr
+    r = subprocess.run(imfl + ["status", str(tmp_path / "[nowhere]")], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "config" in r.stderr and "[nowhere]" in r.stderr, r.stderr
 
 
 def test_continue_partial_moves_the_missing_human_budget_to_the_next_round(waiting):

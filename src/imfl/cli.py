@@ -27,8 +27,10 @@ from imfl.progress import Lines
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Interactive Multi-Fidelity Learning: few human labels, many LLM labels, one small student model.")
-console = Console(stderr=True)
-out = Console()
+# No console markup: texts printed here carry paths, labels, values and messages from users, in which "[...]" must
+# stay as written; styles are given with Text.
+console = Console(stderr=True, markup=False)
+out = Console(markup=False)
 
 
 class RichReporter:
@@ -47,7 +49,7 @@ class RichReporter:
             self.progress.remove_task(task)
         if total:
             spent = time.perf_counter() - start
-            self.progress.console.print(f"[dim]{description}: {total} in {spent:.1f} s ({total / max(spent, 1e-9):.1f}/s)[/dim]")
+            self.progress.console.print(Text(f"{description}: {total} in {spent:.1f} s ({total / max(spent, 1e-9):.1f}/s)", style="dim"))
 
     def log(self, message: str) -> None:
         self.progress.console.print(message)
@@ -68,13 +70,13 @@ def _plain_reporter() -> Lines:
 
 def _progress() -> Progress:
     return Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
+        SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), RateColumn(),
         TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console,
     )
 
 
 def _fail(message: str, code: int = 2) -> None:
-    console.print(f"[bold red]imfl: error:[/bold red] {message}", highlight=False, soft_wrap=True)
+    console.print(Text.assemble(("imfl: error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -310,7 +312,7 @@ def serve(
         token = given or new_token()
         app_ = create_app(labeling, token)
         if loop:
-            worker = LoopWorker(lambda: run(cfg, _plain_reporter()), labeling, on_event=lambda m: console.print(f"[bold]{m}[/bold]"))
+            worker = LoopWorker(lambda: run(cfg, _plain_reporter()), labeling, on_event=lambda m: console.print(Text(m, style="bold")))
             worker.start()
         console.print(f"annotation page: http://{host}:{port}/  (stop with Ctrl-C)")
         console.print("access token: " + (f"from {'human.token' if cfg.human.token else '$' + cfg.human.token_env}" if given else token))
@@ -344,7 +346,7 @@ def annotate(
                 body = Text.assemble((item["text_pair"] + "\n\n", "dim"), item["text"])
             out.print(Panel(body, title=f"round {got['round']}: {got['done']} of {got['total']} labeled", title_align="left"))
             choices = "  ".join(f"[{i + 1}] {label}" for i, label in enumerate(labels))
-            answer = console.input(f"{choices}   [u] undo  [s] skip  [q] quit > ").strip().lower()
+            answer = console.input(f"{choices}   [u] undo  [s] skip  [q] quit > ", markup=False).strip().lower()
             try:
                 if answer == "q":
                     return
@@ -357,9 +359,9 @@ def annotate(
                 elif answer in labels:
                     labeling.label(name, item["id"], answer)
                 else:
-                    out.print(f"[red]{answer!r} is not a choice[/red]")
+                    out.print(Text(f"{answer!r} is not a choice", style="red"))
             except Rejected as exc:
-                out.print(f"[red]{exc}[/red]")
+                out.print(Text(str(exc), style="red"))
 
     _guarded(go)
 
@@ -444,20 +446,20 @@ def export_cmd(
 # -- experiments -----------------------------------------------------------------------------------
 
 
-def _cell_line(event, record: dict | None = None) -> str:
+def _cell_line(event, record: dict | None = None) -> Text:
     if event.kind == "failed":
-        return f"[red]failed[/red] {event.cell.id}: {event.error}"
+        return Text.assemble(("failed", "red"), f" {event.cell.id}: {event.error}")
     f = record["final"]
     acc = "–" if f["test_accuracy"] is None else f"{f['test_accuracy']:.3f}"
     llm = f", LLM labels {record['llm_accuracy']:.3f} right" if record.get("llm_accuracy") is not None else ""
-    return (f"done {event.cell.id}: test accuracy {acc} with {record['labels_used']['human']} human + "
-            f"{record['labels_used']['llm']} LLM labels{llm}, {record['wall_seconds'] / 60:.1f} min")
+    return Text(f"done {event.cell.id}: test accuracy {acc} with {record['labels_used']['human']} human + "
+                f"{record['labels_used']['llm']} LLM labels{llm}, {record['wall_seconds'] / 60:.1f} min")
 
 
 @app.command()
 def bench(
     grid_file: Annotated[Path, typer.Argument(metavar="GRID", help="Grid file (see benchmarks/paper.toml).")],
-    quick: Annotated[bool, typer.Option("--quick", help="Run the grid's [quick] table: one seed, small budgets (minutes).")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="Run the grid's \\[quick] table: one seed, small budgets (minutes).")] = False,
     workers: Annotated[int, typer.Option(min=1, help="Cells run at once, each in its own process with cores/workers threads.")] = 1,
     only: Annotated[Optional[list[str]], typer.Option("--only", help="Run only cells whose id matches this glob, e.g. 'fpb/*/imfl/*' (repeatable).")] = None,
     skip: Annotated[Optional[list[str]], typer.Option("--skip", help="Leave out cells whose id matches this glob (repeatable).")] = None,
@@ -513,7 +515,8 @@ def bench(
                 finished[0] += 1
                 spent = time.perf_counter() - started
                 eta = spent / finished[0] * (len(todo) - finished[0])
-                console.print(f"[{finished[0]}/{len(todo)}] {_cell_line(event, event.record)} (eta {eta / 60:.0f} min)", highlight=False)
+                console.print(Text.assemble(f"[{finished[0]}/{len(todo)}] ", _cell_line(event, event.record), f" (eta {eta / 60:.0f} min)"),
+                              highlight=False)
 
         if console.is_terminal:
             with _progress() as progress:
@@ -521,7 +524,7 @@ def bench(
 
                 def live(event) -> None:
                     if event.kind == "started":
-                        progress.console.print(f"[dim]started {event.cell.id}[/dim]")
+                        progress.console.print(Text(f"started {event.cell.id}", style="dim"))
                     elif event.kind in ("done", "failed"):
                         progress.console.print(_cell_line(event, event.record))
                         progress.advance(task)
