@@ -12,7 +12,8 @@ JSON line with:
   with its share of the answers and of the gold labels;
 - ``top_confusions``: the most frequent (gold, answer) pairs among its errors, with their share of all errors,
   and ``top_confusion_share_simulated``, the largest share any pair can expect under the simulated LLM;
-- ``recall``: accuracy per gold label (the lowest five when there are more than five labels);
+- ``recall``: accuracy per gold label (the lowest five when there are more than five labels), and
+  ``labels_never_right``, the gold labels it gets right on no item (label-name confusions show here);
 - ``difficulty_lift``: how much likelier it is to be wrong where the other annotators (the other ``llm_*`` columns,
   and ``annot_*`` experts where the file has them) are wrong: P(wrong | another is wrong) / P(wrong | it is right),
   per other annotator. 1.0 means independent errors, as the simulated LLM's are.
@@ -88,6 +89,7 @@ def profile(rows: list[dict], column: str, others: list[str], labels: list[str])
         "top_confusions": [[g, a, n, round(n / n_errors, 3)] for (g, a), n in errors.most_common(3)],
         "top_confusion_share_simulated": round(sim_top, 5),
         "recall": {k: round(v, 3) for k, v in recall.items()},
+        "labels_never_right": sorted(k for k, v in by_label.items() if v == 0),
         "difficulty_lift": lift,
     }
 
@@ -115,8 +117,8 @@ def _pct(x: float) -> str:
 
 def markdown(rows: list[dict]) -> str:
     head = ("| annotator | accuracy | no answer | answer skew (simulated) | top answer: share (gold share) "
-            "| top confusion: share of errors (simulated) | error lift where another errs (simulated: 1) |")
-    lines = [head, "|" + "---|" * 7]
+            "| top confusion: share of errors (simulated) | labels never right | error lift where another errs (simulated: 1) |")
+    lines = [head, "|" + "---|" * 8]
     for r in rows:
         conf = r["top_confusions"][0] if r["top_confusions"] else None
         conf_text = f"{conf[0]} → {conf[1]}: {_pct(conf[3])}" if conf else "–"
@@ -124,7 +126,7 @@ def markdown(rows: list[dict]) -> str:
         lines.append(f"| {r['annotator'].removeprefix('llm_')} | {r['accuracy']:.3f} | {_pct(r['no_answer'])} "
                      f"| {r['answer_skew']:.2f} ({r['answer_skew_simulated']:.2f}) "
                      f"| {r['top_answer']}: {_pct(r['top_answer_share'])} ({_pct(r['top_answer_gold_share'])}) "
-                     f"| {conf_text} ({_pct(r['top_confusion_share_simulated'])}) | {lift} |")
+                     f"| {conf_text} ({_pct(r['top_confusion_share_simulated'])}) | {len(r['labels_never_right'])} | {lift} |")
     return "\n".join(lines)
 
 

@@ -47,7 +47,10 @@ def test_simulated_columns_match_the_simulated_reference_and_llama2_7b_does_not(
     assert llama["top_confusions"][0][:2] == ["neutral", "positive"] and llama["top_confusions"][0][3] > 0.8
     # GPT-4's errors fall on the sentences GPT-3.5 also gets wrong: errors that follow difficulty
     gpt4 = next(p for p in profiles if p["annotator"] == "llm_gpt4")
-    assert gpt4["difficulty_lift"]["llm_gpt35_turbo"] > 3
+    assert gpt4["difficulty_lift"]["llm_gpt35_turbo"] > 3 and not gpt4["labels_never_right"] and not a["labels_never_right"]
+    # Banking77: no recorded LLM ever answers the intent whose name ends in "?"
+    r, profiles = profile(str(SHARED_DATA / "banking77" / "pool.jsonl"))
+    assert len(profiles) == 4 and all("reverted_card_payment?" in p["labels_never_right"] for p in profiles)
 
 
 def test_a_file_without_recorded_columns_gets_one_line(tmp_path):
