@@ -460,13 +460,24 @@ def _cell(rows: list[Row], strategy: str, annotator: str) -> Row | None:
     return next((r for r in rows if r.strategy == strategy and r.annotator == annotator), None)
 
 
+def _rounds_text(rounds: list[int]) -> str:
+    """``[2, 3, 4, 6]`` → ``"2-4, 6"``; ``"none"`` when empty."""
+    runs: list[list[int]] = []
+    for r in sorted(rounds):
+        if runs and r == runs[-1][-1] + 1:
+            runs[-1].append(r)
+        else:
+            runs.append([r])
+    return ", ".join(f"{g[0]}-{g[-1]}" if len(g) > 1 else str(g[0]) for g in runs) or "none"
+
+
 def ladder_table(rows: list[Row], rungs: list[Rung]) -> tuple[list[str], list[list[str]], list[str]]:
     """Rows = annotators by accuracy; a column per LLM-using strategy (test accuracy), and what fidelity-aware runs bought;
     plus one line per human-only reference saying which real annotators each strategy beats it with."""
     strategies = _ladder_strategies(rows, rungs)
     adaptive = [s for s in strategies if "adaptive" in _switches(s)]
     header = ["LLM annotator", "its accuracy (pool)"] + [s.label for s in strategies]
-    header += [f"{s.label}: LLM labels bought, moved to humans" for s in adaptive]
+    header += [f"{s.label}: LLM labels bought, moved to humans (rounds with LLM labels, per seed)" for s in adaptive]
     body = []
     for rung in rungs:
         cells = [rung.label, f"{rung.accuracy:.3f}"]
@@ -478,8 +489,9 @@ def ladder_table(rows: list[Row], rungs: list[Rung]) -> tuple[list[str], list[li
                 continue
             bought = np.mean([r["labels_used"]["llm"] for r in row.records])
             moved = np.mean([sum(m.get("human_moved") or 0 for m in r["rounds"]) for r in row.records])
+            when = " · ".join(_rounds_text([m["round"] for m in r["rounds"] if m.get("llm_labels")]) for r in row.records)
             cells.append(f"{bought:.0f} of {row.records[0]['config']['budget']['total'] - row.records[0]['config']['budget']['human']}"
-                         f", +{moved:.0f}")
+                         f", +{moved:.0f} (rounds: {when})")
         body.append(cells)
     notes = []
     for ref in (r for r in rows if r.annotator == NO_LLM and r.group == "main"):
