@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from _common import emit
+from imfl.annotators.simulated import confusion_matrix
 from imfl.data import read_rows
 from imfl.errors import ImflError
 
@@ -45,9 +46,8 @@ def _distribution(values: list[str], labels: list[str]) -> np.ndarray:
 
 
 def simulated_answers(gold: np.ndarray, accuracy: float) -> np.ndarray:
-    """Expected distribution of the simulated LLM's answers: right with ``accuracy``, else uniform over the others."""
-    k = len(gold)
-    return gold if k == 1 else accuracy * gold + (1 - accuracy) * (1 - gold) / (k - 1)
+    """Expected distribution of the simulated LLM's answers, from the confusion matrix it draws them with."""
+    return gold @ confusion_matrix(len(gold), accuracy)
 
 
 def _tv(p: np.ndarray, q: np.ndarray) -> float:
@@ -59,22 +59,23 @@ def profile(rows: list[dict], column: str, others: list[str], labels: list[str])
     gold = [r["label"] for r in rows]
     given = [r.get(column) for r in rows]
     right = np.array([g == a for g, a in zip(gold, given)])
+    wrong = ~right
     answered = [a for a in given if a is not None]
     accuracy = float(right.mean())
     p_gold, p_given = _distribution(gold, labels), _distribution(answered, labels)
     top = Counter(answered).most_common(1)[0][0] if answered else None
     errors = Counter((g, a) for g, a in zip(gold, given) if a is not None and g != a)
-    n_errors = max(1, int((~right).sum()))
+    n_errors = max(1, int(wrong.sum()))
     # Under the simulated LLM the pair (g, a) gets P(g) (1 - acc) / (k - 1) of the items, i.e. P(g) / (k - 1) of its errors.
     sim_top = float(p_gold.max() / max(1, len(labels) - 1))
-    by_label = {label: float(right[[g == label for g in gold]].mean()) for label in labels if label in set(gold)}
+    gold_array = np.array(gold)
+    by_label = {label: float(right[gold_array == label].mean()) for label in labels if (gold_array == label).any()}
     recall = dict(sorted(by_label.items(), key=lambda kv: kv[1])[:5]) if len(labels) > 5 else by_label
     lift = {}
     for other in others:
         other_wrong = np.array([r.get(other) != r["label"] for r in rows])
         if other_wrong.all() or not other_wrong.any():
             continue
-        wrong = ~right
         lift[other] = round(float(wrong[other_wrong].mean() / max(wrong[~other_wrong].mean(), 1e-9)), 2)
     return {
         "annotator": column,
