@@ -528,7 +528,7 @@ def ladder_figure(rows: list[Row], rungs: list[Rung], dataset: str, path: Path) 
             mean = np.array([f.mean() for f in finals])
             std = np.array([f.std(ddof=1) if f.size > 1 else 0.0 for f in finals])
             if simulated:
-                ax.plot(x, mean, "-", color=color, alpha=0.35, linewidth=1.2, label=f"{s.label}, simulated LLMs")
+                ax.plot(x, mean, "-o", color=color, alpha=0.35, linewidth=1.2, markersize=3, label=f"{s.label}, simulated LLMs")
                 ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.08, linewidth=0)
             else:
                 ax.errorbar(x + shift, mean, yerr=std, fmt="o", color=color, markersize=5, capsize=3, label=f"{s.label}, real LLMs")
@@ -538,6 +538,9 @@ def ladder_figure(rows: list[Row], rungs: list[Rung], dataset: str, path: Path) 
             names.setdefault(round(rung.accuracy, 3), []).append(rung.annotator)
     for acc in names:
         ax.axvline(acc, color="0.8", linewidth=0.8, zorder=0)
+    if max(accuracies) - min(accuracies) < 0.1:  # one rung, or rungs close together: show them on a readable scale
+        middle = (max(accuracies) + min(accuracies)) / 2
+        ax.set_xlim(middle - 0.06, middle + 0.06)
     top = ax.secondary_xaxis("top")
     top.set_xticks(list(names), labels=["\n".join(at) for at in names.values()], fontsize=7)
     for ref in (r for r in rows if r.annotator == NO_LLM and r.group == "main"):
