@@ -236,6 +236,20 @@ def test_fidelity_sweep_quick_grid_and_its_chart(tmp_path, imfl_cache):
     assert bad.returncode == 2 and "--mark 'GPT-4=high'" in bad.stderr and "Traceback" not in bad.stderr
 
 
+@pytest.mark.parametrize("gap, expected", [
+    ([-0.10, -0.05, 0.05, 0.10], 0.70),            # behind at 0.6 by 0.05, ahead at 0.8 by 0.05: halfway
+    ([-0.10, 0.01, -0.02, 0.06], 0.825),           # a noisy win at 0.6 does not count: behind again at 0.8
+    ([0.00, 0.02, 0.03, 0.04], float("-inf")),     # a tie is not behind: ahead everywhere
+    ([-0.10, -0.05, 0.02, -0.01], float("inf")),   # behind at the top of the range
+])
+def test_crossover_is_where_imfl_stays_ahead(gap, expected):
+    import numpy as np
+
+    from imfl.report import crossover
+
+    assert crossover(np.array([0.5, 0.6, 0.8, 0.9]), np.array(gap)) == pytest.approx(expected)
+
+
 def test_a_ladder_cell_reproduces_exactly_from_its_json(tmp_path, imfl_cache):
     """The FPB ladder in its --quick form (recorded Llama-2-7b, 40% right, with nulls in no cell here), then one
     fidelity-aware cell run again from scratch: the same selections, labels and scores in every round. With a simulated

@@ -314,18 +314,24 @@ class SweepLine:
 
     @property
     def crossover(self) -> float | None:
-        """The LLM accuracy from which IMFL beats human-only with the same human labels (linear between swept points);
-        None without a reference; -inf if it wins at every point, +inf if at none."""
+        """See :func:`crossover`; None without a human-only reference."""
         if self.reference is None:
             return None
-        gap = self.mean - self.reference.final("test_accuracy").mean()
-        if gap[0] >= 0:
-            return float("-inf")
-        for i in range(1, len(gap)):
-            if gap[i] >= 0:
-                a0, a1, g0, g1 = self.accuracy[i - 1], self.accuracy[i], gap[i - 1], gap[i]
-                return float(a0 + (a1 - a0) * (-g0) / (g1 - g0))
+        return crossover(self.accuracy, self.mean - self.reference.final("test_accuracy").mean())
+
+
+def crossover(accuracy: np.ndarray, gap: np.ndarray) -> float:
+    """The LLM accuracy from which IMFL stays at or above human-only: ``gap`` is IMFL's test accuracy minus human-only's
+    at each swept ``accuracy`` (ascending). Linear between the last swept point where IMFL is behind and the next one,
+    so a noisy win below a later loss does not count; -inf if IMFL is never behind, +inf if it is behind at the top."""
+    behind = np.flatnonzero(gap < 0)
+    if not behind.size:
+        return float("-inf")
+    i = int(behind[-1])
+    if i == len(gap) - 1:
         return float("inf")
+    a0, a1, g0, g1 = accuracy[i], accuracy[i + 1], gap[i], gap[i + 1]
+    return float(a0 + (a1 - a0) * (-g0) / (g1 - g0))
 
 
 def sweep_lines(rows: list[Row]) -> list[SweepLine]:
