@@ -205,7 +205,8 @@ def test_report_of_a_folder_without_results(tmp_path):
 
 def test_fidelity_sweep_quick_grid_and_its_chart(tmp_path, imfl_cache):
     """The sweep grid in its --quick form: a simulated LLM at 50% and 95% with two human shares, against human-only
-    runs with as many human labels; the report's sweep table, crossovers and chart (with a real LLM marked)."""
+    runs with as many human labels and with the whole budget; the report's sweep table, crossovers and chart (with a
+    real LLM marked)."""
     from matplotlib.image import imread
 
     grid = REPO / "benchmarks" / "sweep.toml"
@@ -214,7 +215,7 @@ def test_fidelity_sweep_quick_grid_and_its_chart(tmp_path, imfl_cache):
              env={"IMFL_CACHE": str(imfl_cache)})
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     got = cells(results)
-    assert len(got) == 6
+    assert len(got) == 7
     labels = read_jsonl(tmp_path / "work" / "fpb__sim50__imfl-20pct__seed0" / "labels.jsonl")
     assert {x["annotator"] for x in labels if x["source"] == "llm"} == {"simulated:0.5"}
     assert got["fpb/sim95/imfl-20pct/seed0"]["llm_accuracy"] > 0.85 > 0.65 > got["fpb/sim50/imfl-20pct/seed0"]["llm_accuracy"]
@@ -229,6 +230,8 @@ def test_fidelity_sweep_quick_grid_and_its_chart(tmp_path, imfl_cache):
     ref = got["fpb/none/human-100/seed0"]["final"]["test_accuracy"]
     row = next(line for line in md.splitlines() if line.startswith("| 0.95 |"))
     assert f"{imfl_hi:.3f} ± 0.000 ({imfl_hi - ref:+.3f})" in row
+    whole = got["fpb/none/human-500/seed0"]["final"]["test_accuracy"]
+    assert f"| human-only, the whole budget as human labels | {whole:.3f} | {whole:.3f} |" in md
     assert "| crossover: LLM labels pay off from |" in md
     image = imread(out / "fpb-sweep.png")
     assert image.shape[0] > 400 and image.std() > 0.01

@@ -310,7 +310,8 @@ class SweepLine:
     mean: np.ndarray
     std: np.ndarray
     seeds: list[int]
-    reference: Row | None
+    reference: Row | None  # human-only with as many human labels
+    whole: Row | None  # human-only with the whole budget as human labels
 
     @property
     def crossover(self) -> float | None:
@@ -347,9 +348,10 @@ def sweep_lines(rows: list[Row]) -> list[SweepLine]:
     for (name, share, human), group in sorted(by_share.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         group.sort(key=_simulated_accuracy)
         finals = [row.final("test_accuracy") for row in group]
+        total = int(group[0].records[0]["config"]["budget"]["total"])
         out.append(SweepLine(name, share, human, np.array([_simulated_accuracy(r) for r in group]), np.array([f.mean() for f in finals]),
                              np.array([f.std(ddof=1) if f.size > 1 else 0.0 for f in finals]),
-                             sorted({s for r in group for s in r.seeds}), references.get(human)))
+                             sorted({s for r in group for s in r.seeds}), references.get(human), references.get(total)))
     return out
 
 
@@ -384,8 +386,8 @@ def sweep_table(lines: list[SweepLine]) -> tuple[list[str], list[list[str]]]:
                 text += f" ({line.mean[i] - line.reference.final('test_accuracy').mean():+.3f})"
             cells.append(text)
         body.append(cells)
-    body.append(["human-only, same human labels"] + [_mean_std(line.reference.final("test_accuracy")) if line.reference else "–"
-                                                    for line in lines])
+    for title, key in (("human-only, same human labels", "reference"), ("human-only, the whole budget as human labels", "whole")):
+        body.append([title] + [_mean_std(getattr(line, key).final("test_accuracy")) if getattr(line, key) else "–" for line in lines])
     body.append(["crossover: LLM labels pay off from"] + [_crossover_text(line.crossover) for line in lines])
     return header, body
 
@@ -406,6 +408,9 @@ def sweep_figure(lines: list[SweepLine], dataset: str, path: Path, marks: dict[s
             x = line.crossover
             if x is not None and np.isfinite(x):
                 ax.plot([x], [level], "D", color=color, markersize=6)
+    for whole in {id(line.whole): line.whole for line in lines if line.whole is not None}.values():
+        level = whole.final("test_accuracy").mean()
+        ax.axhline(level, color="0.2", linestyle=":", linewidth=1.2, label=f"human only, whole budget ({_human_labels(whole)}): {level:.3f}")
     for k, (name, acc) in enumerate(marks.items()):
         ax.axvline(acc, color="0.35", linestyle=":", linewidth=1.2)
         ax.text(acc, 0.02 + 0.07 * (k % 4), f" {name} {acc:.0%}", transform=ax.get_xaxis_transform(), fontsize=7.5, color="0.25")
