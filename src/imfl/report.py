@@ -386,8 +386,9 @@ def sweep_table(lines: list[SweepLine]) -> tuple[list[str], list[list[str]]]:
                 text += f" ({line.mean[i] - line.reference.final('test_accuracy').mean():+.3f})"
             cells.append(text)
         body.append(cells)
-    for title, key in (("human-only, same human labels", "reference"), ("human-only, the whole budget as human labels", "whole")):
-        body.append([title] + [_mean_std(getattr(line, key).final("test_accuracy")) if getattr(line, key) else "–" for line in lines])
+    for title, refs in (("human-only, same human labels", [line.reference for line in lines]),
+                        ("human-only, the whole budget as human labels", [line.whole for line in lines])):
+        body.append([title] + [_mean_std(ref.final("test_accuracy")) if ref else "–" for ref in refs])
     body.append(["crossover: LLM labels pay off from"] + [_crossover_text(line.crossover) for line in lines])
     return header, body
 
