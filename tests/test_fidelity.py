@@ -66,6 +66,25 @@ def test_out_of_fold_probabilities_need_two_items_of_two_classes():
     assert (p.argmax(axis=1) == y).mean() >= 0.9
 
 
+def test_out_of_fold_probabilities_count_a_class_seen_once_as_missed_instead_of_giving_up():
+    # Many classes, few labels (Banking77's round 1): two classes with several items, six with one each.
+    rng = np.random.default_rng(2)
+    y = np.array([0] * 10 + [1] * 10 + [2, 3, 4, 5, 6, 7])
+    x = rng.normal(size=(len(y), 4))
+    x[y == 0, 0] += 4.0
+    x[y == 1, 1] += 4.0
+    x[y >= 2, 2] -= 4.0
+    p = fidelity.out_of_fold_proba(x, y, 10, seed=0)
+    assert p.shape == (len(y), 10) and np.allclose(p.sum(axis=1), 1)
+    single = y >= 2
+    assert np.all(p[single, y[single]] == 0)  # held out, its class was never seen: predicted wrong
+    assert (p.argmax(axis=1) == y)[~single].mean() >= 0.9
+    assert np.all(p[:, 8:] == 0)  # classes nobody labeled get no probability
+    # cleanlab takes these probabilities, and keeps the only label of a class (it cannot tell it is wrong).
+    flagged = fidelity.label_issues(y, p, np.ones(len(y), dtype=bool))
+    assert not flagged[single].any()
+
+
 # -- routing, filtering, the adaptive rule ---------------------------------------------------------------
 
 

@@ -122,20 +122,32 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
 
 def out_of_fold_proba(features: np.ndarray, labels, n_labels: int, seed: int, folds: int = 5,
                       sample_weight=None) -> np.ndarray | None:
-    """Out-of-fold class probabilities of a logistic regression on ``features`` (stratified folds; at most
-    ``folds``, fewer when a class is rare). None when fewer than two classes have two items each."""
+    """Out-of-fold class probabilities of a logistic regression on ``features`` (stratified folds). None when
+    fewer than two classes have two items each.
+
+    When every class present has two items or more, there are at most ``folds`` folds and at most as many as
+    the rarest class has items, so every class is in every training fold. Tasks with many classes and few labels
+    (Banking77: 77 intents, 100 human labels in round 1) always have classes with a single item: then there
+    are up to ``folds`` folds, and a single item's class is missing from the folds it could be learned from, so
+    it counts as predicted wrong. That underestimates the student, which trains on it, rather than leaving
+    the student without an estimate (and the fidelity-aware switches without a student to compare with)."""
+    import warnings
+
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
 
     labels = np.asarray(labels, dtype=int)
     counts = np.bincount(labels, minlength=n_labels)
     present = counts[counts > 0]
-    if len(present) < 2 or present.min() < 2:
+    if (present >= 2).sum() < 2:
         return None
-    k = int(min(folds, present.min()))
+    k = int(min(folds, present.min() if present.min() >= 2 else present.max()))
     out = np.zeros((len(labels), n_labels))
     weights = None if sample_weight is None else np.asarray(sample_weight, dtype=float)
-    for train, held in StratifiedKFold(k, shuffle=True, random_state=seed).split(features, labels):
+    with warnings.catch_warnings():  # "the least populated class has only 1 member": the case described above
+        warnings.filterwarnings("ignore", "The least populated class", UserWarning)
+        splits = list(StratifiedKFold(k, shuffle=True, random_state=seed).split(features, labels))
+    for train, held in splits:
         model = LogisticRegression(C=LOGISTIC_C, max_iter=2000)
         model.fit(features[train], labels[train], sample_weight=None if weights is None else weights[train])
         out[np.ix_(held, model.classes_)] = model.predict_proba(features[held])
@@ -150,10 +162,16 @@ def route(p_correct: np.ndarray, threshold: float) -> np.ndarray:
 def label_issues(labels, pred_probs: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     """cleanlab's likely label errors among ``candidates`` (a mask: only these may be flagged, e.g. the LLM's
     labels; the others, human labels, inform the estimate but are never removed)."""
+    import warnings
+
     from cleanlab.filter import find_label_issues
 
     # n_jobs=1: cleanlab's own process pool loses its shared arrays inside grid workers (and the cores are taken).
-    flagged = find_label_issues(np.asarray(labels, dtype=int), pred_probs, n_jobs=1)
+    # It never flags the only label of a class, and warns about each such class: with many classes and few
+    # labels that is a warning per round and class, about what is intended here.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "May not flag all label issues", UserWarning)
+        flagged = find_label_issues(np.asarray(labels, dtype=int), pred_probs, n_jobs=1)
     return flagged & np.asarray(candidates, dtype=bool)
 
 
