@@ -554,7 +554,8 @@ def ladder_figure(rows: list[Row], rungs: list[Rung], dataset: str, path: Path) 
         middle = (max(accuracies) + min(accuracies)) / 2
         ax.set_xlim(middle - 0.06, middle + 0.06)
     top = ax.secondary_xaxis("top")
-    top.set_xticks(list(names), labels=["\n".join(at) for at in names.values()], fontsize=7)
+    # Slanted: rungs a point or two apart (Mistral-7B and Llama-3-8B on Banking77) would print over each other.
+    top.set_xticks(list(names), labels=["\n".join(at) for at in names.values()], fontsize=7, rotation=30, ha="left")
     for ref in (r for r in rows if r.annotator == NO_LLM and r.group == "main"):
         level = ref.final("test_accuracy").mean()
         ax.axhline(level, color=f"C{ref.order % 10}", linestyle="--", linewidth=1.0, label=f"{ref.label}: {level:.3f}")
