@@ -127,7 +127,7 @@ def out_of_fold_proba(features: np.ndarray, labels, n_labels: int, seed: int, fo
 
     When every class present has two items or more, there are at most ``folds`` folds and at most as many as
     the rarest class has items, so every class is in every training fold. Tasks with many classes and few labels
-    (Banking77: 77 intents, 100 human labels in round 1) always have classes with a single item: then there
+    (Banking77: 77 intents, about 100 human labels in round 1) always have classes with a single item: then there
     are up to ``folds`` folds, and a single item's class is missing from the folds it could be learned from, so
     it counts as predicted wrong. That underestimates the student, which trains on it, rather than leaving
     the student without an estimate (and the fidelity-aware switches without a student to compare with)."""
