@@ -18,6 +18,7 @@ Everything here is a pure function over arrays; ``loop.py`` feeds it and records
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -131,8 +132,6 @@ def out_of_fold_proba(features: np.ndarray, labels, n_labels: int, seed: int, fo
     are up to ``folds`` folds, and a single item's class is missing from the folds it could be learned from, so
     it counts as predicted wrong. That underestimates the student, which trains on it, rather than leaving
     the student without an estimate (and the fidelity-aware switches without a student to compare with)."""
-    import warnings
-
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
 
@@ -162,8 +161,6 @@ def route(p_correct: np.ndarray, threshold: float) -> np.ndarray:
 def label_issues(labels, pred_probs: np.ndarray, candidates: np.ndarray) -> np.ndarray:
     """cleanlab's likely label errors among ``candidates`` (a mask: only these may be flagged, e.g. the LLM's
     labels; the others, human labels, inform the estimate but are never removed)."""
-    import warnings
-
     from cleanlab.filter import find_label_issues
 
     # n_jobs=1: cleanlab's own process pool loses its shared arrays inside grid workers (and the cores are taken).
