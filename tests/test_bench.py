@@ -63,6 +63,10 @@ def test_quick_grid_runs_every_cell_with_its_budget(quick):
                                              "filter": True, "adaptive": True, "human_max": None}
         # (8 human labels are too few for an adaptive decision: tests/test_fidelity.py checks those)
         assert all(m["llm_self_n"] > 0 and "student_est_n" in m and "llm_weight_mean" in m for m in rec["rounds"]), dataset
+        # Compact on disk: lists of numbers (per class, calibration, confusion triples) stay on one line.
+        lines = (quick["dir"] / "results" / "cells" / f"{dataset.replace('/', '__')}__fidelity__seed0.json").read_text().splitlines()
+        assert any(line.strip().startswith('"per_class": [') and line.rstrip(",").endswith("]") for line in lines), dataset
+        assert not [line for line in lines if line.strip().rstrip(",").replace(".", "").isdigit()], dataset
     assert "[10/10] done " in r.stderr and "0 failed" in r.stdout
 
 

@@ -222,7 +222,11 @@ def test_a_bad_llm_is_measured_and_no_longer_paid(bad_llm_run):
     assert result.budget_used["llm"] == 0 and all(r["llm_labels"] == 0 for r in m)
     # What the LLM would have had moves to humans, up to human_max (30) and no further.
     assert result.budget_used["human"] == 30 and first["human_moved"] == 6
-    assert first["fidelity"]["llm"]["confusion"] and first["fidelity"]["student"]["calibration"]
+    # The round metrics keep the confusion matrix sparse: the non-zero cells of the full one in the state.
+    full = state(result, 1)["llm"]["confusion"]
+    assert first["fidelity"]["llm"]["confusion_nonzero"] == [[g, p, n] for g, row in enumerate(full) for p, n in enumerate(row) if n]
+    assert sum(n for _, _, n in first["fidelity"]["llm"]["confusion_nonzero"]) == first["llm_self_n"]
+    assert first["fidelity"]["student"]["calibration"]
     labels = read_jsonl(result.run_dir / "labels.jsonl")
     assert {r["source"] for r in labels} == {"human"}
 

@@ -512,8 +512,20 @@ def cell_difference(old: dict, new: dict) -> str | None:
 
 def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.write_text(_readable_json(data) + "\n", encoding="utf-8")
     tmp.replace(path)
+
+
+def _readable_json(value, indent: str = "") -> str:
+    """JSON indented by one space per level, except that a list holding no list or object stays on one line
+    (per-class numbers would otherwise take a line each)."""
+    inner = indent + " "
+    if isinstance(value, dict) and value:
+        items = (f"{inner}{json.dumps(k, ensure_ascii=False)}: {_readable_json(v, inner)}" for k, v in value.items())
+        return "{\n" + ",\n".join(items) + "\n" + indent + "}"
+    if isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value):
+        return "[\n" + ",\n".join(inner + _readable_json(v, inner) for v in value) + "\n" + indent + "]"
+    return json.dumps(value, ensure_ascii=False)
 
 
 def load_results(results: Path) -> list[dict]:

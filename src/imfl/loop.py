@@ -472,7 +472,7 @@ class Run:
         out = {"llm_self_n": llm["n"], "llm_self_accuracy": llm["accuracy"], "llm_self_ece": llm["ece"],
                "llm_probe_cost": round(sum(r["cost"] for r in state["probe"]), 6),
                "student_est_n": student["n"] if student else 0, "student_est_accuracy": student["accuracy"] if student else None,
-               "fidelity": {"llm": llm, "student": student}}
+               "fidelity": {"llm": _sparse_confusion(llm), "student": _sparse_confusion(student)}}
         if decision:
             out.update(buy_llm=decision["buy_llm"], human_moved=decision["moved_to_human"], decision=decision["reason"])
         return out
@@ -643,3 +643,11 @@ def run(cfg: RunConfig, reporter: Reporter | None = None, continue_partial: bool
     outputs are. With ``continue_partial``, a round waiting for people goes on with the labels it has."""
     return Run(cfg, reporter, continue_partial).execute()
 
+
+def _sparse_confusion(est: dict | None) -> dict | None:
+    """An estimate for the round metrics with its confusion matrix as ``[gold, predicted, count]`` triples
+    of the non-zero cells: a 77-intent matrix is 5,929 numbers, almost all zero."""
+    if not est:
+        return est
+    return {k: v for k, v in est.items() if k != "confusion"} | {
+        "confusion_nonzero": [[g, p, n] for g, row in enumerate(est["confusion"]) for p, n in enumerate(row) if n]}
