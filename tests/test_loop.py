@@ -90,6 +90,24 @@ def test_outputs_and_metrics(imfl_run):
     assert (d / "metrics.csv").read_text().splitlines()[0].startswith("round,")
 
 
+def test_prequential_accuracy_is_the_last_student_on_the_new_human_labels(imfl_run):
+    import numpy as np
+
+    from imfl.data import load_dataset
+
+    cfg, result = imfl_run
+    labels = load_dataset(cfg.data).task.labels
+    saved = read_jsonl(result.run_dir / "labels.jsonl")
+    assert "prequential_accuracy" not in result.metrics[0]  # round 1 has no earlier student
+    for m in result.metrics[1:]:
+        t = m["round"]
+        new = {r["id"]: r["label"] for r in saved if r["source"] == "human" and r["round"] == t}
+        before = np.load(result.run_dir / "state" / f"proba_round{t - 1}.npz")
+        guess = dict(zip(before["ids"].tolist(), (labels[k] for k in before["proba"].argmax(axis=1))))
+        assert m["prequential_n"] == len(new) == m["human_labels"]
+        assert m["prequential_accuracy"] == pytest.approx(sum(guess[i] == y for i, y in new.items()) / len(new), abs=1e-4)
+
+
 def test_a_finished_run_continues_without_new_work(imfl_run):
     cfg, result = imfl_run
     again = run(cfg)

@@ -543,7 +543,7 @@ def load_results(results: Path) -> list[dict]:
 
 
 ROUND_COLUMNS = ("round", "human_labels", "llm_labels", "human_total", "llm_total", "test_accuracy", "test_macro_f1",
-                 "llm_accuracy", "llm_failed", "llm_unparsed", "human_cost_total", "llm_cost_total",
+                 "llm_accuracy", "llm_failed", "llm_unparsed", "human_cost_total", "llm_cost_total", "prequential_accuracy",
                  # fidelity-aware runs only (empty otherwise)
                  "llm_self_n", "llm_self_accuracy", "student_est_accuracy", "buy_llm", "human_moved", "route_threshold",
                  "llm_routed", "llm_filtered", "llm_filtered_wrong", "llm_weight_mean")

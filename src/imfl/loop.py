@@ -527,6 +527,11 @@ class Run:
             "llm_prompt_tokens": sum(a.prompt_tokens or 0 for a in this_round if a.source == "llm"),
             "llm_completion_tokens": sum(a.completion_tokens or 0 for a in this_round if a.source == "llm"),
         }
+        new_human = {a.item_id: a.label for a in this_round if a.ok and a.source == "human"}
+        if t > 1 and new_human:
+            data = np.load(self._state_dir() / f"proba_round{t - 1}.npz")
+            metrics["prequential_n"], metrics["prequential_accuracy"] = prequential_accuracy(
+                data["ids"].tolist(), data["proba"], new_human, task.labels)
         metrics.update(self._fidelity_metrics(t))
         metrics.update(self._round_extra.pop(t, {}))
         gold = self._gold([a.item_id for a in this_round if a.ok and a.source == "llm"])
@@ -642,6 +647,19 @@ def run(cfg: RunConfig, reporter: Reporter | None = None, continue_partial: bool
     """Run (or continue) the IMFL loop described by ``cfg``; returns per-round metrics and where the
     outputs are. With ``continue_partial``, a round waiting for people goes on with the labels it has."""
     return Run(cfg, reporter, continue_partial).execute()
+
+
+def prequential_accuracy(ids: Sequence[str], proba: np.ndarray, gold: dict[str, str], labels: Sequence[str]) -> tuple[int, float | None]:
+    """How the student of one round did on the items humans labeled in the next, before it was trained on them.
+    ``ids`` and ``proba`` are its saved pool probabilities (``state/proba_round<t>.npz``), ``gold`` the next
+    round's human labels by item id. These are the items the query found hardest, so this sits well below test
+    accuracy; it is the student on the very items the LLM is measured on. Returns (items scored, accuracy)."""
+    row = {item_id: k for k, item_id in enumerate(ids)}
+    scored = [item_id for item_id in gold if item_id in row]
+    if not scored:
+        return 0, None
+    hits = [labels[int(proba[row[i]].argmax())] == gold[i] for i in scored]
+    return len(scored), round(float(np.mean(hits)), 4)
 
 
 def _sparse_confusion(est: dict | None) -> dict | None:
