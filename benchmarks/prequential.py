@@ -11,7 +11,7 @@ LLM on the human items of rounds 2 to the end that the LLM was probed on, and th
 
     python benchmarks/prequential.py 'runs/bench/paper/banking77__*__fidelity__seed*'
 
-Reads run folders only (no model runs); a folder without fidelity state (no self-check) is skipped.
+Reads run folders only (no model runs); an unfinished run, or one without fidelity state (no self-check), is skipped.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ from imfl.data import load_dataset
 from imfl.loop import prequential_accuracy
 
 
-def check(run_dir: Path, labels: tuple[str, ...]) -> dict | None:
+def check(run_dir: Path, labels: tuple[str, ...], last_round: int) -> dict | None:
     state = run_dir / "state"
     rounds = sorted(int(p.stem.removeprefix("fidelity_round")) for p in state.glob("fidelity_round*.json"))
-    if len(rounds) < 2:
+    if len(rounds) < 2 or len(json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))) < last_round:
         return None
     saved = [json.loads(line) for line in (run_dir / "labels.jsonl").open(encoding="utf-8")]
     student_hits = llm_hits = n = 0
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(run_dir / "config.toml")
         if cfg.data.pool not in labels_of:
             labels_of[cfg.data.pool] = load_dataset(cfg.data).task.labels
-        row = check(run_dir, labels_of[cfg.data.pool])
+        row = check(run_dir, labels_of[cfg.data.pool], cfg.budget.rounds)
         if row:
             lo, hi = row["stand_in"] or (None, None)
             print(f"| {row['run']} | {row['items']} | {row['student']:.3f} | {row['llm']:.3f} | {lo}-{hi} |")
