@@ -67,18 +67,20 @@ class FaultServer:
                     status, payload, delay = outer.handler(n, body)
                     if delay:
                         time.sleep(delay)
-                    data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-                    try:
-                        self.send_response(status)
-                        self.send_header("Content-Type", "application/json")
-                        self.send_header("Content-Length", str(len(data)))
-                        self.end_headers()
-                        self.wfile.write(data)
-                    except (BrokenPipeError, ConnectionResetError):
-                        pass  # the client gave up (timeout): fine
                 finally:
+                    # Out of flight before the answer leaves: a client may send its next request the moment it
+                    # has read this one, before this thread would get past the write.
                     with outer._lock:
                         outer.in_flight -= 1
+                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout): fine
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True

@@ -135,6 +135,8 @@ def test_report_tables_and_figures(quick, tmp_path):
                if line.startswith("| fidelity-aware IMFL | GPT-4 (recorded, MedRAG) | weighting, routing, filter, adaptive |"))
     assert f"| {fid['labels_used']['llm']} |" in row
     assert f"| {fid['rounds'][-1]['llm_self_accuracy']:.3f} |" in row
+    # ... and the real student on round 2's new human labels, which it had not trained on (rounds 2 on, pooled).
+    assert f"| {fid['rounds'][1]['prequential_accuracy']:.3f} |" in row and fid["rounds"][1]["prequential_n"] > 0
     assert "main table" in r.stdout
 
 

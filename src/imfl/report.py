@@ -137,7 +137,7 @@ def ablation_table(rows: list[Row]) -> list[list[str]]:
 
 FIDELITY_SWITCHES = ("weighting", "routing", "filter", "adaptive")
 FIDELITY_HEADER = ["variant", "LLM annotator", "switches", "LLM labels bought", "LLM probe accuracy", "student estimate",
-                   "rounds buying LLM", "LLM labels routed", "filtered (really wrong)", "test accuracy"]
+                   "real student on new human labels", "rounds buying LLM", "LLM labels routed", "filtered (really wrong)", "test accuracy"]
 
 
 def _switches(row: Row) -> list[str]:
@@ -147,13 +147,20 @@ def _switches(row: Row) -> list[str]:
 
 def fidelity_table(rows: list[Row]) -> list[list[str]]:
     """What fidelity-aware runs measured and did, mean over seeds: the final round's estimates of the LLM (probe)
-    and the student (out-of-fold), how many rounds bought LLM labels, and the final training's routed and filtered
-    LLM labels (with how many of the filtered were really wrong)."""
+    and the student (out-of-fold), the real student's accuracy on the human labels of rounds 2 on before it trained
+    on them (``prequential_accuracy``, pooled over those rounds: what the stand-in estimates), how many rounds bought
+    LLM labels, and the final training's routed and filtered LLM labels (with how many of the filtered were really
+    wrong)."""
     def last(row: Row, key: str) -> np.ndarray:
         return np.array([r["rounds"][-1].get(key) for r in row.records if r["rounds"][-1].get(key) is not None], dtype=float)
 
     def mean(values: np.ndarray, digits: int) -> str:
         return f"{values.mean():.{digits}f}" if values.size else "–"
+
+    def prequential(record: dict) -> float | None:
+        scored = [(m["prequential_n"], m["prequential_accuracy"]) for m in record["rounds"] if m.get("prequential_n")]
+        n = sum(k for k, _ in scored)
+        return sum(k * a for k, a in scored) / n if n else None
 
     out = []
     for row in rows:
@@ -167,6 +174,7 @@ def fidelity_table(rows: list[Row]) -> list[list[str]]:
         out.append([row.label, row.annotator_label, ", ".join(switches),
                     mean(np.array([r["labels_used"]["llm"] for r in row.records], dtype=float), 0),
                     _mean_std(last(row, "llm_self_accuracy")), _mean_std(last(row, "student_est_accuracy")),
+                    _mean_std(np.array([a for a in map(prequential, row.records) if a is not None], dtype=float)),
                     f"{mean(buying, 1)} of {len(row.records[0]['rounds'])}" if "adaptive" in switches else "–",
                     mean(last(row, "llm_routed"), 1), filtered, _mean_std(row.final("test_accuracy"))])
     return out
