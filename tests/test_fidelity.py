@@ -275,3 +275,24 @@ def test_a_good_llm_keeps_being_bought(small_fpb, imfl_cache, tmp_path):
     result = fidelity_run(small_fpb, imfl_cache, tmp_path, 0.95, adaptive=True)
     assert all(m["buy_llm"] for m in result.metrics)
     assert result.budget_used == {"human": 24, "llm": 21}
+
+
+def test_the_prequential_script_sets_the_real_student_beside_the_llm_on_the_same_items(bad_llm_run, capsys):
+    import sys
+
+    from conftest import REPO
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from prequential import main
+
+    result = bad_llm_run
+    assert main([str(result.run_dir)]) == 0
+    [row] = [line for line in capsys.readouterr().out.splitlines() if result.run_dir.name in line]
+    # With eval_sample 30 the self-check probed every new human label, so the items are those the metrics scored.
+    later = [m for m in result.metrics if m.get("prequential_n")]
+    n = sum(m["prequential_n"] for m in later)
+    student = sum(m["prequential_n"] * m["prequential_accuracy"] for m in later) / n
+    probed = [p for m in later for p in state(result, m["round"])["probe"]]
+    assert len(probed) == n
+    llm = sum(p["label"] == p["gold"] for p in probed) / n
+    assert row.startswith(f"| {result.run_dir.name} | {n} | {student:.3f} | {llm:.3f} |")
