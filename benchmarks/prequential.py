@@ -6,7 +6,7 @@ labels), because fine-tuning a student per fold costs too much. The real student
 student of round t-1 saved its probabilities for the pool (``state/proba_round<t-1>.npz``) before round t's human
 labels existed, so its accuracy on them is an honest held-out score (``prequential_accuracy``, which runs now
 record in their metrics; this script computes it for run folders written before that). Those are the items the
-query found hardest, and the LLM's self-check probes the same items: this prints, per run, the student and the
+query found most uncertain, and the LLM's self-check probes the same items: this prints, per run, the student and the
 LLM on the human items of rounds 2 to the end that the LLM was probed on, and the stand-in's own figure.
 
     python benchmarks/prequential.py 'runs/bench/paper/banking77__*__fidelity__seed*'
@@ -35,7 +35,7 @@ def check(run_dir: Path, labels: tuple[str, ...], last_round: int) -> dict | Non
     if len(rounds) < 2 or len(json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))) < last_round:
         return None
     saved = [json.loads(line) for line in (run_dir / "labels.jsonl").open(encoding="utf-8")]
-    student_hits = llm_hits = n = 0
+    student_right = llm_right = n = 0
     stand_in = []
     for t in rounds[1:]:
         fid = json.loads((state / f"fidelity_round{t}.json").read_text(encoding="utf-8"))
@@ -46,12 +46,12 @@ def check(run_dir: Path, labels: tuple[str, ...], last_round: int) -> dict | Non
         scored, accuracy = prequential_accuracy(before["ids"].tolist(), before["proba"], new, labels)
         if scored:
             n += scored
-            student_hits += round(accuracy * scored)
-            llm_hits += sum(asked[i] == y for i, y in new.items())
+            student_right += accuracy * scored
+            llm_right += sum(asked[i] == y for i, y in new.items())
     if not n:
         return None
     known = [a for a in stand_in if a is not None]
-    return {"run": run_dir.name, "items": n, "student": round(student_hits / n, 4), "llm": round(llm_hits / n, 4),
+    return {"run": run_dir.name, "items": n, "student": round(student_right / n, 4), "llm": round(llm_right / n, 4),
             "stand_in": (round(min(known), 4), round(max(known), 4)) if known else None}
 
 

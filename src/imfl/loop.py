@@ -652,7 +652,7 @@ def run(cfg: RunConfig, reporter: Reporter | None = None, continue_partial: bool
 def prequential_accuracy(ids: Sequence[str], proba: np.ndarray, gold: dict[str, str], labels: Sequence[str]) -> tuple[int, float | None]:
     """How the student of one round did on the items humans labeled in the next, before it was trained on them.
     ``ids`` and ``proba`` are its saved pool probabilities (``state/proba_round<t>.npz``), ``gold`` the next
-    round's human labels by item id. These are the items the query found hardest, so this sits well below test
+    round's human labels by item id. With EEQ these are the most uncertain items, so this sits well below test
     accuracy; they are the kind of items the LLM self-check is measured on. Returns (items scored, accuracy)."""
     row = {item_id: k for k, item_id in enumerate(ids)}
     scored = [item_id for item_id in gold if item_id in row]
