@@ -296,3 +296,32 @@ def test_the_prequential_script_sets_the_real_student_beside_the_llm_on_the_same
     assert len(probed) == n
     llm = sum(p["label"] == p["gold"] for p in probed) / n
     assert row.startswith(f"| {result.run_dir.name} | {n} | {student:.3f} | {llm:.3f} |")
+
+
+def test_the_guessing_script_scores_the_saved_student_against_chance_at_its_own_shares(bad_llm_run, small_fpb, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    result = bad_llm_run
+    script = str(REPO / "benchmarks" / "guessing.py")
+    r = subprocess.run([sys.executable, script, str(result.run_dir)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "recorded" not in r.stderr  # the saved student is the one the last round scored
+    [row] = [line for line in r.stdout.splitlines() if result.run_dir.name in line]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    accuracy, chance, kappa = (float(c) for c in cells[1:4])
+    assert accuracy == pytest.approx(result.metrics[-1]["test_accuracy"], abs=5e-4)
+    # Chance is the shares it answers against the test set's own shares, and kappa is the accuracy above chance.
+    gold = Counter(r["label"] for r in read_jsonl(small_fpb["test"]))
+    n = sum(gold.values())
+    shares = {name: float(q) for name, q, _ in (part.replace("/", "").split() for part in cells[5].split(", "))}
+    assert set(shares) == set(gold) and sum(shares.values()) == pytest.approx(1, abs=0.02)
+    assert chance == pytest.approx(sum(shares[k] * gold[k] / n for k in gold), abs=0.01)
+    assert kappa == pytest.approx((accuracy - chance) / (1 - chance), abs=0.002)
+    majority, share = cells[4].split()
+    assert gold[majority] == max(gold.values()) and float(share) == pytest.approx(gold[majority] / n, abs=5e-4)
+    # A pattern that matches no finished run is one line on stderr and exit status 2.
+    r = subprocess.run([sys.executable, script, str(tmp_path / "nothing*")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "adapter/" in r.stderr
