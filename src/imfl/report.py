@@ -568,7 +568,7 @@ def ladder_figure(rows: list[Row], rungs: list[Rung], dataset: str, path: Path) 
         level = ref.final("test_accuracy").mean()
         ax.axhline(level, color=f"C{ref.order % 10}", linestyle="--", linewidth=1.0, label=f"{ref.label}: {level:.3f}")
     return _save_single(fig, ax, path, "LLM annotator's real accuracy on the pool",
-                        f"{dataset}: real annotators (points) against simulated ones (faint lines)", legend={"fontsize": 7, "loc": "lower right"})
+                        f"{dataset}: real annotators (points) against simulated ones (faint lines)", legend={"fontsize": 7, "loc": "best"})
 
 
 def _save_single(fig, ax, path: Path, xlabel: str, title: str, legend: dict) -> Path:
