@@ -16,8 +16,6 @@ PubMedQA items on one core. An unfinished run, or one without a test set, is ski
 
 from __future__ import annotations
 
-import argparse
-import glob
 import json
 import sys
 from pathlib import Path
@@ -25,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import cohen_kappa_score, recall_score
 
+from _common import run_folders
 from imfl.config import load_config
 from imfl.data import load_dataset
 from imfl.student import Student
@@ -53,12 +52,8 @@ def check(run_dir: Path) -> dict | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("runs", nargs="+", help="run folders or glob patterns (of `imfl bench` work folders)")
-    args = ap.parse_args(argv)
-    folders = sorted({Path(p) for pattern in args.runs for p in glob.glob(pattern) if Path(p, "adapter").is_dir()})
-    if not folders:
-        print(f"no run folder with a saved student (adapter/) matches {' '.join(args.runs)}", file=sys.stderr)
+    folders = run_folders(__doc__.split("\n")[0], argv, "adapter")
+    if folders is None:
         return 2
     print("| run | test accuracy | chance at its shares | kappa | majority label | per label: share answered, recall |")
     print("|---|---|---|---|---|---|")

@@ -16,14 +16,13 @@ Reads run folders only (no model runs); an unfinished run, or one without fideli
 
 from __future__ import annotations
 
-import argparse
-import glob
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from _common import run_folders
 from imfl.config import load_config
 from imfl.data import load_dataset
 from imfl.loop import prequential_accuracy
@@ -56,12 +55,8 @@ def check(run_dir: Path, labels: tuple[str, ...], last_round: int) -> dict | Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("runs", nargs="+", help="run folders or glob patterns (of `imfl bench` work folders)")
-    args = ap.parse_args(argv)
-    folders = sorted({Path(p) for pattern in args.runs for p in glob.glob(pattern) if Path(p, "state").is_dir()})
-    if not folders:
-        print(f"no run folder with a state/ folder matches {' '.join(args.runs)}", file=sys.stderr)
+    folders = run_folders(__doc__.split("\n")[0], argv, "state")
+    if folders is None:
         return 2
     labels_of: dict[str, tuple[str, ...]] = {}
     print("| run | items (rounds 2+) | student (previous round) | LLM | stand-in, rounds 2+ |")
