@@ -529,7 +529,7 @@ def ladder_figure(rows: list[Row], rungs: list[Rung], dataset: str, path: Path) 
     """Test accuracy (y) against the LLM annotator's real accuracy (x): per LLM-using strategy, real (recorded) LLMs as
     bold points with std bars and simulated LLMs as a faint line behind; human-only references as dashed levels."""
     fig, (ax,) = _figure(1)
-    fig.set_size_inches(8.0, 5.2)
+    fig.set_size_inches(8.0, 6.2)  # the legend goes below the axes, where it hides no point
     strategies = _ladder_strategies(rows, rungs)
     # Real LLMs of about the same accuracy share an x: each strategy's points are moved a little sideways so that
     # their error bars stay apart; the names are written once per x, above the plot, with a faint vertical line.
@@ -568,7 +568,7 @@ def ladder_figure(rows: list[Row], rungs: list[Rung], dataset: str, path: Path) 
         level = ref.final("test_accuracy").mean()
         ax.axhline(level, color=f"C{ref.order % 10}", linestyle="--", linewidth=1.0, label=f"{ref.label}: {level:.3f}")
     return _save_single(fig, ax, path, "LLM annotator's real accuracy on the pool",
-                        f"{dataset}: real annotators (points) against simulated ones (faint lines)", legend={"fontsize": 7, "loc": "best"})
+                        f"{dataset}: real annotators (points) against simulated ones (faint lines)", legend={"fontsize": 7, "loc": "upper center", "bbox_to_anchor": (0.5, -0.13)})
 
 
 def _save_single(fig, ax, path: Path, xlabel: str, title: str, legend: dict) -> Path:
