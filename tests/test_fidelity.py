@@ -4,12 +4,14 @@ LLM (whose accuracy we choose) and the real student."""
 
 import json
 import sqlite3
+import subprocess
+import sys
 from collections import Counter
 
 import numpy as np
 import pytest
 
-from conftest import read_jsonl
+from conftest import REPO, read_jsonl
 from imfl import fidelity, run
 from imfl.annotators import AnnotationContext, SimulatedAnnotator
 from imfl.config import config_from_dict
@@ -277,15 +279,15 @@ def test_a_good_llm_keeps_being_bought(small_fpb, imfl_cache, tmp_path):
     assert result.budget_used == {"human": 24, "llm": 21}
 
 
+def benchmark_script(name: str, *args) -> subprocess.CompletedProcess:
+    """benchmarks/NAME run as a script, as a user runs it."""
+    return subprocess.run([sys.executable, str(REPO / "benchmarks" / name), *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+
+
 def test_the_prequential_script_sets_the_real_student_beside_the_llm_on_the_same_items(bad_llm_run):
-    import subprocess
-    import sys
-
-    from conftest import REPO
-
     result = bad_llm_run
-    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "prequential.py"), str(result.run_dir)],
-                       capture_output=True, text=True, timeout=120)
+    r = benchmark_script("prequential.py", result.run_dir)
     assert r.returncode == 0, r.stderr
     [row] = [line for line in r.stdout.splitlines() if result.run_dir.name in line]
     # With eval_sample 30 the self-check probed every new human label, so the items are those the metrics scored.
@@ -299,14 +301,8 @@ def test_the_prequential_script_sets_the_real_student_beside_the_llm_on_the_same
 
 
 def test_the_guessing_script_scores_the_saved_student_against_chance_at_its_own_shares(bad_llm_run, small_fpb, tmp_path):
-    import subprocess
-    import sys
-
-    from conftest import REPO
-
     result = bad_llm_run
-    script = str(REPO / "benchmarks" / "guessing.py")
-    r = subprocess.run([sys.executable, script, str(result.run_dir)], capture_output=True, text=True, timeout=300)
+    r = benchmark_script("guessing.py", result.run_dir)
     assert r.returncode == 0, r.stderr
     assert "recorded" not in r.stderr  # the saved student is the one the last round scored
     [row] = [line for line in r.stdout.splitlines() if result.run_dir.name in line]
@@ -323,5 +319,5 @@ def test_the_guessing_script_scores_the_saved_student_against_chance_at_its_own_
     majority, share = cells[4].split()
     assert gold[majority] == max(gold.values()) and float(share) == pytest.approx(gold[majority] / n, abs=5e-4)
     # A pattern that matches no finished run is one line on stderr and exit status 2.
-    r = subprocess.run([sys.executable, script, str(tmp_path / "nothing*")], capture_output=True, text=True, timeout=60)
+    r = benchmark_script("guessing.py", tmp_path / "nothing*")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "adapter/" in r.stderr
