@@ -11,7 +11,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from conftest import REPO, read_jsonl
+from conftest import REPO, read_jsonl, write_jsonl
 from imfl import fidelity, run
 from imfl.annotators import AnnotationContext, SimulatedAnnotator
 from imfl.config import config_from_dict
@@ -298,6 +298,31 @@ def test_the_prequential_script_sets_the_real_student_beside_the_llm_on_the_same
     assert len(probed) == n
     llm = sum(p["label"] == p["gold"] for p in probed) / n
     assert row.startswith(f"| {result.run_dir.name} | {n} | {student:.3f} | {llm:.3f} |")
+
+
+def test_the_ceiling_script_probes_the_frozen_embeddings_with_gold_labels_and_never_the_test_set(bad_llm_run, small_fpb, tmp_path):
+    config = bad_llm_run.run_dir / "config.toml"
+    r = benchmark_script("ceiling.py", config)
+    assert r.returncode == 0, r.stderr
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in r.stdout.splitlines()[2:]]
+    # Always answering the majority label: its test share, and kappa 0.
+    gold = Counter(row["label"] for row in read_jsonl(small_fpb["test"]))
+    majority = rows[0][1].removeprefix("always ")
+    assert gold[majority] == max(gold.values()) and float(rows[0][2]) == pytest.approx(gold[majority] / sum(gold.values()), abs=5e-4)
+    # Probes with H (24) and budget-sized (45) gold subsets over three seeds, and with the whole pool (60) once.
+    probes = [row[1] for row in rows[1:4]]
+    assert [p.split(",")[1].split()[0] for p in probes] == ["24", "45", "60"]
+    assert all("±" in c for row in rows[1:3] for c in row[2:]) and not any("±" in c for c in rows[3][2:])
+    # FPB's sentiment is in the embeddings: the probe that reads the most, out of fold on the pool, is well above chance.
+    assert "out of fold on the pool" in rows[4][1] and float(rows[4][4]) > 0.3
+    # A pool without gold labels cannot be probed: one line naming the config, exit status 2, the pool untouched.
+    unlabeled = tmp_path / "pool.jsonl"
+    write_jsonl(unlabeled, [{"id": row["id"], "text": row["text"]} for row in read_jsonl(small_fpb["pool"])])
+    before = unlabeled.read_bytes()
+    bad = tmp_path / "unlabeled.toml"
+    bad.write_text(config.read_text().replace(str(small_fpb["pool"]), str(unlabeled)))
+    r = benchmark_script("ceiling.py", bad)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and str(bad) in r.stderr and unlabeled.read_bytes() == before
 
 
 def test_the_guessing_script_scores_the_saved_student_against_chance_at_its_own_shares(bad_llm_run, small_fpb, tmp_path):
