@@ -305,7 +305,7 @@ def test_the_ceiling_script_probes_the_frozen_embeddings_with_gold_labels_and_ne
     r = benchmark_script("ceiling.py", config)
     assert r.returncode == 0, r.stderr
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in r.stdout.splitlines()[2:]]
-    # Always answering the majority label: its test share, and kappa 0.
+    # Always answering the majority label: its test share.
     gold = Counter(row["label"] for row in read_jsonl(small_fpb["test"]))
     majority = rows[0][1].removeprefix("always ")
     assert gold[majority] == max(gold.values()) and float(rows[0][2]) == pytest.approx(gold[majority] / sum(gold.values()), abs=5e-4)
@@ -315,6 +315,17 @@ def test_the_ceiling_script_probes_the_frozen_embeddings_with_gold_labels_and_ne
     assert all("±" in c for row in rows[1:3] for c in row[2:]) and not any("±" in c for c in rows[3][2:])
     # FPB's sentiment is in the embeddings: the probe that reads the most, out of fold on the pool, is well above chance.
     assert "out of fold on the pool" in rows[4][1] and float(rows[4][4]) > 0.3
+    # The test set only scores: with its labels rotated, C and the out-of-fold row stay as they were.
+    rotated = tmp_path / "test.jsonl"
+    labels = sorted(gold)
+    write_jsonl(rotated, [{**row, "label": labels[(labels.index(row["label"]) + 1) % len(labels)]} for row in read_jsonl(small_fpb["test"])])
+    other = tmp_path / "rotated.toml"
+    other.write_text(config.read_text().replace(str(small_fpb["test"]), str(rotated)))
+    r = benchmark_script("ceiling.py", other)
+    assert r.returncode == 0, r.stderr
+    again = [[c.strip() for c in line.strip("|").split("|")] for line in r.stdout.splitlines()[2:]]
+    assert [row[1] for row in again[1:]] == [row[1] for row in rows[1:]] and again[4] == rows[4]
+    assert again[3][2:] != rows[3][2:]  # while the test scores themselves change
     # A pool without gold labels cannot be probed: one line naming the config, exit status 2, the pool untouched.
     unlabeled = tmp_path / "pool.jsonl"
     write_jsonl(unlabeled, [{"id": row["id"], "text": row["text"]} for row in read_jsonl(small_fpb["pool"])])
