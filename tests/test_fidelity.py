@@ -300,11 +300,16 @@ def test_the_prequential_script_sets_the_real_student_beside_the_llm_on_the_same
     assert row.startswith(f"| {result.run_dir.name} | {n} | {student:.3f} | {llm:.3f} |")
 
 
+def table(stdout: str) -> list[list[str]]:
+    """The cells of a Markdown table's body rows."""
+    return [[c.strip() for c in line.strip("|").split("|")] for line in stdout.splitlines()[2:]]
+
+
 def test_the_ceiling_script_probes_the_frozen_embeddings_with_gold_labels_and_never_the_test_set(bad_llm_run, small_fpb, tmp_path):
     config = bad_llm_run.run_dir / "config.toml"
     r = benchmark_script("ceiling.py", config)
     assert r.returncode == 0, r.stderr
-    rows = [[c.strip() for c in line.strip("|").split("|")] for line in r.stdout.splitlines()[2:]]
+    rows = table(r.stdout)
     # Always answering the majority label: its test share.
     gold = Counter(row["label"] for row in read_jsonl(small_fpb["test"]))
     majority = rows[0][1].removeprefix("always ")
@@ -323,7 +328,7 @@ def test_the_ceiling_script_probes_the_frozen_embeddings_with_gold_labels_and_ne
     other.write_text(config.read_text().replace(str(small_fpb["test"]), str(rotated)))
     r = benchmark_script("ceiling.py", other)
     assert r.returncode == 0, r.stderr
-    again = [[c.strip() for c in line.strip("|").split("|")] for line in r.stdout.splitlines()[2:]]
+    again = table(r.stdout)
     assert [row[1] for row in again[1:]] == [row[1] for row in rows[1:]] and again[4] == rows[4]
     assert again[3][2:] != rows[3][2:]  # while the test scores themselves change
     # A pool without gold labels cannot be probed: one line naming the config, exit status 2, the pool untouched.
