@@ -95,6 +95,9 @@ def test_aggregates_hold_every_round_of_every_cell(quick):
     for row in per_cell:
         rec = got[f"{row['dataset']}/{row['annotator']}/{row['strategy']}/seed{row['seed']}"]
         assert float(row["test_accuracy"]) == rec["final"]["test_accuracy"]
+        # A cell's rounds take at least as long as its timed training; its last attempt was its only one.
+        assert float(row["loop_seconds"]) >= sum(m["seconds"]["train"] for m in rec["rounds"]) > 0
+        assert row["resumed"] == "False"
 
 
 def test_rerun_skips_finished_cells(quick):
@@ -119,6 +122,9 @@ def test_report_tables_and_figures(quick, tmp_path):
     assert "## fpb (H = 8)" in md and "## pubmedqa (H = 8)" in md
     imfl_acc = got["pubmedqa/gpt4/imfl/seed0"]["final"]["test_accuracy"]
     assert f"| IMFL (H human + 4H LLM) | GPT-4 (recorded, MedRAG) | 8 | 32 | {imfl_acc:.3f} |" in md
+    minutes = got["pubmedqa/gpt4/imfl/seed0"]["loop_seconds"] / 60
+    imfl_line = next(line for line in md.splitlines() if line.startswith("| IMFL (H human + 4H LLM) | GPT-4"))
+    assert imfl_line.endswith(f"| {minutes:.0f} | 1 |") and "| minutes per cell | seeds |" in md
     # The ablation table shows the difference to IMFL with the same annotator.
     delta = got["pubmedqa/gpt4/random-query/seed0"]["final"]["test_accuracy"] - imfl_acc
     assert "| random query | GPT-4 (recorded, MedRAG) | 8 | 32 | " in md
@@ -160,7 +166,8 @@ def test_a_grid_changed_under_its_results_is_refused(quick, tmp_path):
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
 
 
-def test_a_failing_cell_does_not_stop_the_grid(tmp_path, imfl_cache):
+def tiny_grid(tmp_path: Path) -> Path:
+    """One dataset, one seed and two human-only strategies: one that fits the 60-item pool and one that does not."""
     grid = tmp_path / "grid.toml"
     grid.write_text(f"""
 results = "out"
@@ -175,13 +182,33 @@ config = "{REPO / 'configs' / 'fpb.toml'}"
 H = 4
 annotators.smollm2 = {{}}
 """)
-    r = imfl("bench", str(grid), env={"IMFL_CACHE": str(imfl_cache)})
+    return grid
+
+
+def test_a_failing_cell_does_not_stop_the_grid(tmp_path, imfl_cache):
+    r = imfl("bench", str(tiny_grid(tmp_path)), env={"IMFL_CACHE": str(imfl_cache)})
     assert r.returncode == 1, r.stderr
     assert "fpb/none/too-big/seed3" in r.stderr and "budget.total (80) is larger than the pool (60 items" in r.stderr
     assert "Traceback" not in r.stderr
     assert (tmp_path / "out" / "cells" / "fpb__none__small__seed3.json").is_file()
     assert not (tmp_path / "out" / "cells" / "fpb__none__too-big__seed3.json").exists()
     assert "1 cells done, 1 failed" in r.stdout
+
+
+def test_a_cell_whose_result_was_lost_is_rebuilt_from_its_store(tmp_path, imfl_cache):
+    """The store keeps every finished round: re-running a cell whose JSON is gone trains nothing again, and the
+    cell's time still counts the rounds of its first attempt."""
+    grid, env = tiny_grid(tmp_path), {"IMFL_CACHE": str(imfl_cache)}
+    assert imfl("bench", str(grid), "--only", "*/small/*", env=env).returncode == 0
+    path = tmp_path / "out" / "cells" / "fpb__none__small__seed3.json"
+    first = json.loads(path.read_text())
+    path.unlink()
+    r = imfl("bench", str(grid), "--only", "*/small/*", env=env)
+    assert r.returncode == 0, r.stderr
+    again = json.loads(path.read_text())
+    assert not first["resumed"] and again["resumed"]
+    assert again["rounds"] == first["rounds"] and again["loop_seconds"] == first["loop_seconds"] > 0
+    assert f"(resumed; {first['loop_seconds'] / 60:.1f} min of rounds in all)" in r.stderr
 
 
 @pytest.mark.parametrize("text, message", [
@@ -257,6 +284,36 @@ def test_crossover_is_where_imfl_stays_ahead(gap, expected):
     from imfl.report import crossover
 
     assert crossover(np.array([0.5, 0.6, 0.8, 0.9]), np.array(gap)) == pytest.approx(expected)
+
+
+def test_a_strategy_keeps_one_colour_in_every_panel_and_none_shares_it():
+    """Rows of one strategy can come from grids that order it differently (the PubMedQA ladder puts fidelity-aware
+    IMFL 6th, the paper grid 13th): it still gets one colour, and no main strategy shares a colour with another."""
+    from imfl.report import Row, _styles
+
+    def row(strategy, order, annotator, group="main"):
+        return Row("d", strategy, strategy, group, order, annotator, annotator, ())
+
+    rows = [row("human-1x", 0, "none"), row("human-5x", 2, "none"), row("imfl", 4, "gpt4"), row("fidelity", 12, "gpt4"),
+            row("fidelity", 5, "sim70"), *(row(f"ablation-{i}", 5 + i, "gpt4", "ablation") for i in range(7))]
+    styles = _styles(rows)
+    main = [styles[s]["color"] for s in ("human-1x", "human-5x", "imfl", "fidelity")]
+    assert len(set(main)) == 4 and set(styles) == {r.strategy for r in rows}
+    # Past ten strategies, colours come round again on dashed lines: the pair still differs.
+    assert len({(st["color"], st["linestyle"]) for st in styles.values()}) == len(styles) == 11
+
+
+def test_the_llm_accuracy_figure_keeps_the_ablations_that_change_the_prompt():
+    """Random or no demonstrations change what the LLM is asked; a fixed human batch does not, even when its result
+    was written by a newer imfl whose LLM section has a setting the reference's lacks (at its default)."""
+    from imfl.report import Row, _changes_the_prompt
+
+    def row(strategy, group, **llm):
+        return Row("d", strategy, strategy, group, 0, "smollm2", "smollm2", ({"config": {"llm": llm}},))
+
+    rows = [row("imfl", "main", demos="retrieved"), row("random-demos", "ablation", demos="random", accuracy=None),
+            row("fixed-batches", "ablation", demos="retrieved", accuracy=None), row("odd", "ablation", demos="retrieved", accuracy=0.7)]
+    assert [_changes_the_prompt(r, rows) for r in rows[1:]] == [True, False, True]
 
 
 def test_a_ladder_cell_reproduces_exactly_from_its_json(tmp_path, imfl_cache):

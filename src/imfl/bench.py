@@ -551,7 +551,9 @@ CELL_COLUMNS = ("dataset", "annotator", "strategy", "group", "seed", "H")
 
 
 def write_aggregates(results: Path) -> None:
-    """rounds.csv (a row per cell and round) and cells.csv (a row per cell, final round) from every cell JSON."""
+    """rounds.csv (a row per cell and round) and cells.csv (a row per cell, final round) from every cell JSON.
+    ``wall_seconds`` is the cell's last attempt; ``loop_seconds`` sums every round's timed steps, so a cell resumed
+    after a kill still shows its whole cost."""
     records = load_results(results)
     with (Path(results) / "rounds.csv").open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
@@ -562,8 +564,9 @@ def write_aggregates(results: Path) -> None:
     with (Path(results) / "cells.csv").open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow([*CELL_COLUMNS, "test_accuracy", "test_macro_f1", "human_labels", "llm_labels", "llm_accuracy",
-                    "llm_failed", "wall_seconds"])
+                    "llm_failed", "wall_seconds", "loop_seconds", "resumed"])
         for r in records:
             f = r["final"]
             w.writerow([r["cell"][k] for k in CELL_COLUMNS] + [f["test_accuracy"], f["test_macro_f1"], r["labels_used"]["human"],
-                        r["labels_used"]["llm"], r["llm_accuracy"], r["llm_failed"], r["wall_seconds"]])
+                        r["labels_used"]["llm"], r["llm_accuracy"], r["llm_failed"], r["wall_seconds"],
+                        r["loop_seconds"], r["resumed"]])

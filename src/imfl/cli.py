@@ -453,7 +453,14 @@ def _cell_line(event, record: dict | None = None) -> Text:
     acc = "–" if f["test_accuracy"] is None else f"{f['test_accuracy']:.3f}"
     llm = f", LLM labels {record['llm_accuracy']:.3f} right" if record.get("llm_accuracy") is not None else ""
     return Text(f"done {event.cell.id}: test accuracy {acc} with {record['labels_used']['human']} human + "
-                f"{record['labels_used']['llm']} LLM labels{llm}, {record['wall_seconds'] / 60:.1f} min")
+                f"{record['labels_used']['llm']} LLM labels{llm}, {_minutes(record)}")
+
+
+def _minutes(record: dict) -> str:
+    wall = f"{record['wall_seconds'] / 60:.1f} min"
+    if not record["resumed"]:
+        return wall
+    return f"{wall} (resumed; {record['loop_seconds'] / 60:.1f} min of rounds in all)"
 
 
 @app.command()

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from imfl.bench import NO_LLM, annotator_accuracy, load_results
+from imfl.config import settings_difference
 
 
 @dataclass(frozen=True)
@@ -101,12 +102,19 @@ def _llm_acc(row: Row) -> str:
     return _mean_std(values) if values.size else "–"
 
 
-MAIN_HEADER = ["strategy", "LLM annotator", "human labels", "LLM labels", "test accuracy", "test macro-F1", "LLM label accuracy", "seeds"]
+MAIN_HEADER = ["strategy", "LLM annotator", "human labels", "LLM labels", "test accuracy", "test macro-F1", "LLM label accuracy",
+               "minutes per cell", "seeds"]
+
+
+def _minutes(row: Row) -> str:
+    """Mean time of a cell's rounds (their timed steps, over every attempt of a resumed cell), in minutes."""
+    return f"{np.mean([r['loop_seconds'] for r in row.records]) / 60:.0f}"
 
 
 def main_table(rows: list[Row]) -> list[list[str]]:
     return [[row.label, "–" if row.annotator == NO_LLM else row.annotator_label, _labels(row, "human"), _labels(row, "llm"),
-             _mean_std(row.final("test_accuracy")), _mean_std(row.final("test_macro_f1")), _llm_acc(row), str(len(row.records))]
+             _mean_std(row.final("test_accuracy")), _mean_std(row.final("test_macro_f1")), _llm_acc(row), _minutes(row),
+             str(len(row.records))]
             for row in rows if row.group == "main"]
 
 
@@ -210,12 +218,21 @@ def _figure(n: int):
     return fig, axes[0]
 
 
-def _band(ax, row: Row, x, mean, std):
-    """A strategy's mean line with its ±std band; a strategy keeps its colour in every figure."""
-    color = f"C{row.order % 10}"
-    ax.plot(x, mean, "-o", label=row.label, color=color, markersize=3.5, linewidth=1.6)
+def _styles(rows: list[Row]) -> dict[str, dict]:
+    """A colour per strategy of a dataset, the same in every figure and panel (a strategy's rows can come from grids
+    that order it differently): main strategies first, in grid order, then the rest; past ten, lines are dashed."""
+    rank: dict[str, tuple] = {}
+    for row in rows:
+        rank[row.strategy] = min(rank.get(row.strategy, (True, row.order)), (row.group != "main", row.order))
+    return {strategy: {"color": f"C{i % 10}", "linestyle": "-" if i < 10 else "--"}
+            for i, strategy in enumerate(sorted(rank, key=rank.__getitem__))}
+
+
+def _band(ax, row: Row, x, mean, std, style: dict):
+    """A strategy's mean line with its ±std band."""
+    ax.plot(x, mean, marker="o", label=row.label, markersize=3.5, linewidth=1.6, **style)
     if np.any(std > 0):
-        ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.18, linewidth=0)
+        ax.fill_between(x, mean - std, mean + std, color=style["color"], alpha=0.18, linewidth=0)
 
 
 def _annotator_label(rows: list[Row], annotator: str) -> str:
@@ -244,6 +261,7 @@ ACCURACY = "test accuracy (mean ± std over seeds)"
 
 def learning_curves(rows: list[Row], dataset: str, path: Path) -> Path:
     """Test accuracy against the human labels spent so far; an LLM-only run (no human label) is a dashed level."""
+    styles = _styles(rows)
 
     def draw(ax, row: Row) -> None:
         if row.group != "main":
@@ -251,38 +269,52 @@ def learning_curves(rows: list[Row], dataset: str, path: Path) -> Path:
         mean, std, _ = row.per_round("test_accuracy")
         x = row.cumulative("human_total")
         if x[-1] == 0:
-            ax.axhline(mean[-1], linestyle="--", linewidth=1.2, color=f"C{row.order % 10}",
+            ax.axhline(mean[-1], linestyle="--", linewidth=1.2, color=styles[row.strategy]["color"],
                        label=f"{row.label}: {mean[-1]:.3f} with 0 human labels")
         else:
-            _band(ax, row, x, mean, std)
+            _band(ax, row, x, mean, std, styles[row.strategy])
 
     return _panel_figure(rows, _panels(rows), draw, "human labels used", ACCURACY, f"{dataset}: learning curves", path)
 
 
 def cost_curves(rows: list[Row], dataset: str, path: Path, human_price: float, llm_price: float) -> Path:
     """Test accuracy against the money spent so far (human labels × human_price + LLM labels × llm_price)."""
+    styles = _styles(rows)
 
     def draw(ax, row: Row) -> None:
         if row.group == "main":
             mean, std, _ = row.per_round("test_accuracy")
-            _band(ax, row, row.cumulative("human_total") * human_price + row.cumulative("llm_total") * llm_price, mean, std)
+            cost = row.cumulative("human_total") * human_price + row.cumulative("llm_total") * llm_price
+            _band(ax, row, cost, mean, std, styles[row.strategy])
 
     return _panel_figure(rows, _panels(rows), draw, f"annotation cost (human {human_price:g}, LLM {llm_price:g} per label)",
                          ACCURACY, f"{dataset}: accuracy against annotation cost", path)
 
 
+def _changes_the_prompt(row: Row, rows: list[Row]) -> bool:
+    """An ablation whose LLM settings (e.g. its demonstrations) differ from its reference's with the same annotator
+    (a setting added to imfl between the two results is no difference while at its default)."""
+    ref = _cell(rows, row.versus, row.annotator)
+    if ref is None:
+        return False
+    a, b = ref.records[0]["config"]["llm"], row.records[0]["config"]["llm"]
+    return settings_difference(a, b, "llm.") is not None and settings_difference(b, a, "llm.") is not None
+
+
 def llm_accuracy_curves(rows: list[Row], dataset: str, path: Path) -> Path | None:
-    """The LLM's accuracy on the labels it gave in each round, for every strategy that used it."""
+    """The LLM's accuracy on the labels it gave in each round: the main strategies that used it, and the ablations
+    that change what it is asked (its demonstrations). Ablations of the loop around it would only crowd the panel."""
     panels = [a for a in _panels(rows) if a != NO_LLM]
     if not panels:
         return None
+    styles = _styles(rows)
 
     def draw(ax, row: Row) -> None:
-        if row.annotator == NO_LLM:
+        if row.annotator == NO_LLM or (row.group != "main" and not _changes_the_prompt(row, rows)):
             return
         mean, std, rounds = row.per_round("llm_accuracy")
         if not np.all(np.isnan(mean)):
-            _band(ax, row, rounds, mean, std)
+            _band(ax, row, rounds, mean, std, styles[row.strategy])
 
     def draw_rounds(ax, row: Row) -> None:
         from matplotlib.ticker import MaxNLocator
@@ -531,12 +563,13 @@ def ladder_figure(rows: list[Row], rungs: list[Rung], dataset: str, path: Path) 
     fig, (ax,) = _figure(1)
     fig.set_size_inches(8.0, 6.2)  # the legend goes below the axes, where it hides no point
     strategies = _ladder_strategies(rows, rungs)
+    styles = _styles(rows)
     # Real LLMs of about the same accuracy share an x: each strategy's points are moved a little sideways so that
     # their error bars stay apart; the names are written once per x, above the plot, with a faint vertical line.
     accuracies = [rung.accuracy for rung in rungs]
     dodge = 0.012 * max(max(accuracies) - min(accuracies), 0.1)
     for i, s in enumerate(strategies):
-        color = f"C{s.order % 10}"
+        color = styles[s.strategy]["color"]
         shift = (i - (len(strategies) - 1) / 2) * dodge
         for simulated in (True, False):
             pts = [(rung, row) for rung in rungs if rung.simulated == simulated and (row := _cell(rows, s.strategy, rung.annotator))]
@@ -566,7 +599,7 @@ def ladder_figure(rows: list[Row], rungs: list[Rung], dataset: str, path: Path) 
     top.set_xticks(list(names), labels=["\n".join(at) for at in names.values()], fontsize=7, rotation=30, ha="left")
     for ref in (r for r in rows if r.annotator == NO_LLM and r.group == "main"):
         level = ref.final("test_accuracy").mean()
-        ax.axhline(level, color=f"C{ref.order % 10}", linestyle="--", linewidth=1.0, label=f"{ref.label}: {level:.3f}")
+        ax.axhline(level, color=styles[ref.strategy]["color"], linestyle="--", linewidth=1.0, label=f"{ref.label}: {level:.3f}")
     return _save_single(fig, ax, path, "LLM annotator's real accuracy on the pool",
                         f"{dataset}: real annotators (points) against simulated ones (faint lines)", legend={"fontsize": 7, "loc": "upper center", "bbox_to_anchor": (0.5, -0.13)})
 
@@ -610,7 +643,9 @@ def make_report(results: Path, out: Path, human_price: float = 1.0, llm_price: f
     datasets = group_rows(load_results(results))
     md = [f"# Benchmark report: {results}", "",
           "Mean ± sample standard deviation over seeds of the final round's test scores. LLM label accuracy: the "
-          "LLM's labels against the pool's gold labels, over every label it gave in the run.", ""]
+          "LLM's labels against the pool's gold labels, over every label it gave in the run. Minutes per cell: the "
+          "mean time of a cell's rounds (annotation, training, evaluation, selection; a resumed cell's rounds from "
+          "every attempt), as measured on the machine that ran it, with whatever else it was doing.", ""]
     page = [f"<h1>Benchmark report: {html.escape(str(results))}</h1>"]
     figures: list[Path] = []
     for dataset, rows in datasets.items():
