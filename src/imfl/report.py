@@ -1,11 +1,12 @@
 """Tables and figures from a grid's results: ``imfl report RESULTS_DIR``.
 
 Per dataset: the main table shaped like the paper's (rows = strategies, columns = test accuracy and
-macro-F1 as mean ± sample std over seeds, human and LLM labels used, the LLM's accuracy on its own labels),
-the ablation table (each ablation's difference to IMFL with the same annotator), and three PNG figures:
-test accuracy against the number of human labels (learning curves), against the annotation cost (prices
-per label are parameters), and the LLM annotator's accuracy per round. ``report.md`` and ``report.html``
-hold the same tables; the HTML page shows the figures too.
+macro-F1 as mean ± sample std over seeds, human and LLM labels used, the LLM's accuracy on its own labels,
+minutes per cell), the ablation table (each ablation's difference to its reference with the same annotator),
+and three PNG figures: test accuracy against the number of human labels (learning curves), against the
+annotation cost (prices per label are parameters), and the LLM annotator's accuracy per round. A strategy
+has one colour in all of a dataset's figures. ``report.md`` and ``report.html`` hold the same tables; the
+HTML page shows the figures too.
 
 Beyond the paper's: what fidelity-aware runs measured and did; a sweep of simulated LLMs (table of test accuracy by
 simulated accuracy × human share, with the crossover where LLM labels start to pay off, and its figure); and the
