@@ -224,7 +224,8 @@ def _styles(rows: list[Row]) -> dict[str, dict]:
     that order it differently): main strategies first, in grid order, then the rest; past ten, lines are dashed."""
     rank: dict[str, tuple] = {}
     for row in rows:
-        rank[row.strategy] = min(rank.get(row.strategy, (True, row.order)), (row.group != "main", row.order))
+        key = (row.group != "main", row.order)
+        rank[row.strategy] = min(rank.get(row.strategy, key), key)
     return {strategy: {"color": f"C{i % 10}", "linestyle": "-" if i < 10 else "--"}
             for i, strategy in enumerate(sorted(rank, key=rank.__getitem__))}
 
