@@ -17,6 +17,10 @@ def pytest_configure(config):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # Two test processes share the two cores: torch at one thread each (and in the runs they start), since a
+        # two-thread torch process beside another busy one spends most of its time waiting at OpenMP barriers.
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
     if not SHARED_DATA.is_dir():
         raise pytest.UsageError(f"the shared datasets are not at {SHARED_DATA}; set IMFL_SHARED_DATA to the shared data folder")
 
@@ -76,6 +80,11 @@ def small_fpb(tmp_path_factory, fpb_rows) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def imfl_cache(tmp_path_factory) -> Path:
-    """One cache for the whole session, unless the developer points IMFL_CACHE elsewhere (e.g. to reuse a
-    converted LLM between test runs)."""
-    return Path(os.environ.get("IMFL_CACHE") or tmp_path_factory.mktemp("imfl-cache"))
+    """One cache for the whole session, shared by the test processes (the LLM is converted and the pool embedded
+    once), unless the developer points IMFL_CACHE elsewhere (e.g. to reuse a converted LLM between test runs)."""
+    if os.environ.get("IMFL_CACHE"):
+        return Path(os.environ["IMFL_CACHE"])
+    base = tmp_path_factory.getbasetemp()
+    cache = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "imfl-cache"
+    cache.mkdir(exist_ok=True)
+    return cache

@@ -11,7 +11,7 @@ import time
 
 from conftest import read_jsonl
 
-LLM_ITEMS = 14  # per round: enough prompts (about 10 s with the bundled model) to kill the run in the middle
+LLM_ITEMS = 8  # per round: enough prompts (about 5 s with the bundled model) to kill the run in the middle
 
 
 def write_config(path, small_fpb, cache, name, llm_cache):
@@ -34,7 +34,7 @@ dtype = "float32"
 cache = {str(llm_cache).lower()}
 [student]
 epochs = 1
-min_steps = 60
+min_steps = 30  # a few seconds of training: the second kill lands 1 s into it
 max_length = 32
 batch_size = 8
 """, encoding="utf-8")
