@@ -304,6 +304,20 @@ def test_a_strategy_keeps_one_colour_in_every_panel_and_none_shares_it():
     assert len({(st["color"], st["linestyle"]) for st in styles.values()}) == len(styles) == 11
 
 
+def test_an_annotator_named_differently_by_two_grids_gets_one_name():
+    """The Banking77 ladder names GPT-4o by its accuracy and the paper grid by how it was asked; cells of both share
+    a results folder, and the report calls it what most of its cells do, in the main table and the ablations alike."""
+    from imfl.report import group_rows
+
+    def cell(strategy, group, name, seed):
+        return {"cell": {"dataset": "b", "strategy": strategy, "annotator": "gpt4o", "annotator_label": name,
+                         "label": strategy, "group": group, "order": 0, "seed": seed}}
+
+    records = [cell("random-query", "ablation", "GPT-4o (zero-shot)", s) for s in (0, 1)]
+    records += [cell(strategy, "main", "GPT-4o (77.6%)", s) for strategy in ("imfl", "llm-only") for s in (0, 1)]
+    assert {row.annotator_label for row in group_rows(records)["b"]} == {"GPT-4o (77.6%)"}
+
+
 def test_the_llm_accuracy_figure_keeps_the_ablations_that_change_the_prompt():
     """Random or no demonstrations change what the LLM is asked; a fixed human batch does not, even when its result
     was written by a newer imfl whose LLM section has a setting the reference's lacks (at its default)."""

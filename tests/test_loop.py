@@ -3,10 +3,12 @@ determinism, outputs."""
 
 import json
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 
-from conftest import read_jsonl, small_config, write_jsonl
+from conftest import REPO, read_jsonl, small_config, write_jsonl
 from imfl import run
 
 
@@ -57,6 +59,33 @@ def test_human_labels_come_first_and_are_the_llm_demos(imfl_run):
         assert all(len(d) == min(4, len(human_so_far)) for d in demos)
         assert all(d <= human_so_far for d in demos)  # demos are human-labeled items only
         assert any(d & this_round for d in demos)  # ... including this round's fresh ones
+
+
+def test_the_copying_script_sets_the_llm_beside_its_most_similar_demonstration(imfl_run, small_fpb, imfl_cache):
+    """benchmarks/copying.py on a finished run: the LLM's accuracy is the one its metrics give, the demonstration shown
+    last is the one the embedder finds nearest the item, and copying its label scores what the gold labels say."""
+    import numpy as np
+
+    from imfl.embeddings import Embedder
+
+    cfg, result = imfl_run
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "copying.py"), str(result.run_dir)], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    [row] = [[c.strip() for c in line.strip("|").split("|")] for line in r.stdout.splitlines() if result.run_dir.name in line]
+    llm_right = sum(m["llm_accuracy"] * m["llm_labels"] for m in result.metrics) / 16
+    assert row[1:3] == ["retrieved", "16"] and row[5] == f"{llm_right:.3f}"
+    pool = {x["id"]: x for x in read_jsonl(small_fpb["pool"])}
+    human = {x["id"]: x["label"] for x in read_jsonl(result.run_dir / "labels.jsonl") if x["source"] == "human"}
+    with sqlite3.connect(result.run_dir / "store.sqlite") as c:
+        asked = [(i, json.loads(d)) for i, d in c.execute("SELECT item_id, demo_ids FROM annotations WHERE source='llm'")]
+    embed = Embedder(cache=imfl_cache)
+    for item, demos in asked:
+        vectors = embed.encode([pool[i]["text"] for i in [item, *demos]])
+        assert int(np.argmax(vectors[1:] @ vectors[0])) == len(demos) - 1, item
+    copied = sum(human[demos[-1]] == pool[item]["label"] for item, demos in asked) / 16
+    among = sum(pool[item]["label"] in {human[d] for d in demos} for item, demos in asked) / 16
+    assert row[6:8] == [f"{copied:.3f}", f"{among:.3f}"]
 
 
 def test_llm_gives_a_probability_for_every_label(imfl_run):

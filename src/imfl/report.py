@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import html
 import warnings
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,15 +71,18 @@ def _std(values: np.ndarray) -> np.ndarray:
 def group_rows(records: list[dict]) -> dict[str, list[Row]]:
     """Rows per dataset, in the grid's strategy order (human-only rows first within a strategy)."""
     buckets: dict[tuple, list[dict]] = defaultdict(list)
+    names: dict[tuple, Counter] = defaultdict(Counter)
     for r in records:
         c = r["cell"]
         buckets[(c["dataset"], c["strategy"], c["annotator"])].append(r)
+        names[(c["dataset"], c["annotator"])][c["annotator_label"]] += 1
     by_dataset: dict[str, list[Row]] = defaultdict(list)
     for (dataset, strategy, annotator), recs in buckets.items():
         c = recs[0]["cell"]
-        by_dataset[dataset].append(Row(dataset, strategy, c["label"], c["group"], c["order"], annotator,
-                                       c["annotator_label"], tuple(sorted(recs, key=lambda r: r["cell"]["seed"])),
-                                       c.get("versus", "imfl")))
+        # Grids sharing a results folder may name one annotator differently: the name most of its cells carry.
+        name = names[(dataset, annotator)].most_common(1)[0][0]
+        by_dataset[dataset].append(Row(dataset, strategy, c["label"], c["group"], c["order"], annotator, name,
+                                       tuple(sorted(recs, key=lambda r: r["cell"]["seed"])), c.get("versus", "imfl")))
     for rows in by_dataset.values():
         rows.sort(key=lambda row: (row.annotator != NO_LLM, row.annotator, row.order))
     return dict(by_dataset)
