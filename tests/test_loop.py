@@ -79,10 +79,11 @@ def test_the_copying_script_sets_the_llm_beside_its_most_similar_demonstration(i
     human = {x["id"]: x["label"] for x in read_jsonl(result.run_dir / "labels.jsonl") if x["source"] == "human"}
     with sqlite3.connect(result.run_dir / "store.sqlite") as c:
         asked = [(i, json.loads(d)) for i, d in c.execute("SELECT item_id, demo_ids FROM annotations WHERE source='llm'")]
-    embed = Embedder(cache=imfl_cache)
+    ids = list(pool)
+    vectors = Embedder(cache=imfl_cache).encode([pool[i]["text"] for i in ids])
     for item, demos in asked:
-        vectors = embed.encode([pool[i]["text"] for i in [item, *demos]])
-        assert int(np.argmax(vectors[1:] @ vectors[0])) == len(demos) - 1, item
+        similarity = vectors[[ids.index(d) for d in demos]] @ vectors[ids.index(item)]
+        assert int(np.argmax(similarity)) == len(demos) - 1, item
     copied = sum(human[demos[-1]] == pool[item]["label"] for item, demos in asked) / 16
     among = sum(pool[item]["label"] in {human[d] for d in demos} for item, demos in asked) / 16
     assert row[6:8] == [f"{copied:.3f}", f"{among:.3f}"]
