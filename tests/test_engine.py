@@ -37,7 +37,7 @@ def test_embeddings_and_student_probabilities_match(local_ray, small_fpb, tmp_pa
     engine = RayEngine(RayConfig(batch_size=16))
     here = Embedder(cache=tmp_path / "here").encode(texts)
     there = engine.embed(Embedder(cache=tmp_path / "there"), texts)
-    assert engine.remote["embed"] == len(texts) == 60
+    assert engine.remote["embed"] == len(texts) == 60 and engine.actors["embed"] == 2
     assert there.shape == here.shape and np.abs(there - here).max() < 1e-5
 
     student = Student(epochs=1, min_steps=0, max_length=32, predict_dtype="float32", seed=0)
@@ -76,6 +76,11 @@ def test_a_run_on_ray_equals_the_run_in_process(local_ray, tmp_path, small_fpb, 
     free_after_round_1 = len(np.load(b / "state" / "proba_round1.npz")["ids"])
     assert runs["ray"].engine.remote["predict"] == 2 * 30 + free_after_round_1 == 2 * 30 + 60 - 6
     assert runs["ray"].engine.remote["llm"] == 6
+    # a round whose LLM items fit in one batch (ray.llm_batch_size = 3) starts one copy of the LLM, not ray.llm_actors
+    per_round = [n for (n,) in _store(b, "SELECT COUNT(*) FROM annotations WHERE source = 'llm' GROUP BY round")]
+    assert sorted(per_round) == [2, 4]
+    assert runs["ray"].engine.actors["llm"] == 1 + 2
+    assert runs["ray"].engine.actors["predict"] == 3 * 2  # test set twice, the free pool once: 2+ batches each
     assert _store(a, "SELECT round, item_id, target FROM selections ORDER BY round, rank") == \
         _store(b, "SELECT round, item_id, target FROM selections ORDER BY round, rank")
     query = "SELECT item_id, source, label, demo_ids, confidence FROM annotations ORDER BY round, source, item_id"

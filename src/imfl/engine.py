@@ -45,13 +45,15 @@ class LocalEngine:
 
 
 class RayEngine:
-    """Pool-sized work on Ray Data actor pools. ``remote`` counts the items each kind of work sent to Ray."""
+    """Pool-sized work on Ray Data actor pools. ``remote`` counts the items each kind of work sent to Ray, ``actors``
+    the actors it started for them."""
 
     name = "ray"
 
     def __init__(self, settings: RayConfig):
         self.settings = settings
         self.remote: Counter[str] = Counter()
+        self.actors: Counter[str] = Counter()
 
     def _data(self):
         """Ray Data, connected on first use (to ``settings.address``, else $RAY_ADDRESS, else a new local Ray)."""
@@ -76,16 +78,19 @@ class RayEngine:
 
     def _map(self, rows: dict[str, list | np.ndarray], actor: type, args: tuple, *, actors: int, cpus: float,
              batch_size: int, kind: str, progress: Progress) -> Iterator[dict[str, np.ndarray]]:
-        """``rows`` (columns; ``row`` numbers them) through a pool of ``actors`` copies of ``actor(*args)``; yields
-        the result batches as they come back, in any order, and counts them."""
+        """``rows`` (columns; ``row`` numbers them) through a pool of ``actors`` copies of ``actor(*args)`` (fewer
+        when there are fewer batches: each copy loads a model); yields the result batches as they come back, in any
+        order, and counts them."""
         data = self._data()
         import pyarrow as pa
         import ray
 
         table = pa.table(rows)
         blocks = [table.slice(start, batch_size) for start in range(0, table.num_rows, batch_size)]  # one batch per block
+        size = min(actors, len(blocks))
+        self.actors[kind] += size
         dataset = data.from_arrow(blocks).map_batches(
-            actor, fn_constructor_args=args, batch_size=batch_size, compute=data.ActorPoolStrategy(size=actors), num_cpus=cpus,
+            actor, fn_constructor_args=args, batch_size=batch_size, compute=data.ActorPoolStrategy(size=size), num_cpus=cpus,
             batch_format="numpy")
         try:
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
