@@ -5,6 +5,7 @@ The model is converted once per session into the session cache (see ``imfl_cache
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -188,3 +189,31 @@ def test_long_prompts_lose_their_oldest_demos_not_the_item(backend, imfl_cache):
     tiny = LocalBackend(cache_dir=str(imfl_cache), max_length=20)
     with pytest.raises(ModelError, match="max_length=20"):
         tiny.score([full], LABELS)
+
+
+def test_the_annotator_benchmark_labels_the_same_items_from_a_growing_human_pool(small_fpb, imfl_cache, tmp_path):
+    """benchmarks/llm_annotator.py with nested human pools (--humans 4,8): one row per size and demonstration mode,
+    all on the same pool items outside the larger pool: the zero-shot prompts of the second size are all answered
+    from the answer cache of the first, while retrieval from 8 human labels asks new questions."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    def script(*args):
+        return subprocess.run([sys.executable, str(REPO / "benchmarks" / "llm_annotator.py"), "--data", str(small_fpb["pool"].parent),
+                               *args], capture_output=True, text=True, timeout=600, env={**os.environ, "IMFL_CACHE": str(imfl_cache)})
+
+    before = small_fpb["pool"].read_bytes()
+    r = script("--humans", "8,4", "--n", "4", "--demos", "none,retrieved", "--set", "llm.max_length=512", "--out", tmp_path / "rows.jsonl")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    assert [(row["humans"], row["demos"]) for row in rows] == [(4, "none"), (4, "retrieved"), (8, "none"), (8, "retrieved")]
+    assert {row["n"] for row in rows} == {4} and all(row["labeled"] + row["failed"] == 4 for row in rows)
+    fresh = {(row["humans"], row["demos"]): row["fresh_calls"] for row in rows}
+    assert fresh[4, "none"] == 4 and fresh[8, "none"] == 0 and fresh[8, "retrieved"] >= 1
+    assert rows[0]["accuracy"] == rows[2]["accuracy"]
+    for bad, words in (("4,x", "sizes of at least 1"), ("60", "has 60 items")):
+        r = script("--humans", bad)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and words in r.stderr, (bad, r.stderr)
+    assert small_fpb["pool"].read_bytes() == before
