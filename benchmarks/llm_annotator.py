@@ -37,6 +37,7 @@ from imfl.config import config_from_dict
 from imfl.data import load_dataset
 from imfl.embeddings import Embedder, embedding_input
 from imfl.llm.cache import AnswerCache
+from imfl.llm.retrieval import nearest
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--humans", default="200", help="pool items whose gold labels play the human-labeled demonstrations; "
                     "several comma-separated sizes are nested, and the items are labeled outside the largest")
     ap.add_argument("--n", type=int, default=None, help="label at most this many items (seed-fixed sample)")
-    ap.add_argument("--demos", default="none,random,retrieved", help="comma-separated: none, random, retrieved, balanced")
+    ap.add_argument("--demos", default="none,random,retrieved", help="comma-separated: none, random, retrieved, balanced; nearest = no LLM, the label of the most similar human-labeled item")
     ap.add_argument("--calibrate", action="store_true", help="also report contextual calibration")
     ap.add_argument("--instruction", default="", help="the LLM's instruction ({labels} is replaced); empty = the default")
     ap.add_argument("--seed", type=int, default=0)
@@ -83,6 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         cache = AnswerCache(Path(tmp) / "answers.sqlite")
         for size, mode in [(n, m) for n in sizes for m in args.demos.split(",")]:
+            if mode == "nearest":  # no LLM: each item takes the label of its most similar human-labeled item
+                pred = [humans[j].label for j in nearest(emb[len(humans) :], emb[:size], 1)[:, 0]]
+                emit({"data": args.data.name, "eval": args.eval, "n": len(items), "humans": size, "annotator": "nearest human label",
+                      "demos": mode, "k": 1, "calibrate": False, "overrides": args.overrides,
+                      "accuracy": round(accuracy_score(gold, pred), 4),
+                      "macro_f1": round(f1_score(gold, pred, labels=list(ds.task.labels), average="macro", zero_division=0), 4),
+                      "ece": None, "labeled": len(items), "failed": 0, "predicted": dict(Counter(pred)), "fresh_calls": 0}, args.out)
+                continue
             context = AnnotationContext(1, [(e, e.label) for e in humans[:size]], emb[:size], emb[len(humans) :], seed=args.seed)
             for calibrate in [False, True] if args.calibrate else [False]:
                 demos, balanced = ("retrieved", True) if mode == "balanced" else (mode, False)

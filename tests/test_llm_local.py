@@ -205,14 +205,17 @@ def test_the_annotator_benchmark_labels_the_same_items_from_a_growing_human_pool
                                *args], capture_output=True, text=True, timeout=600, env={**os.environ, "IMFL_CACHE": str(imfl_cache)})
 
     before = small_fpb["pool"].read_bytes()
-    r = script("--humans", "8,4", "--n", "4", "--demos", "none,retrieved", "--set", "llm.max_length=512", "--out", tmp_path / "rows.jsonl")
+    r = script("--humans", "8,4", "--n", "4", "--demos", "none,retrieved,nearest", "--set", "llm.max_length=512", "--out", tmp_path / "rows.jsonl")
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
-    assert [(row["humans"], row["demos"]) for row in rows] == [(4, "none"), (4, "retrieved"), (8, "none"), (8, "retrieved")]
+    assert [(row["humans"], row["demos"]) for row in rows] == [(n, mode) for n in (4, 8) for mode in ("none", "retrieved", "nearest")]
     assert {row["n"] for row in rows} == {4} and all(row["labeled"] + row["failed"] == 4 for row in rows)
     fresh = {(row["humans"], row["demos"]): row["fresh_calls"] for row in rows}
     assert fresh[4, "none"] == 4 and fresh[8, "none"] == 0 and fresh[8, "retrieved"] >= 1
-    assert rows[0]["accuracy"] == rows[2]["accuracy"]
+    assert rows[0]["accuracy"] == rows[3]["accuracy"]
+    # the 1-nearest-neighbour rows ask the LLM nothing and answer with labels of the human-labeled items
+    assert fresh[4, "nearest"] == fresh[8, "nearest"] == 0
+    assert all(sum(row["predicted"].values()) == 4 and set(row["predicted"]) <= set(LABELS) for row in rows if row["demos"] == "nearest")
     for bad, words in (("4,x", "sizes of at least 1"), ("60", "has 60 items")):
         r = script("--humans", bad)
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and words in r.stderr, (bad, r.stderr)
