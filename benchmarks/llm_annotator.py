@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--humans", default="200", help="pool items whose gold labels play the human-labeled demonstrations; "
                     "several comma-separated sizes are nested, and the items are labeled outside the largest")
     ap.add_argument("--n", type=int, default=None, help="label at most this many items (seed-fixed sample)")
-    ap.add_argument("--demos", default="none,random,retrieved", help="comma-separated: none, random, retrieved, balanced; nearest = no LLM, the label of the most similar human-labeled item")
+    ap.add_argument("--demos", default="none,random,retrieved", help="comma-separated: none, random, retrieved, balanced; "
+                    "nearest = no LLM, the label of the most similar human-labeled item")
     ap.add_argument("--calibrate", action="store_true", help="also report contextual calibration")
     ap.add_argument("--instruction", default="", help="the LLM's instruction ({labels} is replaced); empty = the default")
     ap.add_argument("--seed", type=int, default=0)
@@ -84,10 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         cache = AnswerCache(Path(tmp) / "answers.sqlite")
         for size, mode in [(n, m) for n in sizes for m in args.demos.split(",")]:
+            common = {"data": args.data.name, "eval": args.eval, "n": len(items), "humans": size, "demos": mode,
+                      "overrides": args.overrides}
             if mode == "nearest":  # no LLM: each item takes the label of its most similar human-labeled item
                 pred = [humans[j].label for j in nearest(emb[len(humans) :], emb[:size], 1)[:, 0]]
-                emit({"data": args.data.name, "eval": args.eval, "n": len(items), "humans": size, "annotator": "nearest human label",
-                      "demos": mode, "k": 1, "calibrate": False, "overrides": args.overrides,
+                emit({**common, "annotator": "nearest human label", "k": 1, "calibrate": False,
                       "accuracy": round(accuracy_score(gold, pred), 4),
                       "macro_f1": round(f1_score(gold, pred, labels=list(ds.task.labels), average="macro", zero_division=0), 4),
                       "ece": None, "labeled": len(items), "failed": 0, "predicted": dict(Counter(pred)), "fresh_calls": 0}, args.out)
@@ -112,8 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                 conf = np.array([a.confidence for a, _ in ok])
                 hit = np.array([p == t for p, t in zip(pred, truth)], dtype=float)
                 row = {
-                    "data": args.data.name, "eval": args.eval, "n": len(items), "humans": size, "annotator": annotator.name,
-                    "demos": mode, "k": run_cfg.llm.k, "calibrate": calibrate, "overrides": args.overrides,
+                    **common, "annotator": annotator.name, "k": run_cfg.llm.k, "calibrate": calibrate,
                     "accuracy": round(accuracy_score(gold, [a.label for a in out]), 4),
                     "macro_f1": round(f1_score(truth, pred, labels=list(ds.task.labels), average="macro", zero_division=0), 4),
                     "ece": round(expected_calibration_error(conf, hit), 4) if ok else None,
