@@ -1,4 +1,4 @@
-"""The prompt builder and the local LLM backend, with the real bundled SmolLM2-135M-Instruct (no mocks).
+"""The prompt builder, the local LLM backend and `benchmarks/llm_annotator.py`, with the real bundled SmolLM2-135M-Instruct (no mocks).
 
 The model is converted once per session into the session cache (see ``imfl_cache`` in conftest.py)."""
 
@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import REPO
 from imfl.errors import ModelError
 from imfl.llm import local
 from imfl.llm.local import LocalBackend, bundled_llm_path
@@ -195,11 +198,6 @@ def test_the_annotator_benchmark_labels_the_same_items_from_a_growing_human_pool
     """benchmarks/llm_annotator.py with nested human pools (--humans 4,8): one row per size and demonstration mode,
     all on the same pool items outside the larger pool: the zero-shot prompts of the second size are all answered
     from the answer cache of the first, while retrieval from 8 human labels asks new questions."""
-    import subprocess
-    import sys
-
-    from conftest import REPO
-
     def script(*args):
         return subprocess.run([sys.executable, str(REPO / "benchmarks" / "llm_annotator.py"), "--data", str(small_fpb["pool"].parent),
                                *args], capture_output=True, text=True, timeout=600, env={**os.environ, "IMFL_CACHE": str(imfl_cache)})
