@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,3 +90,12 @@ def imfl_cache(tmp_path_factory) -> Path:
     cache = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "imfl-cache"
     cache.mkdir(exist_ok=True)
     return cache
+
+
+def imfl(*args, env=None, timeout=900):
+    env = dict(os.environ, COLUMNS="200", **(env or {}))
+    return subprocess.run([sys.executable, "-m", "imfl", *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def cells(results: Path) -> dict[str, dict]:
+    return {json.loads(p.read_text())["cell"]["id"]: json.loads(p.read_text()) for p in sorted((results / "cells").glob("*.json"))}

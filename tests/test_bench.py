@@ -1,24 +1,15 @@
 """`imfl bench` and `imfl report` as a user runs them: the repository's own grid in its --quick form (two
 datasets, the embedded LLM and a recorded GPT-4, two worker processes), re-run without redoing anything,
-turned into tables and figures; and the grid's refusals (bad files, a grid changed under its results, a
-failing cell that does not stop the others)."""
+turned into tables and figures; and the grid's refusals (bad files, a grid changed under its results).
+tests/test_bench_grids.py has the other grids, apart so that the two test processes can share the work."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from conftest import REPO, SHARED_DATA, read_jsonl
+from conftest import REPO, SHARED_DATA, cells, imfl, read_jsonl
 
 GRID = REPO / "benchmarks" / "paper.toml"
-
-
-def imfl(*args, env=None, timeout=900):
-    env = dict(os.environ, COLUMNS="200", **(env or {}))
-    return subprocess.run([sys.executable, "-m", "imfl", *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +19,6 @@ def quick(tmp_path_factory, imfl_cache):
     args = ("bench", str(GRID), "--quick", "--workers", "2", "--results", str(d / "results"), "--work", str(d / "work"))
     first = imfl(*args, env=env)
     return {"dir": d, "first": first, "args": args, "env": env}
-
-
-def cells(results: Path) -> dict[str, dict]:
-    return {json.loads(p.read_text())["cell"]["id"]: json.loads(p.read_text()) for p in sorted((results / "cells").glob("*.json"))}
 
 
 def test_quick_grid_runs_every_cell_with_its_budget(quick):
@@ -167,51 +154,6 @@ def test_a_grid_changed_under_its_results_is_refused(quick, tmp_path):
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
 
 
-def tiny_grid(tmp_path: Path) -> Path:
-    """One dataset, one seed and two human-only strategies: one that fits the 60-item pool and one that does not."""
-    grid = tmp_path / "grid.toml"
-    grid.write_text(f"""
-results = "out"
-work = "work"
-seeds = [3]
-set = {{ "data.pool_sample" = 60, "data.test_sample" = 30, "budget.rounds" = 1, "student.min_steps" = 10, "student.max_length" = 32 }}
-[strategies]
-small = {{ total = 1, human = 1 }}
-too-big = {{ total = 20, human = 20 }}
-[datasets.fpb]
-config = "{REPO / 'configs' / 'fpb.toml'}"
-H = 4
-annotators.smollm2 = {{}}
-""")
-    return grid
-
-
-def test_a_failing_cell_does_not_stop_the_grid(tmp_path, imfl_cache):
-    r = imfl("bench", str(tiny_grid(tmp_path)), env={"IMFL_CACHE": str(imfl_cache)})
-    assert r.returncode == 1, r.stderr
-    assert "fpb/none/too-big/seed3" in r.stderr and "budget.total (80) is larger than the pool (60 items" in r.stderr
-    assert "Traceback" not in r.stderr
-    assert (tmp_path / "out" / "cells" / "fpb__none__small__seed3.json").is_file()
-    assert not (tmp_path / "out" / "cells" / "fpb__none__too-big__seed3.json").exists()
-    assert "1 cells done, 1 failed" in r.stdout
-
-
-def test_a_cell_whose_result_was_lost_is_rebuilt_from_its_store(tmp_path, imfl_cache):
-    """The store keeps every finished round: re-running a cell whose JSON is gone trains nothing again, and the
-    cell's time still counts the rounds of its first attempt."""
-    grid, env = tiny_grid(tmp_path), {"IMFL_CACHE": str(imfl_cache)}
-    assert imfl("bench", str(grid), "--only", "*/small/*", env=env).returncode == 0
-    path = tmp_path / "out" / "cells" / "fpb__none__small__seed3.json"
-    first = json.loads(path.read_text())
-    path.unlink()
-    r = imfl("bench", str(grid), "--only", "*/small/*", env=env)
-    assert r.returncode == 0, r.stderr
-    again = json.loads(path.read_text())
-    assert not first["resumed"] and again["resumed"]
-    assert again["rounds"] == first["rounds"] and again["loop_seconds"] == first["loop_seconds"] > 0
-    assert f"(resumed; {first['loop_seconds'] / 60:.1f} min of rounds in all)" in r.stderr
-
-
 @pytest.mark.parametrize("text, message", [
     (None, "grid file not found"),
     ("results = [", "not valid TOML"),
@@ -235,42 +177,6 @@ def test_bad_grid_files_get_one_line(tmp_path, text, message):
 def test_report_of_a_folder_without_results(tmp_path):
     r = imfl("report", str(tmp_path), timeout=120)
     assert r.returncode == 2 and "no cells/ folder" in r.stderr and "Traceback" not in r.stderr
-
-
-def test_fidelity_sweep_quick_grid_and_its_chart(tmp_path, imfl_cache):
-    """The sweep grid in its --quick form: a simulated LLM at 50% and 95% with two human shares, against human-only
-    runs with as many human labels and with the whole budget; the report's sweep table, crossovers and chart (with a
-    real LLM marked)."""
-    from matplotlib.image import imread
-
-    grid = REPO / "benchmarks" / "sweep.toml"
-    results = tmp_path / "results"
-    r = imfl("bench", str(grid), "--quick", "--workers", "2", "--results", str(results), "--work", str(tmp_path / "work"),
-             env={"IMFL_CACHE": str(imfl_cache)})
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    got = cells(results)
-    assert len(got) == 7
-    labels = read_jsonl(tmp_path / "work" / "fpb__sim50__imfl-20pct__seed0" / "labels.jsonl")
-    assert {x["annotator"] for x in labels if x["source"] == "llm"} == {"simulated:0.5"}
-    assert got["fpb/sim95/imfl-20pct/seed0"]["llm_accuracy"] > 0.85 > 0.65 > got["fpb/sim50/imfl-20pct/seed0"]["llm_accuracy"]
-    out = tmp_path / "report"
-    r = imfl("report", str(results), "--out", str(out), "--mark", "GPT-4 (PubMedQA)=0.705", timeout=300)
-    assert r.returncode == 0, r.stderr
-    md = (out / "report.md").read_text()
-    assert "### fpb: simulated LLM accuracy × human share" in md
-    head = next(line for line in md.splitlines() if line.startswith("| simulated LLM accuracy"))
-    assert "IMFL, 20% human (20)" in head and "IMFL, 40% human (40)" in head
-    imfl_hi = got["fpb/sim95/imfl-20pct/seed0"]["final"]["test_accuracy"]
-    ref = got["fpb/none/human-100/seed0"]["final"]["test_accuracy"]
-    row = next(line for line in md.splitlines() if line.startswith("| 0.95 |"))
-    assert f"{imfl_hi:.3f} ± 0.000 ({imfl_hi - ref:+.3f})" in row
-    whole = got["fpb/none/human-500/seed0"]["final"]["test_accuracy"]
-    assert f"| human-only, the whole budget as human labels | {whole:.3f} | {whole:.3f} |" in md
-    assert "| crossover: LLM labels pay off from |" in md
-    image = imread(out / "fpb-sweep.png")
-    assert image.shape[0] > 400 and image.std() > 0.01
-    bad = imfl("report", str(results), "--out", str(out), "--mark", "GPT-4=high", timeout=120)
-    assert bad.returncode == 2 and "--mark 'GPT-4=high'" in bad.stderr and "Traceback" not in bad.stderr
 
 
 @pytest.mark.parametrize("gap, expected", [
@@ -329,61 +235,3 @@ def test_the_llm_accuracy_figure_keeps_the_ablations_that_change_the_prompt():
     rows = [row("imfl", "main", demos="retrieved"), row("random-demos", "ablation", demos="random", accuracy=None),
             row("fixed-batches", "ablation", demos="retrieved", accuracy=None), row("odd", "ablation", demos="retrieved", accuracy=0.7)]
     assert [_changes_the_prompt(r, rows) for r in rows[1:]] == [True, False, True]
-
-
-def test_a_ladder_cell_reproduces_exactly_from_its_json(tmp_path, imfl_cache):
-    """The FPB ladder in its --quick form (recorded Llama-2-7b, 40% right, with nulls in no cell here), then one
-    fidelity-aware cell run again from scratch: the same selections, labels and scores in every round. With a simulated
-    rung (60%) beside it, the report draws the ladder."""
-    from matplotlib.image import imread
-
-    grid = REPO / "benchmarks" / "ladder-fpb.toml"
-    where = ("--results", str(tmp_path / "results"), "--work", str(tmp_path / "work"))
-    env = {"IMFL_CACHE": str(imfl_cache)}
-    r = imfl("bench", str(grid), "--quick", "--workers", "2", *where, env=env)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    got = cells(tmp_path / "results")
-    assert set(got) == {"fpb-recorded/none/human-1x/seed0", "fpb-recorded/llama2-7b/imfl/seed0",
-                        "fpb-recorded/llama2-7b/fidelity/seed0", "fpb-recorded/sim60/imfl/seed0", "fpb-recorded/sim60/fidelity/seed0"}
-    assert got["fpb-recorded/llama2-7b/imfl/seed0"]["llm_accuracy"] < 0.6  # Llama-2-7b says "positive" to most
-    # Its real accuracy over the whole pool (896 items, as the data README states) goes into every cell it labels.
-    assert got["fpb-recorded/llama2-7b/imfl/seed0"]["annotator_accuracy"] == 0.4007
-    assert got["fpb-recorded/sim60/imfl/seed0"]["annotator_accuracy"] == 0.6
-    assert got["fpb-recorded/none/human-1x/seed0"]["annotator_accuracy"] is None
-    # The report's ladder: annotators by real accuracy, a column per strategy, and what the fidelity-aware runs bought.
-    r = imfl("report", str(tmp_path / "results"), "--out", str(tmp_path / "report"), timeout=300)
-    assert r.returncode == 0, r.stderr
-    md = (tmp_path / "report" / "report.md").read_text().splitlines()
-    head = md.index("### fpb-recorded: the ladder of LLM annotators") + 2
-    assert md[head].startswith("| LLM annotator | its accuracy (pool) | IMFL (H human + 4H LLM) | fidelity-aware IMFL |")
-    imfl_7b = got["fpb-recorded/llama2-7b/imfl/seed0"]["final"]["test_accuracy"]
-    bought = got["fpb-recorded/sim60/fidelity/seed0"]["labels_used"]["llm"]
-    rounds = [m["round"] for m in got["fpb-recorded/sim60/fidelity/seed0"]["rounds"] if m["llm_labels"]]
-    when = {(): "none", (1,): "1", (2,): "2", (1, 2): "1-2"}[tuple(rounds)]  # the quick grid has 2 rounds
-    assert md[head + 2].startswith("| simulated 60% | 0.600 | ") and f"| {bought} of 40, +0 (rounds: {when}) |" in md[head + 2]
-    assert md[head + 3].startswith(f"| Llama-2-7b-chat (recorded, 40.1%) | 0.401 | {imfl_7b:.3f} | ")
-    assert any(line.startswith("human 1x (") and "is matched or beaten by" in line for line in md)
-    image = imread(tmp_path / "report" / "fpb-recorded-ladder.png")
-    assert image.shape[0] > 400 and image.std() > 0.01
-    # A cell written before annotator_accuracy existed: worked out from its pool, found from the results folder upwards.
-    from imfl.report import _annotator_accuracy
-
-    old = json.loads(json.dumps(got["fpb-recorded/llama2-7b/imfl/seed0"]))
-    del old["annotator_accuracy"]
-    grid_dir = tmp_path / "old-grid"
-    for key in ("pool", "test"):
-        old["config"]["data"][key] = os.path.relpath(REPO / "benchmarks" / old["config"]["data"][key], grid_dir)
-    assert _annotator_accuracy(old, grid_dir / "results" / "ladder") == 0.4007
-    r = imfl("bench", str(grid), "--quick", *where, "--reproduce", "*/llama2-7b/fidelity/*", env=env)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    assert "fpb-recorded/llama2-7b/fidelity/seed0: reproduced exactly" in r.stdout
-    assert (tmp_path / "work" / "reproduce" / "results" / "cells" / "fpb-recorded__llama2-7b__fidelity__seed0.json").is_file()
-    # A changed result is caught, named, and the command fails.
-    path = tmp_path / "results" / "cells" / "fpb-recorded__llama2-7b__fidelity__seed0.json"
-    rec = json.loads(path.read_text())
-    rec["selected"][1]["llm"] = rec["selected"][1]["llm"][::-1]
-    path.write_text(json.dumps(rec))
-    r = imfl("bench", str(grid), "--quick", *where, "--reproduce", "*/llama2-7b/fidelity/*", env=env)
-    assert r.returncode == 1 and "DIFFERS: round 2: the items selected for the llm differ" in r.stdout
-    r = imfl("bench", str(grid), "--quick", *where, "--reproduce", "*/nothing/*", env=env)
-    assert r.returncode == 2 and "no cell of ladder-fpb.toml matches */nothing/* (ids look like fpb-recorded/" in r.stderr
