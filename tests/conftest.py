@@ -93,9 +93,11 @@ def imfl_cache(tmp_path_factory) -> Path:
 
 
 def imfl(*args, env=None, timeout=900):
+    """`python -m imfl ARGS` as a user runs it, in a 200-column terminal; ``env`` adds to this process's environment."""
     env = dict(os.environ, COLUMNS="200", **(env or {}))
     return subprocess.run([sys.executable, "-m", "imfl", *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def cells(results: Path) -> dict[str, dict]:
+    """The cell JSONs of an `imfl bench` results folder, by cell id."""
     return {json.loads(p.read_text())["cell"]["id"]: json.loads(p.read_text()) for p in sorted((results / "cells").glob("*.json"))}

@@ -1,18 +1,12 @@
 """The command line as a user runs it: `imfl demo` end to end on a small slice, and its errors."""
 
 import json
-import subprocess
-import sys
+
+from conftest import imfl
 
 
-def imfl(*args, env=None, cwd=None, timeout=900):
-    return subprocess.run([sys.executable, "-m", "imfl", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
-
-
-def test_demo_runs_on_any_folder_in_the_shared_format(tmp_path, small_fpb, imfl_cache, monkeypatch):
-    import os
-
-    env = dict(os.environ, IMFL_CACHE=str(imfl_cache), COLUMNS="200")
+def test_demo_runs_on_any_folder_in_the_shared_format(tmp_path, small_fpb, imfl_cache):
+    env = {"IMFL_CACHE": str(imfl_cache)}
     r = imfl("demo", "--data", str(small_fpb["pool"].parent), "--output-dir", str(tmp_path), "--budget", "12",
              "--human", "6", "--rounds", "2", "--set", "student.epochs=1", "--set", "student.min_steps=0", "--set", "student.max_length=32", env=env)
     assert r.returncode == 0, r.stderr[-3000:]
