@@ -10,6 +10,7 @@ from pathlib import Path
 
 from conftest import REPO, cells, imfl, read_jsonl
 
+
 def tiny_grid(tmp_path: Path) -> Path:
     """One dataset, one seed and two human-only strategies: one that fits the 60-item pool and one that does not."""
     grid = tmp_path / "grid.toml"
