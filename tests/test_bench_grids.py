@@ -11,17 +11,18 @@ from pathlib import Path
 from conftest import REPO, cells, imfl, read_jsonl
 
 
-def tiny_grid(tmp_path: Path) -> Path:
-    """One dataset, one seed and two human-only strategies: one that fits the 60-item pool and one that does not."""
+def tiny_grid(tmp_path: Path, seeds: str = "[3]", strategies: str = "too-big = { total = 20, human = 20 }") -> Path:
+    """One dataset and human-only strategies: by default one seed, a strategy that fits the 60-item pool and one
+    that does not."""
     grid = tmp_path / "grid.toml"
     grid.write_text(f"""
 results = "out"
 work = "work"
-seeds = [3]
+seeds = {seeds}
 set = {{ "data.pool_sample" = 60, "data.test_sample" = 30, "budget.rounds" = 1, "student.min_steps" = 10, "student.max_length" = 32 }}
 [strategies]
 small = {{ total = 1, human = 1 }}
-too-big = {{ total = 20, human = 20 }}
+{strategies}
 [datasets.fpb]
 config = "{REPO / 'configs' / 'fpb.toml'}"
 H = 4
@@ -54,6 +55,37 @@ def test_a_cell_whose_result_was_lost_is_rebuilt_from_its_store(tmp_path, imfl_c
     assert not first["resumed"] and again["resumed"]
     assert again["rounds"] == first["rounds"] and again["loop_seconds"] == first["loop_seconds"] > 0
     assert f"(resumed; {first['loop_seconds'] / 60:.1f} min of rounds in all)" in r.stderr
+
+
+def test_until_starts_only_the_cells_that_should_end_in_time(tmp_path, imfl_cache):
+    """--until: a cell is started only if the finished cells like it say it ends by then; a shorter cell later in
+    the grid takes the free worker instead, and the others wait for the next run."""
+    from datetime import datetime, timedelta
+
+    grid = tiny_grid(tmp_path, seeds="[3, 4]", strategies="medium = { total = 2, human = 2 }")
+    env = {"IMFL_CACHE": str(imfl_cache)}
+    assert imfl("bench", str(grid), "--only", "*/seed3", env=env).returncode == 0
+    slow = tmp_path / "out" / "cells" / "fpb__none__small__seed3.json"
+    rec = json.loads(slow.read_text())
+    rec["wall_seconds"], rec["loop_seconds"] = 36000.0, 35000.0  # as if that cell had taken 10 hours
+    slow.write_text(json.dumps(rec))
+    listed = imfl("bench", str(grid), "--list", env=env)
+    assert listed.returncode == 0 and "2 to run (about 10.0 h of cells)" in listed.stdout, listed.stdout
+    assert any("fpb/none/small/seed4" in line and line.rstrip(" │").endswith("600") for line in listed.stdout.splitlines())
+
+    in_an_hour = (datetime.now() + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M")
+    r = imfl("bench", str(grid), "--until", in_an_hour, env=env)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out" / "cells" / "fpb__none__medium__seed4.json").is_file()
+    assert not (tmp_path / "out" / "cells" / "fpb__none__small__seed4.json").exists()
+    assert "1 cells done, 0 failed" in r.stdout and "1 cell(s) not started (first: fpb/none/small/seed4)" in r.stdout
+
+    (tmp_path / "out" / "cells" / "fpb__none__medium__seed4.json").unlink()
+    r = imfl("bench", str(grid), "--until", "2020-01-01T00:00", env=env)  # past: not even a short cell starts
+    assert r.returncode == 0 and "0 cells done" in r.stdout and "2 cell(s) not started" in r.stdout, r.stdout
+    r = imfl("bench", str(grid), "--until", "25:00", env=env)
+    assert r.returncode == 2 and "--until '25:00': not a time" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "out" / "cells" / "fpb__none__small__seed4.json").exists()
 
 
 def test_fidelity_sweep_quick_grid_and_its_chart(tmp_path, imfl_cache):

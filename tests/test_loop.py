@@ -61,6 +61,26 @@ def test_human_labels_come_first_and_are_the_llm_demos(imfl_run):
         assert any(d & this_round for d in demos)  # ... including this round's fresh ones
 
 
+def test_llm_first_prompts_hold_only_earlier_rounds_human_labels(imfl_run, tmp_path, small_fpb, imfl_cache):
+    """The `LLM first` ablation: a round's LLM labels are committed before its human labels, so the
+    prompts see only the human labels of earlier rounds (none in round 1: zero-shot)."""
+    cfg, human_first = imfl_run
+    budget = {**cfg.budget.model_dump(), "order": "llm-first"}
+    result = run(tiny(small_fpb["pool"], small_fpb["test"], tmp_path, imfl_cache, budget=budget))
+    assert result.budget_used == human_first.budget_used
+    assert selections(result.run_dir)[:8] == selections(human_first.run_dir)[:8]  # round 1 has no student: same query
+    with sqlite3.connect(result.run_dir / "store.sqlite") as c:
+        rows = c.execute("SELECT id, item_id, round, source, demo_ids FROM annotations ORDER BY id").fetchall()
+    for t in (1, 2, 3):
+        human = [r for r in rows if r[2] == t and r[3] == "human"]
+        llm = [r for r in rows if r[2] == t and r[3] == "llm"]
+        assert human and llm
+        assert max(r[0] for r in llm) < min(r[0] for r in human)
+        earlier = {r[1] for r in rows if r[3] == "human" and r[2] < t}
+        demos = [set(json.loads(r[4] or "[]")) for r in llm]
+        assert all(len(d) == min(4, len(earlier)) and d <= earlier for d in demos)
+
+
 def test_the_copying_script_sets_the_llm_beside_its_most_similar_demonstration(imfl_run, small_fpb, imfl_cache):
     """benchmarks/copying.py on a finished run: the LLM's accuracy is the one its metrics give, the demonstration shown
     last is the one the embedder finds nearest the item, and copying its label scores what the gold labels say."""

@@ -22,6 +22,7 @@ import fnmatch
 import json
 import os
 import platform
+import statistics
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -394,7 +395,7 @@ def _cell_process(cell: Cell, grid: Grid, threads: int | None) -> dict:
 
 @dataclass
 class CellEvent:
-    kind: Literal["skipped", "started", "done", "failed"]
+    kind: Literal["skipped", "started", "done", "failed", "deferred"]
     cell: Cell
     record: dict | None = None
     error: str | None = None
@@ -428,10 +429,30 @@ def pending_cells(grid: Grid, only: list[str] | None = None, skip: list[str] | N
     return done, todo
 
 
+def cell_seconds(record: dict) -> float:
+    """How long a finished cell took: its rounds over every attempt, or its last attempt's wall time (which also
+    counts loading the models and embedding the pool) when that is longer."""
+    return max(record.get("wall_seconds") or 0.0, record.get("loop_seconds") or 0.0)
+
+
+def estimate_seconds(cell: Cell, records: list[dict]) -> float | None:
+    """How long ``cell`` should take: the median time of the finished cells most like it (same dataset, annotator
+    and strategy; else same dataset and annotator). None when no finished cell is like it."""
+    for keys in (("dataset", "annotator", "strategy"), ("dataset", "annotator")):
+        times = [cell_seconds(r) for r in records if all(r["cell"][k] == getattr(cell, k) for k in keys)]
+        if times:
+            return float(statistics.median(times))
+    return None
+
+
 def run_grid(grid: Grid, workers: int = 1, only: list[str] | None = None, skip: list[str] | None = None,
-             on_event: Callable[[CellEvent], None] = lambda e: None) -> list[CellEvent]:
+             on_event: Callable[[CellEvent], None] = lambda e: None, until: float | None = None) -> list[CellEvent]:
     """Run every cell that has no result yet, ``workers`` at a time (each in a fresh process with
-    cores/workers torch threads). Returns the events of the cells run; a failed cell does not stop the others."""
+    cores/workers torch threads). Returns the events of the cells run; a failed cell does not stop the others.
+
+    With ``until`` (a time.time() value) a cell is started only if :func:`estimate_seconds` says it ends by then
+    (one with no estimate, while ``until`` has not passed): a free worker takes the first such cell in grid
+    order, so shorter cells fill the time at the end. The others get a "deferred" event, for a later run."""
     done, todo = pending_cells(grid, only, skip)
     for cell in done:
         on_event(CellEvent("skipped", cell))
@@ -439,13 +460,18 @@ def run_grid(grid: Grid, workers: int = 1, only: list[str] | None = None, skip: 
     grid.work.mkdir(parents=True, exist_ok=True)
     threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
     events: list[CellEvent] = []
-    queue: Iterator[Cell] = iter(todo)
+    records = load_results(grid.results) if until is not None else []
+
+    def fits(cell: Cell) -> bool:
+        return until is None or time.time() + (estimate_seconds(cell, records) or 0.0) <= until
+
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
         running: dict[Future, Cell] = {}
 
         def submit() -> None:
-            cell = next(queue, None)
+            cell = next((c for c in todo if fits(c)), None)
             if cell is not None:
+                todo.remove(cell)
                 running[pool.submit(_cell_process, cell, grid, threads)] = cell
                 on_event(CellEvent("started", cell))
 
@@ -462,10 +488,14 @@ def run_grid(grid: Grid, workers: int = 1, only: list[str] | None = None, skip: 
                 else:
                     _write_json(grid.result_path(cell), record)
                     write_aggregates(grid.results)
+                    records.append(record)
                     event = CellEvent("done", cell, record)
                 events.append(event)
                 on_event(event)
                 submit()
+    for cell in todo:
+        events.append(CellEvent("deferred", cell))
+        on_event(events[-1])
     return events
 
 

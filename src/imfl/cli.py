@@ -456,6 +456,21 @@ def _cell_line(event, record: dict | None = None) -> Text:
                 f"{record['labels_used']['llm']} LLM labels{llm}, {_minutes(record)}")
 
 
+def _deadline(text: str) -> float:
+    """``--until``: HH:MM (its next occurrence) or an ISO date and time, as a time.time() value."""
+    from datetime import datetime, timedelta
+
+    now = datetime.now()
+    try:
+        if len(text) <= 5 and ":" in text:
+            hour, minute = (int(part) for part in text.split(":"))
+            when = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+            return (when + timedelta(days=1) if when <= now else when).timestamp()
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        raise ConfigError(f"--until {text!r}: not a time; give HH:MM (e.g. 07:30) or a date and time (2027-01-31T07:30)") from None
+
+
 def _minutes(record: dict) -> str:
     wall = f"{record['wall_seconds'] / 60:.1f} min"
     if not record["resumed"]:
@@ -476,12 +491,16 @@ def bench(
     reproduce_: Annotated[Optional[list[str]], typer.Option(
         "--reproduce", help="Run finished cells matching this glob again from scratch (under WORK/reproduce) and compare "
         "their selections and scores with their JSON (repeatable).")] = None,
+    until: Annotated[Optional[str], typer.Option(
+        "--until", help="Start only cells that should end by this time (HH:MM, or 2027-01-31T07:30), judged by the "
+        "times of finished cells like them; shorter cells fill the end, the rest wait for the next run.")] = None,
 ) -> None:
     """Run a grid of dataset × annotator × strategy × seed through the loop; finished cells are skipped on a re-run.
     Writes one JSON per cell under RESULTS/cells/ and the aggregates RESULTS/rounds.csv and RESULTS/cells.csv."""
-    from imfl.bench import load_grid, pending_cells, reproduce, run_grid
+    from imfl.bench import estimate_seconds, load_grid, load_results, pending_cells, reproduce, run_grid
 
     def go() -> None:
+        deadline = _deadline(until) if until else None
         grid = load_grid(grid_file, quick, results, work)
         if reproduce_:
             def said(cell, diff) -> None:
@@ -501,17 +520,25 @@ def bench(
             return
         done, todo = pending_cells(grid, only, skip)
         if list_:
-            table = Table(title=f"{grid_file.name}: {len(done)} done, {len(todo)} to run")
+            records = load_results(grid.results) if grid.cells_dir.is_dir() else []
+            estimates = {cell.id: estimate_seconds(cell, records) for cell in todo}
+            known = [e for e in estimates.values() if e is not None]
+            hours = f"about {sum(known) / 3600:.1f} h of cells" + (f", {len(todo) - len(known)} with no finished cell like them"
+                                                                      if len(known) < len(todo) else "")
+            table = Table(title=f"{grid_file.name}: {len(done)} done, {len(todo)} to run" + (f" ({hours})" if todo else ""))
             table.add_column("cell")
             table.add_column("budget (human + LLM)", justify="right")
             table.add_column("status")
+            table.add_column("minutes (estimate)", justify="right")
             for cell in sorted(done + todo, key=grid.cells.index):
                 b = cell.config.budget
-                table.add_row(cell.id, f"{b.human} + {b.total - b.human}", "done" if cell in done else "to run")
+                minutes = "" if cell in done else "–" if estimates[cell.id] is None else f"{estimates[cell.id] / 60:.0f}"
+                table.add_row(cell.id, f"{b.human} + {b.total - b.human}", "done" if cell in done else "to run", minutes)
             out.print(table)
             return
+        by = f"; starting only cells that should end by {time.strftime('%a %H:%M', time.localtime(deadline))}" if deadline else ""
         out.print(f"{grid_file.name}{' (quick)' if quick else ''}: {len(grid.cells)} cells, {len(done)} already done, "
-                  f"{len(todo)} to run with {workers} worker(s); results in {grid.results}, logs in {grid.work}")
+                  f"{len(todo)} to run with {workers} worker(s){by}; results in {grid.results}, logs in {grid.work}")
         if not todo:
             return
         started = time.perf_counter()
@@ -536,12 +563,17 @@ def bench(
                         progress.console.print(_cell_line(event, event.record))
                         progress.advance(task)
 
-                events = run_grid(grid, workers, only, skip, live)
+                events = run_grid(grid, workers, only, skip, live, deadline)
         else:
-            events = run_grid(grid, workers, only, skip, plain)
+            events = run_grid(grid, workers, only, skip, plain, deadline)
         failed = [e for e in events if e.kind == "failed"]
-        out.print(f"{len(events) - len(failed)} cells done, {len(failed)} failed in {(time.perf_counter() - started) / 60:.1f} min; "
-                  f"`imfl report {grid.results}` makes the tables and figures")
+        deferred = [e for e in events if e.kind == "deferred"]
+        out.print(f"{len(events) - len(failed) - len(deferred)} cells done, {len(failed)} failed in "
+                  f"{(time.perf_counter() - started) / 60:.1f} min; `imfl report {grid.results}` makes the tables and figures")
+        if deferred:
+            out.print(f"{len(deferred)} cell(s) not started (first: {deferred[0].cell.id}): by the times of finished cells like "
+                      f"them, none would end by {time.strftime('%a %H:%M', time.localtime(deadline))}; run the same command "
+                      "again to continue")
         if failed:
             _fail(f"{len(failed)} cell(s) failed (first: {failed[0].cell.id}: {failed[0].error}); fix the cause and run the "
                   "same command again: finished cells are kept", 1)
