@@ -28,6 +28,18 @@ def selections(run_dir):
         return c.execute("SELECT round, item_id, target FROM selections ORDER BY round, rank").fetchall()
 
 
+def annotations_by_round(run_dir, rounds=(1, 2, 3)):
+    """Per round: every annotation row (id, item_id, round, source, demo_ids) in commit order, and the round's human
+    and LLM rows (both present)."""
+    with sqlite3.connect(run_dir / "store.sqlite") as c:
+        rows = c.execute("SELECT id, item_id, round, source, demo_ids FROM annotations ORDER BY id").fetchall()
+    for t in rounds:
+        human = [r for r in rows if r[2] == t and r[3] == "human"]
+        llm = [r for r in rows if r[2] == t and r[3] == "llm"]
+        assert human and llm
+        yield t, rows, human, llm
+
+
 @pytest.fixture(scope="module")
 def imfl_run(tmp_path_factory, small_fpb, imfl_cache):
     out = tmp_path_factory.mktemp("runs")
@@ -46,12 +58,7 @@ def test_budget_is_spent_exactly(imfl_run):
 
 def test_human_labels_come_first_and_are_the_llm_demos(imfl_run):
     cfg, result = imfl_run
-    with sqlite3.connect(result.run_dir / "store.sqlite") as c:
-        rows = c.execute("SELECT id, item_id, round, source, demo_ids FROM annotations ORDER BY id").fetchall()
-    for t in (1, 2, 3):
-        human = [r for r in rows if r[2] == t and r[3] == "human"]
-        llm = [r for r in rows if r[2] == t and r[3] == "llm"]
-        assert human and llm
+    for t, rows, human, llm in annotations_by_round(result.run_dir):
         assert max(r[0] for r in human) < min(r[0] for r in llm)  # committed before any LLM label of the round
         human_so_far = {r[1] for r in rows if r[3] == "human" and r[2] <= t}
         this_round = {r[1] for r in human}
@@ -69,12 +76,7 @@ def test_llm_first_prompts_hold_only_earlier_rounds_human_labels(imfl_run, tmp_p
     result = run(tiny(small_fpb["pool"], small_fpb["test"], tmp_path, imfl_cache, budget=budget))
     assert result.budget_used == human_first.budget_used
     assert selections(result.run_dir)[:8] == selections(human_first.run_dir)[:8]  # round 1 has no student: same query
-    with sqlite3.connect(result.run_dir / "store.sqlite") as c:
-        rows = c.execute("SELECT id, item_id, round, source, demo_ids FROM annotations ORDER BY id").fetchall()
-    for t in (1, 2, 3):
-        human = [r for r in rows if r[2] == t and r[3] == "human"]
-        llm = [r for r in rows if r[2] == t and r[3] == "llm"]
-        assert human and llm
+    for t, rows, human, llm in annotations_by_round(result.run_dir):
         assert max(r[0] for r in llm) < min(r[0] for r in human)
         earlier = {r[1] for r in rows if r[3] == "human" and r[2] < t}
         demos = [set(json.loads(r[4] or "[]")) for r in llm]
