@@ -87,6 +87,12 @@ def test_until_starts_only_the_cells_that_should_end_in_time(tmp_path, imfl_cach
     assert r.returncode == 2 and "--until '25:00': not a time" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "out" / "cells" / "fpb__none__small__seed4.json").exists()
 
+    # Cells that ran on this processor come first: the slow one ran on another, so the medium cell estimates it.
+    rec["machine"]["cpu"] = "another processor"
+    slow.write_text(json.dumps(rec))
+    listed = imfl("bench", str(grid), "--list", env=env)
+    assert listed.returncode == 0 and "(about 0.0 h of cells)" in listed.stdout, listed.stdout
+
 
 def test_fidelity_sweep_quick_grid_and_its_chart(tmp_path, imfl_cache):
     """The sweep grid in its --quick form: a simulated LLM at 50% and 95% with two human shares, against human-only

@@ -286,7 +286,8 @@ def annotator_accuracy(cfg: RunConfig) -> float | None:
     return None if accuracy is None else round(accuracy, 4)
 
 
-def _machine() -> dict:
+def this_cpu() -> dict:
+    """The processor's model name and core count, as a cell's ``machine`` records them."""
     cpu = platform.processor()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -295,12 +296,16 @@ def _machine() -> dict:
                 break
     except OSError:
         pass
+    return {"cpu": cpu, "cores": os.cpu_count()}
+
+
+def _machine() -> dict:
     import torch
 
     import imfl
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-            "imfl": imfl.__version__, "threads": torch.get_num_threads()}
+    return {**this_cpu(), "python": platform.python_version(), "torch": torch.__version__, "imfl": imfl.__version__,
+            "threads": torch.get_num_threads()}
 
 
 def run_cell(cell: Cell, grid: Grid) -> dict:
@@ -435,13 +440,16 @@ def cell_seconds(record: dict) -> float:
     return max(record.get("wall_seconds") or 0.0, record.get("loop_seconds") or 0.0)
 
 
-def estimate_seconds(cell: Cell, records: list[dict]) -> float | None:
-    """How long ``cell`` should take: the median time of the finished cells most like it (same dataset, annotator
-    and strategy; else same dataset and annotator). None when no finished cell is like it."""
-    for keys in (("dataset", "annotator", "strategy"), ("dataset", "annotator")):
-        times = [cell_seconds(r) for r in records if all(r["cell"][k] == getattr(cell, k) for k in keys)]
-        if times:
-            return float(statistics.median(times))
+def estimate_seconds(cell: Cell, records: list[dict], cpu: dict | None = None) -> float | None:
+    """How long ``cell`` should take: the median time of the finished cells most like it. Cells that ran on this
+    ``cpu`` (see :func:`this_cpu`) come before any other (another processor can be twice as fast); among those,
+    the same dataset, annotator and strategy, else the same dataset and annotator. None when no cell is like it."""
+    here = [r for r in records if cpu and {k: r.get("machine", {}).get(k) for k in cpu} == cpu]
+    for pool in (here, records):
+        for keys in (("dataset", "annotator", "strategy"), ("dataset", "annotator")):
+            times = [cell_seconds(r) for r in pool if all(r["cell"][k] == getattr(cell, k) for k in keys)]
+            if times:
+                return float(statistics.median(times))
     return None
 
 
@@ -450,7 +458,8 @@ def run_grid(grid: Grid, workers: int = 1, only: list[str] | None = None, skip: 
     """Run every cell that has no result yet, ``workers`` at a time (each in a fresh process with
     cores/workers torch threads). Returns the events of the cells run; a failed cell does not stop the others.
 
-    With ``until`` (a time.time() value) a cell is started only if :func:`estimate_seconds` says it ends by then
+    With ``until`` (a time.time() value) a cell is started only if :func:`estimate_seconds` (on this processor)
+    says it ends by then
     (one with no estimate, while ``until`` has not passed): a free worker takes the first such cell in grid
     order, so shorter cells fill the time at the end. The others get a "deferred" event, for a later run."""
     done, todo = pending_cells(grid, only, skip)
@@ -460,10 +469,10 @@ def run_grid(grid: Grid, workers: int = 1, only: list[str] | None = None, skip: 
     grid.work.mkdir(parents=True, exist_ok=True)
     threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
     events: list[CellEvent] = []
-    records = load_results(grid.results) if until is not None else []
+    records, cpu = (load_results(grid.results) if until is not None else []), this_cpu()
 
     def fits(cell: Cell) -> bool:
-        return until is None or time.time() + (estimate_seconds(cell, records) or 0.0) <= until
+        return until is None or time.time() + (estimate_seconds(cell, records, cpu) or 0.0) <= until
 
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
         running: dict[Future, Cell] = {}

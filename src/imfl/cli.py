@@ -497,7 +497,7 @@ def bench(
 ) -> None:
     """Run a grid of dataset × annotator × strategy × seed through the loop; finished cells are skipped on a re-run.
     Writes one JSON per cell under RESULTS/cells/ and the aggregates RESULTS/rounds.csv and RESULTS/cells.csv."""
-    from imfl.bench import estimate_seconds, load_grid, load_results, pending_cells, reproduce, run_grid
+    from imfl.bench import estimate_seconds, load_grid, load_results, pending_cells, reproduce, run_grid, this_cpu
 
     def go() -> None:
         deadline = _deadline(until) if until else None
@@ -521,7 +521,7 @@ def bench(
         done, todo = pending_cells(grid, only, skip)
         if list_:
             records = load_results(grid.results) if grid.cells_dir.is_dir() else []
-            estimates = {cell.id: estimate_seconds(cell, records) for cell in todo}
+            estimates = {cell.id: estimate_seconds(cell, records, this_cpu()) for cell in todo}
             known = [e for e in estimates.values() if e is not None]
             hours = f"about {sum(known) / 3600:.1f} h of cells" + (f", {len(todo) - len(known)} with no finished cell like them"
                                                                       if len(known) < len(todo) else "")
