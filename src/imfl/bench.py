@@ -459,9 +459,8 @@ def run_grid(grid: Grid, workers: int = 1, only: list[str] | None = None, skip: 
     cores/workers torch threads). Returns the events of the cells run; a failed cell does not stop the others.
 
     With ``until`` (a time.time() value) a cell is started only if :func:`estimate_seconds` (on this processor)
-    says it ends by then
-    (one with no estimate, while ``until`` has not passed): a free worker takes the first such cell in grid
-    order, so shorter cells fill the time at the end. The others get a "deferred" event, for a later run."""
+    says it ends by then (one with no estimate, while ``until`` has not passed): a free worker takes the first such
+    cell in grid order, so shorter cells fill the time at the end. The others get a "deferred" event, for a later run."""
     done, todo = pending_cells(grid, only, skip)
     for cell in done:
         on_event(CellEvent("skipped", cell))

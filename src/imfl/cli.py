@@ -521,7 +521,8 @@ def bench(
         done, todo = pending_cells(grid, only, skip)
         if list_:
             records = load_results(grid.results) if grid.cells_dir.is_dir() else []
-            estimates = {cell.id: estimate_seconds(cell, records, this_cpu()) for cell in todo}
+            cpu = this_cpu()
+            estimates = {cell.id: estimate_seconds(cell, records, cpu) for cell in todo}
             known = [e for e in estimates.values() if e is not None]
             hours = f"about {sum(known) / 3600:.1f} h of cells" + (f", {len(todo) - len(known)} with no finished cell like them"
                                                                       if len(known) < len(todo) else "")
@@ -536,7 +537,8 @@ def bench(
                 table.add_row(cell.id, f"{b.human} + {b.total - b.human}", "done" if cell in done else "to run", minutes)
             out.print(table)
             return
-        by = f"; starting only cells that should end by {time.strftime('%a %H:%M', time.localtime(deadline))}" if deadline else ""
+        by_time = time.strftime('%a %H:%M', time.localtime(deadline)) if deadline else ""
+        by = f"; starting only cells that should end by {by_time}" if deadline else ""
         out.print(f"{grid_file.name}{' (quick)' if quick else ''}: {len(grid.cells)} cells, {len(done)} already done, "
                   f"{len(todo)} to run with {workers} worker(s){by}; results in {grid.results}, logs in {grid.work}")
         if not todo:
@@ -572,7 +574,7 @@ def bench(
                   f"{(time.perf_counter() - started) / 60:.1f} min; `imfl report {grid.results}` makes the tables and figures")
         if deferred:
             out.print(f"{len(deferred)} cell(s) not started (first: {deferred[0].cell.id}): by the times of finished cells like "
-                      f"them, none would end by {time.strftime('%a %H:%M', time.localtime(deadline))}; run the same command "
+                      f"them, none would end by {by_time}; run the same command "
                       "again to continue")
         if failed:
             _fail(f"{len(failed)} cell(s) failed (first: {failed[0].cell.id}: {failed[0].error}); fix the cause and run the "
