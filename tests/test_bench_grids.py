@@ -51,6 +51,7 @@ def test_a_cell_whose_result_was_lost_is_rebuilt_from_its_store(tmp_path, imfl_c
     path.unlink()
     r = imfl("bench", str(grid), "--only", "*/small/*", env=env)
     assert r.returncode == 0, r.stderr
+    assert "2 cells, 1 selected: 0 already done, 1 to run" in r.stdout
     again = json.loads(path.read_text())
     assert not first["resumed"] and again["resumed"]
     assert again["rounds"] == first["rounds"] and again["loop_seconds"] == first["loop_seconds"] > 0

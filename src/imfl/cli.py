@@ -539,8 +539,10 @@ def bench(
             return
         by_time = time.strftime('%a %H:%M', time.localtime(deadline)) if deadline else ""
         by = f"; starting only cells that should end by {by_time}" if deadline else ""
-        out.print(f"{grid_file.name}{' (quick)' if quick else ''}: {len(grid.cells)} cells, {len(done)} already done, "
-                  f"{len(todo)} to run with {workers} worker(s){by}; results in {grid.results}, logs in {grid.work}")
+        chosen = len(done) + len(todo)
+        selected = f", {chosen} selected" if chosen < len(grid.cells) else ""
+        out.print(f"{grid_file.name}{' (quick)' if quick else ''}: {len(grid.cells)} cells{selected}: {len(done)} already "
+                  f"done, {len(todo)} to run with {workers} worker(s){by}; results in {grid.results}, logs in {grid.work}")
         if not todo:
             return
         started = time.perf_counter()
