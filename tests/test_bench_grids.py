@@ -171,6 +171,7 @@ def test_a_ladder_cell_reproduces_exactly_from_its_json(tmp_path, imfl_cache):
     old = json.loads(json.dumps(got["fpb-recorded/llama2-7b/imfl/seed0"]))
     del old["annotator_accuracy"]
     grid_dir = tmp_path / "old-grid"
+    (grid_dir / "results" / "ladder").mkdir(parents=True)  # a grid folder moved elsewhere, its results beneath it
     for key in ("pool", "test"):
         old["config"]["data"][key] = os.path.relpath(REPO / "benchmarks" / old["config"]["data"][key], grid_dir)
     assert _annotator_accuracy(old, grid_dir / "results" / "ladder") == 0.4007

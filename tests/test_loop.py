@@ -14,7 +14,7 @@ from imfl import run
 
 def tiny(pool, test, out, cache, **over):
     settings = {
-        "name": "tiny", "seed": 0, "output_dir": str(out), "cache_dir": str(cache),
+        "name": "tiny", "seed": 0, "strategy": "imfl", "output_dir": str(out), "cache_dir": str(cache),
         "data": {"pool": str(pool), "test": str(test)},
         "budget": {"total": 24, "human": 8, "rounds": 3},
         "student": {"epochs": 1, "min_steps": 0, "max_length": 32, "batch_size": 16},
@@ -95,9 +95,11 @@ def test_the_copying_script_sets_the_llm_beside_its_most_similar_demonstration(i
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     [row] = [[c.strip() for c in line.strip("|").split("|")] for line in r.stdout.splitlines() if result.run_dir.name in line]
-    llm_right = sum(m["llm_accuracy"] * m["llm_labels"] for m in result.metrics) / 16
-    assert row[1:3] == ["retrieved", "16"] and row[5] == f"{llm_right:.3f}"
     pool = {x["id"]: x for x in read_jsonl(small_fpb["pool"])}
+    # The LLM's accuracy as an exact count of its right labels (which items SmolLM2 gets right differs by CPU; the
+    # script prints three decimals, so compare within half of the last one).
+    llm_right = sum(x["label"] == pool[x["id"]]["label"] for x in read_jsonl(result.run_dir / "labels.jsonl") if x["source"] == "llm")
+    assert row[1:3] == ["retrieved", "16"] and abs(float(row[5]) - llm_right / 16) <= 0.0005 + 1e-9
     human = {x["id"]: x["label"] for x in read_jsonl(result.run_dir / "labels.jsonl") if x["source"] == "human"}
     with sqlite3.connect(result.run_dir / "store.sqlite") as c:
         asked = [(i, json.loads(d)) for i, d in c.execute("SELECT item_id, demo_ids FROM annotations WHERE source='llm'")]
@@ -108,7 +110,7 @@ def test_the_copying_script_sets_the_llm_beside_its_most_similar_demonstration(i
         assert int(np.argmax(similarity)) == len(demos) - 1, item
     copied = sum(human[demos[-1]] == pool[item]["label"] for item, demos in asked) / 16
     among = sum(pool[item]["label"] in {human[d] for d in demos} for item, demos in asked) / 16
-    assert row[6:8] == [f"{copied:.3f}", f"{among:.3f}"]
+    assert [float(v) for v in row[6:8]] == pytest.approx([copied, among], abs=0.0005 + 1e-9)
 
 
 def test_llm_gives_a_probability_for_every_label(imfl_run):
