@@ -18,6 +18,7 @@ def write_config(path, small_fpb, cache, name, llm_cache):
     path.write_text(f"""
 name = "{name}"
 seed = 5
+strategy = "imfl"
 output_dir = "runs"
 cache_dir = "{cache}"
 [data]

@@ -61,7 +61,7 @@ def _store(run_dir, sql):
 def test_a_run_on_ray_equals_the_run_in_process(local_ray, tmp_path, small_fpb, imfl_cache):
     def config(engine):
         return small_config(
-            {"name": engine, "seed": 0, "output_dir": str(tmp_path), "cache_dir": str(imfl_cache), "engine": engine,
+            {"name": engine, "seed": 0, "strategy": "imfl", "output_dir": str(tmp_path), "cache_dir": str(imfl_cache), "engine": engine,
              "data": {"pool": str(small_fpb["pool"]), "test": str(small_fpb["test"])},
              "budget": {"total": 12, "human": 6, "rounds": 2},
              "student": {"epochs": 1, "min_steps": 0, "max_length": 32, "predict_dtype": "float32"},

@@ -26,7 +26,7 @@ def people_config(tmp_path, shared_data, cache, name="people", **over):
     pool = write_jsonl(tmp_path / "pool.jsonl", rows)
     test = write_jsonl(tmp_path / "test.jsonl", read_jsonl(shared_data / "fpb_recorded" / "test.jsonl")[:20])
     settings = {
-        "name": name, "seed": 0, "output_dir": str(tmp_path / "runs"), "cache_dir": str(cache),
+        "name": name, "seed": 0, "strategy": "imfl", "output_dir": str(tmp_path / "runs"), "cache_dir": str(cache),
         "data": {"pool": str(pool), "test": str(test), "labels": list(LABELS)},
         "budget": {"total": 24, "human": 9, "rounds": 2},
         "human": {"annotator": "people"},

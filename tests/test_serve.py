@@ -161,7 +161,7 @@ def server(served_model, tmp_path_factory):
 
 def serve_cfg(pool, test, out, cache, server, **over):
     settings = {
-        "name": "serve", "seed": 0, "output_dir": str(out), "cache_dir": str(cache),
+        "name": "serve", "seed": 0, "strategy": "imfl", "output_dir": str(out), "cache_dir": str(cache),
         "data": {"pool": str(pool), "test": str(test)},
         "budget": {"total": 12, "human": 4, "rounds": 2},
         "student": {"epochs": 1, "min_steps": 0, "max_length": 32, "batch_size": 16},

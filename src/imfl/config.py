@@ -205,7 +205,11 @@ class RunConfig(_Section):
 
     name: str = Field("run", description="Run folder name under output_dir.")
     seed: int = Field(0, description="Seeds the query, k-means, demo sampling and the student: same seed, same run.")
-    strategy: str = Field("imfl", description="imfl, random, uncertainty, diversity, human-only, llm-only or fidelity (imfl with every [fidelity] switch on).")
+    strategy: str = Field(
+        "fidelity", description="fidelity (the default: IMFL that measures its LLM every round and buys, weights, routes and "
+        "filters LLM labels by what it measured; best in our benchmarks), imfl (the paper's method as published), random, "
+        "uncertainty, diversity, human-only or llm-only."
+    )
     output_dir: Path = Field(Path("runs"), description="Runs are written to output_dir/name/.")
     cache_dir: Path | None = Field(None, description="Embedding and model cache; empty = $IMFL_CACHE or ~/.cache/imfl.")
     data: DataConfig

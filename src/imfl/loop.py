@@ -502,7 +502,7 @@ class Run:
             student.fit(
                 [e.text for e in items], [task.index(a.label) for a in annotations], len(task.labels),
                 text_pairs=[e.text_pair for e in items] if task.has_pair else None,
-                sample_weight=weights.tolist(), progress=advance,
+                sample_weight=weights.tolist(), label_names=task.labels, progress=advance,
             )
         return student
 

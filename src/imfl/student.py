@@ -419,13 +419,15 @@ class Student:
         *,
         text_pairs: Sequence[str] | None = None,
         sample_weight: Sequence[float] | None = None,
+        label_names: Sequence[str] | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> Student:
         """Train a fresh LoRA adapter and head from the base model on these items; returns self.
 
         ``sample_weight`` weighs each item's cross-entropy (relative to the mean weight, so multiplying all
-        weights by a constant changes nothing); items of weight 0 are left out. ``progress(n)`` is called
-        after each batch with the number of items in it (``effective_epochs(n_items) * n_items`` in all).
+        weights by a constant changes nothing); items of weight 0 are left out. ``label_names`` names classes
+        0..n_labels-1 (kept as ``classes_`` and saved with the model; default "0", "1", ...). ``progress(n)`` is
+        called after each batch with the number of items in it (``effective_epochs(n_items) * n_items`` in all).
         """
         self._validate_settings()
         texts = _check_texts(texts, "texts")
@@ -436,6 +438,7 @@ class Student:
         if isinstance(n_labels, bool) or not isinstance(n_labels, (int, np.integer)) or n_labels < 2:
             raise ModelError(f"n_labels={n_labels!r} is invalid: give the number of classes, an integer >= 2")
         n_labels = int(n_labels)
+        classes = self._check_label_names(label_names, n_labels)
         y = self._check_labels(labels, n, n_labels)
         w = self._check_weights(sample_weight, n)
         keep = np.flatnonzero(w > 0)
@@ -512,10 +515,21 @@ class Student:
 
         self._net, self._tokenizer, self._encoder_config = net, tokenizer, encoder.config
         self.n_labels_ = n_labels
+        self.classes_ = classes
         self.uses_text_pairs_ = pairs is not None
         self.n_train_ = len(encoded)
         self.epochs_run_ = epochs
         return self
+
+    @staticmethod
+    def _check_label_names(label_names: Sequence[str] | None, n_labels: int) -> list[str]:
+        if label_names is None:
+            return [str(i) for i in range(n_labels)]
+        names = _check_texts(label_names, "label_names")
+        if len(names) != n_labels or len(set(names)) != n_labels:
+            raise ModelError(f"label_names has {len(names)} names ({len(set(names))} distinct) for n_labels={n_labels}: "
+                             "give one distinct name per class, in class-index order")
+        return names
 
     @staticmethod
     def _check_labels(labels: Sequence[int], n: int, n_labels: int) -> np.ndarray:
@@ -642,6 +656,7 @@ class Student:
                 "format": _FORMAT,
                 "settings": params,
                 "n_labels": self.n_labels_,
+                "labels": list(self.classes_),
                 "uses_text_pairs": self.uses_text_pairs_,
                 "n_train": self.n_train_,
                 "epochs_run": self.epochs_run_,
@@ -692,6 +707,9 @@ class Student:
         peft_encoder.merge_adapter()  # as after fit, so a loaded student predicts exactly as the saved one
         student._net = net
         student.n_labels_ = n_labels
+        names = info.get("labels")  # saved since label names were kept; older saves name classes by index
+        student.classes_ = [str(x) for x in names] if isinstance(names, list) and len(names) == n_labels else [
+            str(i) for i in range(n_labels)]
         student.uses_text_pairs_ = uses_pairs
         student.n_train_ = info.get("n_train")
         student.epochs_run_ = info.get("epochs_run")
