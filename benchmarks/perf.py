@@ -201,7 +201,7 @@ def bench_train(table: Table, args, ds) -> None:
     for dtype in ("float32", "bfloat16"):
         student = _student(args, train_dtype=dtype, predict_dtype="float32", epochs=args.epochs)
         seconds, _ = timed(lambda s=student: s.fit(texts, y, len(ds.task.labels), text_pairs=pairs))
-        acc = float((student.predict(test_x, text_pairs=test_pairs) == np.array(test_y)).mean())
+        acc = float((student.predict_proba(test_x, text_pairs=test_pairs).argmax(axis=1) == np.array(test_y)).mean())
         table.add(f"student LoRA training, {student.epochs_run_} epochs of {len(texts)} items", student.epochs_run_ * len(texts),
                   seconds, dtype=dtype, seconds_per_epoch=round(seconds / student.epochs_run_, 1), test_accuracy=round(acc, 4))
 

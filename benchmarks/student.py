@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         student.fit([e.text for e in train], [labels.index(e.label) for e in train], len(labels), text_pairs=pairs(train))
         fit_s = time.perf_counter() - start
         start = time.perf_counter()
-        pred = student.predict([e.text for e in held], text_pairs=pairs(held))
+        pred = student.predict_proba([e.text for e in held], text_pairs=pairs(held)).argmax(axis=1)
         pred_s = time.perf_counter() - start
         gold = [labels.index(e.label) for e in held]
         row = {

@@ -297,7 +297,11 @@ def test_the_prequential_script_sets_the_real_student_beside_the_llm_on_the_same
     probed = [p for m in later for p in state(result, m["round"])["probe"]]
     assert len(probed) == n
     llm = sum(p["label"] == p["gold"] for p in probed) / n
-    assert row.startswith(f"| {result.run_dir.name} | {n} | {student:.3f} | {llm:.3f} |")
+    # The metrics keep each round's accuracy rounded, and a count like 3/16 = 0.1875 sits on a rounding tie:
+    # compare within the printed precision, not the printed digits.
+    name, count, printed_student, printed_llm = [c.strip() for c in row.strip("|").split("|")][:4]
+    assert (name, int(count)) == (result.run_dir.name, n)
+    assert abs(float(printed_student) - student) <= 0.0006 and abs(float(printed_llm) - llm) <= 0.0006
 
 
 def table(stdout: str) -> list[list[str]]:

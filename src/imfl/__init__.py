@@ -6,28 +6,22 @@ LLM labels, round after round; a small student model is fine-tuned on all of the
     from imfl import load_config, run
     result = run(load_config("configs/fpb.toml"))
 
-Heavy parts (models) are imported lazily, so ``import imfl`` is quick and touches no network.
+Heavy parts (models) are imported lazily, so ``import imfl`` is quick and touches no network. Importing or
+using imfl changes nothing in ``os.environ``: models are loaded from local paths with ``local_files_only=True``,
+so no model hub is contacted whatever the Hugging Face settings of the process (only the ``imfl`` command sets
+environment variables, for its own process: see ``imfl.cli``).
 """
 
-import os
-
-# imfl only ever loads models from local paths; never let a library reach for a model hub.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-# oneDNN keeps a compiled kernel for every input shape it meets (1,024 by default); prompts and batches come in many
-# lengths, so that cache grew the process by ~0.25 GiB per 500 LLM prompts. 16 halved the growth at the same speed.
-os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16")
-
-from imfl.config import RunConfig  # noqa: E402, config_from_dict, load_config
-from imfl.data import Annotation, Dataset, Example, Task, load_dataset  # noqa: E402
-from imfl.errors import AnnotatorError, BudgetError, ConfigError, DataError, ImflError, ModelError  # noqa: E402
+from imfl.config import RunConfig, config_from_dict, load_config
+from imfl.data import Annotation, Dataset, Example, Task, load_dataset
+from imfl.errors import AnnotatorError, BudgetError, ConfigError, DataError, ImflError, ModelError
 
 __version__ = "0.1.0"
 
 _LAZY = {
     "run": "imfl.loop", "Run": "imfl.loop", "RunResult": "imfl.loop",
     "Student": "imfl.student", "Embedder": "imfl.embeddings",
-    "LLMAnnotator": "imfl.annotators", "OracleAnnotator": "imfl.annotators", "RecordedAnnotator": "imfl.annotators",
+    "AnnotationContext": "imfl.annotators", "LLMAnnotator": "imfl.annotators", "OracleAnnotator": "imfl.annotators", "RecordedAnnotator": "imfl.annotators",
     "PeopleAnnotator": "imfl.annotators", "Labeling": "imfl.people",
     "LocalBackend": "imfl.llm.local",
     "eeq": "imfl.query", "least_confidence": "imfl.query", "round_plan": "imfl.query", "split_by_uncertainty": "imfl.query",

@@ -239,6 +239,7 @@ def _cell_config(base: dict, overrides: list[dict[str, Any]], base_dir: Path, so
     from imfl.config import resolve_strategy
 
     data = copy.deepcopy(base)
+    data.setdefault("compare_human_only", False)  # a grid has its own human-only cells, at every seed
     for layer in overrides:
         for key, value in _flatten(layer):
             set_path(data, key, value)

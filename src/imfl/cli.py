@@ -1,5 +1,6 @@
 """The command line: `imfl run`, `imfl demo`, the project commands for real people (`init`, `status`,
-`serve`, `annotate`, `export-batch`, `import-labels`, `export`) and the experiments (`bench`, `report`).
+`serve`, `annotate`, `export-batch`, `import-labels`, `export`), `imfl predict` (a trained model on a file of texts)
+and the experiments (`bench`, `report`).
 Errors of the ImflError family are printed on one line, without a traceback, and exit with status 2."""
 
 from __future__ import annotations
@@ -13,7 +14,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Optional
 
-import typer
+# The `imfl` command is the main program of its process, so it (and only it: the library leaves os.environ alone)
+# sets these, here, before anything imports torch or tokenizers:
+# oneDNN keeps a compiled kernel for every input shape it meets (1,024 by default); prompts and batches come in many
+# lengths, so that cache grew the process by ~0.25 GiB per 500 LLM prompts. 16 halved the growth at the same speed.
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16")
+# tokenizers prints a warning when a process forks after it used its thread pool; off from the start, it stays quiet.
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import typer  # noqa: E402
 from rich.console import Console
 from rich.progress import (
     BarColumn, MofNCompleteColumn, Progress, ProgressColumn, SpinnerColumn, TextColumn, TimeElapsedColumn,
@@ -81,8 +90,7 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def _quiet_libraries() -> None:
-    """Our progress bars replace the libraries' own (weight loading, tokenizers)."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    """Our progress bars replace the libraries' own (weight loading; tokenizers: see the top of this module)."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -104,13 +112,28 @@ def _execute(cfg, continue_partial: bool = False) -> None:
 
 def _print_result(result, seconds: float) -> None:
     table = Table(title=f"{result.run_dir.name}: per-round results")
-    for col in ("round", "+human", "+LLM", "human total", "LLM total", "LLM acc.", "test acc.", "test macro-F1"):
+    # A run that measures its LLM (llm.eval_sample; strategy fidelity) shows the measurement and what it decided.
+    measured = any(m.get("llm_self_accuracy") is not None for m in result.metrics)
+    columns = ["round", "+human", "+LLM", "human total", "LLM total", "LLM acc.", "test acc.", "test macro-F1"]
+    if measured:
+        columns[5:5] = ["LLM self-check", "student est.", "buy LLM?"]
+    for col in columns:
         table.add_column(col, justify="right")
+    fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
     for m in result.metrics:
-        fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
-        table.add_row(str(m["round"]), str(m["human_labels"]), str(m["llm_labels"]), str(m["human_total"]),
-                      str(m["llm_total"]), fmt(m.get("llm_accuracy")), fmt(m.get("test_accuracy")), fmt(m.get("test_macro_f1")))
+        row = [str(m["round"]), str(m["human_labels"]), str(m["llm_labels"]), str(m["human_total"]), str(m["llm_total"]),
+               fmt(m.get("llm_accuracy")), fmt(m.get("test_accuracy")), fmt(m.get("test_macro_f1"))]
+        if measured:
+            row[5:5] = [fmt(m.get("llm_self_accuracy")), fmt(m.get("student_est_accuracy")),
+                        {True: "yes", False: "no"}.get(m.get("buy_llm"), "–")]
+        table.add_row(*row)
     out.print(table)
+    if measured:
+        out.print("LLM self-check: the LLM's accuracy on human-labeled items (demonstrations from the other human labels); "
+                  "student est.: a student's out-of-fold accuracy on the same human labels. LLM labels are bought only "
+                  "while the LLM measures at least as accurate.", soft_wrap=True)
+    if result.metrics and result.metrics[-1].get("human_only"):
+        out.print(result.metrics[-1]["human_only"]["summary"], soft_wrap=True)
     if result.timings:
         parts = ", ".join(f"{k} {v:.0f} s" for k, v in sorted(result.timings.items(), key=lambda kv: -kv[1]))
         out.print(f"time by phase: {parts}")
@@ -142,6 +165,9 @@ def run_cmd(
         _fail("interrupted; everything committed so far is kept: run the same command again to continue", 130)
 
 
+DEMO_FPB_LABELS = ("neutral", "positive", "negative")
+
+
 def _find_demo_data() -> Path | None:
     here = Path(__file__).resolve()
     candidates = [Path.cwd() / "../shared/data/fpb", here.parents[2] / "../shared/data/fpb"]
@@ -161,7 +187,8 @@ def demo(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override any other setting, e.g. --set student.epochs=5")] = None,
 ) -> None:
-    """IMFL on the embedded defaults: simulated experts (gold labels), the bundled SmolLM2 LLM, a MiniLM student."""
+    """The default method (fidelity-aware IMFL) on the embedded defaults: simulated experts (gold labels), the bundled
+    SmolLM2 LLM, a MiniLM student. On the shared FPB data it is the benchmark grid's cell fpb/smollm2/fidelity."""
     from imfl.config import config_from_dict
 
     folder = data or _find_demo_data()
@@ -177,9 +204,21 @@ def demo(
         "data": {"pool": str(folder / "pool.jsonl"), "test": str(folder / "test.jsonl")},
         "budget": {"total": budget, "human": human, "rounds": rounds},
     }
+    if data is None:
+        # The label order of configs/fpb.toml and the benchmark grid. The prompt lists the labels in this order, and
+        # SmolLM2 is sensitive to it: on round 1's 97 LLM items it labels 0.557 right in this order, 0.412 in the
+        # data's alphabetical one (BENCHMARKS.md, "The label order in the prompt").
+        settings["data"]["labels"] = list(DEMO_FPB_LABELS)
     try:
         cfg = config_from_dict(settings, set_ or [], source="imfl demo")
-        out.print(f"IMFL demo on {folder}: budget {budget} = {human} human (simulated) + {budget - human} LLM (bundled SmolLM2), {rounds} rounds")
+        llm = budget - human
+        if cfg.strategy == "fidelity":
+            out.print(f"imfl demo on {folder}: fidelity-aware IMFL (the default strategy), budget {budget} labels = {human} "
+                      f"human (simulated) + up to {llm} from the bundled SmolLM2, bought only while it measures at least as "
+                      f"accurate as the student; {rounds} rounds", soft_wrap=True)
+        else:
+            out.print(f"imfl demo on {folder}: strategy {cfg.strategy}, budget {budget} = {human} human (simulated) + {llm} "
+                      f"LLM (bundled SmolLM2), {rounds} rounds", soft_wrap=True)
         _execute(cfg)
     except ImflError as exc:
         _fail(str(exc))
@@ -411,14 +450,27 @@ def import_labels_cmd(
 def export_cmd(
     project: Project,
     out_dir: Annotated[Path, typer.Option("--out", help="Folder to write labels and the student adapter into.")],
-    fmt: Annotated[str, typer.Option("--format", help="jsonl or csv.")] = "jsonl",
+    fmt: Annotated[str, typer.Option("--format", help="jsonl or csv: the labels with their provenance (and the student's "
+                                     "adapter); hf: the trained student as a Hugging Face text classifier, loadable "
+                                     "without imfl, in the new folder --out.")] = "jsonl",
 ) -> None:
-    """Write the labeled data with full provenance (and the trained student adapter, if any)."""
+    """Write the labeled data with full provenance (and the trained student adapter, if any), or, with --format hf,
+    the trained student as a standard model folder: transformers.pipeline("text-classification", model=OUT)."""
     import shutil
 
     def go() -> None:
-        if fmt not in ("jsonl", "csv"):
-            raise ImflError(f"--format {fmt!r} is unknown; use jsonl or csv")
+        if fmt not in ("jsonl", "csv", "hf"):
+            raise ImflError(f"--format {fmt!r} is unknown; use jsonl, csv or hf")
+        if fmt == "hf":
+            from imfl.export import export_hf
+
+            _quiet_libraries()
+            run_dir = _project_config(project).run_dir if not project.is_dir() else project
+            with console.status("merging the adapter and writing the model"):
+                written = export_hf(run_dir, out_dir)
+            out.print(f"wrote a text classifier to {written} (model card: {written / 'README.md'}); load it with "
+                      f'transformers.pipeline("text-classification", model="{written}") or imfl predict {written} FILE')
+            return
         _, run_dir, store = _project_store(project)
         with store:
             rows = store.export_rows()
@@ -441,6 +493,74 @@ def export_cmd(
         out.print(f"wrote {len(rows)} labels to {target}{copied}")
 
     _guarded(go)
+
+
+@app.command("predict")
+def predict_cmd(
+    model: Annotated[Path, typer.Argument(help="A run folder (config.toml, adapter/), a Student.save directory (student.json) "
+                                          "or an exported Hugging Face classifier (config.json, model.safetensors).")],
+    input_file: Annotated[Path, typer.Argument(metavar="INPUT", help="Texts to label: .jsonl, .csv or .parquet.")],
+    out_file: Annotated[Optional[Path], typer.Option("--out", help="File to write: .jsonl (default format) or .csv; "
+                                                     "default: JSON lines on stdout.")] = None,
+    id_field: Annotated[Optional[str], typer.Option(help="Field with each row's id (default: the model's data.id_field, else id).")] = None,
+    text_field: Annotated[Optional[str], typer.Option(help="Field with the text (default: the model's data.text_field, else text).")] = None,
+    text_pair_field: Annotated[Optional[str], typer.Option(help="Field with the second input, for a model trained with text pairs "
+                                                           "(default: the model's setting, else text_pair).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 64,
+    dtype: Annotated[str, typer.Option(help="float32 (default: a row's probabilities do not depend on its batch), bfloat16 "
+                                       "(faster on CPUs with bf16 instructions; probabilities move by up to ~0.03) or auto.")] = "float32",
+) -> None:
+    """Label every row of INPUT with MODEL: its id, the predicted label and each label's probability, as JSON lines
+    ({"id", "label", "probs"}) or CSV (id, label, p_<label>...). The file is read and written a chunk at a time.
+    Bad rows are reported as FILE:LINE and skipped (exit status 1); an unusable model or input exits with 2."""
+    from imfl.predict import predict_file
+
+    shown = 20
+    listed = [0]
+
+    def report_bad(message: str, printer) -> None:
+        listed[0] += 1
+        if listed[0] <= shown:
+            printer(Text(f"{message}; skipped"), highlight=False, soft_wrap=True)
+
+    def go(printer, on_loaded=None, progress=None):
+        return predict_file(model, input_file, out_file, id_field=id_field, text_field=text_field,
+                            text_pair_field=text_pair_field, batch_size=batch_size, dtype=dtype,
+                            on_bad=lambda m: report_bad(m, printer), progress=progress, on_loaded=on_loaded)
+
+    # A live bar only where someone watches stderr, and not over predictions printed to the same screen. The bar must
+    # not redirect stdout (rich's default): that would send the predictions of `imfl predict M IN > out.jsonl` through
+    # the stderr console, to the screen (wrapped and coloured), instead of into out.jsonl.
+    bar = console.is_terminal and (out_file is not None or not sys.stdout.isatty())
+    try:
+        _quiet_libraries()
+        if bar:
+            columns = (SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn(),
+                       TextColumn("{task.completed} rows"), RateColumn(), TimeElapsedColumn())
+            with Progress(*columns, console=console, redirect_stdout=False) as progress:
+                task = progress.add_task("loading the model", total=None)
+                summary = go(progress.console.print, lambda _: progress.update(task, description="predicting"),
+                             lambda n: progress.advance(task, n))
+        else:
+            summary = go(console.print)
+    except ImflError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _fail("interrupted; " + (f"{out_file} was not written" if out_file else "the rows above were predicted"), 130)
+    except BrokenPipeError:  # stdout closed early (e.g. piped into head): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(1)
+    except OSError as exc:  # e.g. the input unreadable, the disk full: one line, as for the errors above
+        where = f"{exc.filename}: " if exc.filename else ""
+        _fail(f"{where}{exc.strerror or exc}" + (f"; {out_file} was not written" if out_file else ""))
+    if summary.skipped > shown:
+        console.print(f"... and {summary.skipped - shown} more bad rows skipped", highlight=False)
+    where = f"; wrote {summary.out}" if summary.out else ""
+    console.print(f"predicted {summary.predicted} rows, skipped {summary.skipped} bad rows, in {summary.seconds:.1f} s "
+                  f"(model loaded in {summary.load_seconds:.1f} s, then {summary.rows_per_second:.0f} rows/s){where}",
+                  highlight=False, soft_wrap=True)
+    if summary.skipped:
+        raise typer.Exit(1)
 
 
 # -- experiments -----------------------------------------------------------------------------------

@@ -210,6 +210,10 @@ class RunConfig(_Section):
         "filters LLM labels by what it measured; best in our benchmarks), imfl (the paper's method as published), random, "
         "uncertainty, diversity, human-only or llm-only."
     )
+    compare_human_only: bool = Field(
+        True, description="At the end of a run with a test file and LLM labels, train one more student on the run's human "
+        "labels alone and set it beside the final student: what the LLM labels bought (metrics.json: human_only)."
+    )
     output_dir: Path = Field(Path("runs"), description="Runs are written to output_dir/name/.")
     cache_dir: Path | None = Field(None, description="Embedding and model cache; empty = $IMFL_CACHE or ~/.cache/imfl.")
     data: DataConfig
@@ -372,8 +376,9 @@ def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
     return data
 
 
-# Settings that change where the work runs, never its results: a run may be continued under another engine.
-EXECUTION_SETTINGS = ("engine", "ray")
+# Settings that change where the work runs or what is measured after the last round, never the rounds' labels and
+# students: a run may be continued under another engine, or with the human-only comparison switched.
+EXECUTION_SETTINGS = ("engine", "ray", "compare_human_only")
 
 
 def settings_difference(old: dict, new: dict, prefix: str = "") -> str | None:

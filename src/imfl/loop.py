@@ -56,12 +56,32 @@ POOL_WINDOW = 20_000  # pool items whose texts are in memory at once (embedding 
 
 @dataclass
 class RunResult:
+    """What ``run`` returns: the run's folder, one metrics dict per evaluated round, the labels bought, seconds by
+    phase, and, when the run stopped for people, the round that waits and how many human labels it needs.
+    ``student`` is the student of the last evaluated round (loaded from ``run_dir/adapter`` on first use)."""
+
     run_dir: Path
     metrics: list[dict]
     budget_used: dict[str, int]
     timings: dict[str, float] = field(default_factory=dict)
     waiting_round: int | None = None  # the round that waits for people, if the run stopped for them
     pending: int = 0  # how many human labels it still needs
+
+    @property
+    def student(self) -> Student:
+        """The trained student of the last evaluated round, ready for ``predict_proba(texts)``; its ``classes_``
+        are the label names in column order. A ModelError when no round has finished yet."""
+        student = getattr(self, "_loaded_student", None)  # not a field: asdict() and == leave it alone
+        if student is None:
+            from imfl.errors import ModelError
+            from imfl.student import Student
+
+            if not self.metrics:
+                waits = f": round {self.waiting_round} waits for {self.pending} human labels" if self.waiting_round else ""
+                raise ModelError(f"no round of the run in {self.run_dir} has finished yet, so there is no trained student"
+                                 f"{waits}; run it again once a round is done")
+            student = self._loaded_student = Student.load(self.run_dir / "adapter")
+        return student
 
 
 class _WaitingForPeople(Exception):
@@ -100,20 +120,54 @@ def make_student(cfg: RunConfig, seed: int) -> Student:
 class Run:
     """A run bound to its directory and store. ``Run(cfg).execute()`` runs or continues it."""
 
-    def __init__(self, cfg: RunConfig, reporter: Reporter | None = None, continue_partial: bool = False):
+    def __init__(self, cfg: RunConfig | str | Path | dict, reporter: Reporter | None = None,
+                 continue_partial: bool = False, *, llm: object | None = None, human: object | None = None):
+        import os
+        from collections.abc import Mapping
+
+        from imfl.annotators.custom import check_annotator
+        from imfl.config import config_from_dict, load_config
+
+        if isinstance(cfg, (str, os.PathLike)):
+            cfg = load_config(cfg)
+        elif isinstance(cfg, Mapping):
+            cfg = config_from_dict(dict(cfg))
+        elif not isinstance(cfg, RunConfig):
+            raise ConfigError(f"the configuration is {type(cfg).__name__}: pass a RunConfig (imfl.load_config, "
+                              "imfl.config_from_dict), the path of a TOML file, or a dict of settings")
         self.cfg = cfg
         self.reporter = reporter or Silent()
         self.continue_partial = continue_partial  # the round waiting now goes on with the human labels it has
+        # Annotator objects given in Python (anything with annotate(items, context)) instead of the configured ones.
+        self.custom = {source: obj for source, obj in (("human", human), ("llm", llm)) if obj is not None}
+        for source, obj in self.custom.items():
+            check_annotator(obj, source)
 
     # -- set-up ---------------------------------------------------------------------------------
     def _prepare(self) -> None:
-        self.cfg = cfg = resolve_strategy(self.cfg)
+        from imfl.annotators import HUMAN_ANNOTATORS, LLM_ANNOTATORS
+        from imfl.annotators.custom import PREFIX, CustomAnnotator, annotator_name
+
+        cfg = resolve_strategy(self.cfg)
+        if self.custom:  # the recorded configuration names each annotator object, so a rerun needs the same one
+            cfg = cfg.model_copy(deep=True)
+            for source, obj in self.custom.items():
+                getattr(cfg, source).annotator = PREFIX + annotator_name(obj)
+        for source, registry in (("human", HUMAN_ANNOTATORS), ("llm", LLM_ANNOTATORS)):
+            setting = getattr(cfg, source).annotator
+            if source not in self.custom and setting.startswith(PREFIX):
+                raise ConfigError(f"{source}.annotator = {setting!r} is an annotator object given in Python: pass it again, as "
+                                  f"imfl.run(config, {source}=...), or set {source}.annotator to one of {', '.join(registry)}")
+        self.cfg = cfg
         self.ds = load_dataset(cfg.data)
         check_budget(cfg, self.ds)
         get_query(cfg.query.strategy)  # fail early on an unknown strategy
-        self.human: Annotator = make_human(cfg, self.ds.task)
+        task = self.ds.task
+        self.human: Annotator = (CustomAnnotator(self.custom["human"], "human", task, cfg.human.cost) if "human" in self.custom
+                                 else make_human(cfg, task))
         self.engine = make_engine(cfg)
-        self.llm: Annotator = self.engine.wrap_llm(make_llm(cfg, self.ds.task))
+        self.llm: Annotator = self.engine.wrap_llm(
+            CustomAnnotator(self.custom["llm"], "llm", task, cfg.llm.cost) if "llm" in self.custom else make_llm(cfg, task))
         if hasattr(self.llm, "check"):
             self.llm.check(self.ds.pool, str(cfg.data.pool))
         self.run_dir = cfg.run_dir
@@ -198,6 +252,7 @@ class Run:
                 except _WaitingForPeople as wait:
                     return RunResult(self.run_dir, self.metrics(), self.store.budget_used(), self.timings,
                                      waiting_round=wait.round, pending=wait.pending)
+            self._compare_human_only()
             return RunResult(self.run_dir, self.metrics(), self.store.budget_used(), self.timings)
         finally:
             self.store.close()
@@ -487,18 +542,25 @@ class Run:
             seed=self.cfg.seed * 1000 + t,
         )
 
-    def _train(self, t: int) -> Student:
+    def _training_labels(self) -> list:
+        """The labels a student learns from: every label, a human one winning over the LLM's for the same item."""
         annotations = self.store.annotations()
         human = {a.item_id for a in annotations if a.source == "human"}
-        annotations = [a for a in annotations if a.source == "human" or a.item_id not in human]  # a human label wins
+        return [a for a in annotations if a.source == "human" or a.item_id not in human]
+
+    def _train(self, t: int, human_only: bool = False) -> Student:
+        """Round ``t``'s student on every label so far (``human_only``: on the human labels alone, unweighted by
+        the fidelity measurements, which concern LLM labels)."""
+        annotations = [a for a in self._training_labels() if not human_only or a.source == "human"]
         task = self.ds.task
         items = self.store.examples([a.item_id for a in annotations])
         weights = np.array([self.cfg.student.weights.get(a.source, 1.0) for a in annotations], dtype=float)
-        if self.cfg.fidelity.active:
+        if self.cfg.fidelity.active and not human_only:
             weights = self._fidelity_weights(t, annotations, weights)
         student = make_student(self.cfg, self.cfg.seed)
         n_used = int((weights > 0).sum())
-        with self.reporter.phase(f"round {t}: training the student on {len(items)} labels", student.effective_epochs(n_used) * n_used) as advance:
+        what = f"the human-only student on {len(items)} human labels" if human_only else f"the student on {len(items)} labels"
+        with self.reporter.phase(f"round {t}: training {what}", student.effective_epochs(n_used) * n_used) as advance:
             student.fit(
                 [e.text for e in items], [task.index(a.label) for a in annotations], len(task.labels),
                 text_pairs=[e.text_pair for e in items] if task.has_pair else None,
@@ -538,12 +600,7 @@ class Run:
         llm = [a for a in this_round if a.ok and a.source == "llm" and gold.get(a.item_id) is not None]
         metrics["llm_accuracy"] = round(float(np.mean([a.label == gold[a.item_id] for a in llm])), 4) if llm else None
         if self.ds.test:
-            with self.reporter.phase(f"round {t}: evaluating on {len(self.ds.test)} test items", len(self.ds.test)) as advance:
-                p = self._predict(student, self.ds.test, advance)
-            y = [task.index(e.label) for e in self.ds.test]
-            pred = p.argmax(axis=1)
-            metrics["test_accuracy"] = round(float(accuracy_score(y, pred)), 4)
-            metrics["test_macro_f1"] = round(float(f1_score(y, pred, average="macro", labels=range(len(task.labels)), zero_division=0)), 4)
+            metrics.update(self._test_scores(t, student))
         proba = None
         if t < self.cfg.budget.rounds:
             labeled = self._labeled_ids()
@@ -556,6 +613,44 @@ class Run:
             np.savez(self._state_dir() / f"proba_round{t}.npz", ids=np.array(free), proba=p)
             proba = self._pool_proba(free, p)
         return metrics, proba
+
+    def _test_scores(self, t: int, student: Student, what: str = "") -> dict:
+        """``test_accuracy`` and ``test_macro_f1`` of ``student`` on the test file."""
+        task, test = self.ds.task, self.ds.test
+        with self.reporter.phase(f"round {t}: evaluating {what}on {len(test)} test items", len(test)) as advance:
+            pred = self._predict(student, test, advance).argmax(axis=1)
+        y = [task.index(e.label) for e in test]
+        return {"test_accuracy": round(float(accuracy_score(y, pred)), 4),
+                "test_macro_f1": round(float(f1_score(y, pred, average="macro", labels=range(len(task.labels)), zero_division=0)), 4)}
+
+    def _compare_human_only(self) -> None:
+        """What the LLM labels bought: the final student beside one trained, the same way, on the run's human labels
+        alone, both on the test file. Kept in the last round's metrics as ``human_only`` (so a run continued after a
+        crash here measures it again, and a finished one not at all); reported in one line."""
+        rounds = self.metrics()
+        if not (self.cfg.compare_human_only and self.ds.test and rounds) or "human_only" in rounds[-1]:
+            return
+        last = rounds[-1]
+        t = last["round"]
+        labels = self._training_labels()
+        n_human = sum(a.source == "human" for a in labels)
+        n_llm = len(labels) - n_human
+        if not n_human or "test_accuracy" not in last:
+            return  # nothing to compare with: an LLM-only run
+        if n_llm:
+            start = time.perf_counter()
+            scores = self._test_scores(t, self._train(t, human_only=True), "the human-only student ")
+            self._timed("human-only comparison", start)
+        else:  # the final student already is the human-only one
+            scores = {"test_accuracy": last["test_accuracy"], "test_macro_f1": last["test_macro_f1"]}
+        comparison = {"human_labels": n_human, "llm_labels": n_llm, **scores,
+                      "gain_accuracy": round(last["test_accuracy"] - scores["test_accuracy"], 4),
+                      "gain_macro_f1": round(last["test_macro_f1"] - scores["test_macro_f1"], 4)}
+        comparison["summary"] = human_only_summary(last, comparison, rounds, sum(l for _, l in self.base_plan))
+        last["human_only"] = comparison
+        self.store.set_round_state(t, "evaluated", last)
+        self._write_metrics()
+        self.reporter.log(comparison["summary"])
 
     def _pool_proba(self, ids: Sequence[str], p: np.ndarray) -> np.ndarray:
         """The student's probabilities as one row per pool item (NaN for items that had a label)."""
@@ -586,20 +681,26 @@ class Run:
         return [r["metrics"] for r in self.store.rounds() if r["state"] == "evaluated" and r["metrics"]]
 
     def _write_outputs(self, student: Student) -> None:
+        self._write_metrics()
+        with (self.run_dir / "labels.jsonl").open("w", encoding="utf-8") as fh:
+            for a in self.store.annotations():
+                fh.write(json.dumps({"id": a.item_id, "label": a.label, "source": a.source, "annotator": a.annotator,
+                                     "round": a.round, "confidence": a.confidence}, ensure_ascii=False) + "\n")
+        student.save(self.run_dir / "adapter")
+
+    def _write_metrics(self) -> None:
+        """metrics.json (every round's metrics as stored) and metrics.csv (one flat row per round)."""
         rows = self.metrics()
         (self.run_dir / "metrics.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
-        flat = [{k: v for k, v in r.items() if k not in ("seconds", "fidelity")} | {f"seconds_{k}": v for k, v in r["seconds"].items()}
+        flat = [{k: v for k, v in r.items() if k not in ("seconds", "fidelity", "human_only")}
+                | {f"seconds_{k}": v for k, v in r["seconds"].items()}
+                | {f"human_only_{k}": v for k, v in r.get("human_only", {}).items() if k != "summary"}
                 for r in rows]
         columns = list(dict.fromkeys(k for r in flat for k in r))
         with (self.run_dir / "metrics.csv").open("w", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(fh, fieldnames=columns)
             writer.writeheader()
             writer.writerows(flat)
-        with (self.run_dir / "labels.jsonl").open("w", encoding="utf-8") as fh:
-            for a in self.store.annotations():
-                fh.write(json.dumps({"id": a.item_id, "label": a.label, "source": a.source, "annotator": a.annotator,
-                                     "round": a.round, "confidence": a.confidence}, ensure_ascii=False) + "\n")
-        student.save(self.run_dir / "adapter")
 
 
 class StoredTexts(Sequence[str]):
@@ -635,6 +736,32 @@ def _release_memory() -> None:
         pass
 
 
+NOISE = 0.005  # test-accuracy differences below this are not called a gain (one test file, one seed)
+
+
+def human_only_summary(last: dict, comparison: dict, rounds: Sequence[dict], planned_llm: int) -> str:
+    """One line: what the run's LLM labels bought over its human labels alone, or that they did not help and
+    what to try; for a run that declined LLM labels (strategy fidelity), what it declined and why."""
+    final, alone, n_h, n_l = last["test_accuracy"], comparison["test_accuracy"], comparison["human_labels"], comparison["llm_labels"]
+    if not n_l:
+        declined = [m for m in rounds if m.get("buy_llm") is False]
+        why = ""
+        if declined:
+            m = declined[0]
+            why = (f": from round {m['round']} the LLM measured {m['llm_self_accuracy']:.3f} on human labels against the "
+                   f"student's {m['student_est_accuracy']:.3f}, so the run declined the {planned_llm} planned LLM labels"
+                   if m.get("llm_self_accuracy") is not None and m.get("student_est_accuracy") is not None else
+                   f": the run declined the {planned_llm} planned LLM labels")
+        return (f"No LLM label went into the final student{why}; it is the human-only student, test accuracy {final:.3f} "
+                f"from {n_h} human labels.")
+    gain = final - alone
+    both = f"test accuracy {final:.3f} with them, {alone:.3f} from the {n_h} human labels alone"
+    if gain > NOISE:
+        return f"The {n_l} LLM labels bought {gain:+.3f} test accuracy: {both}."
+    return (f"The {n_l} LLM labels did not help ({both}): try another LLM, measure it with llm.eval_sample (strategy "
+            f"fidelity then buys only what helps), or fewer LLM labels (a larger budget.human).")
+
+
 def _round_line(m: dict) -> str:
     test = f", test accuracy {m['test_accuracy']:.3f}, macro-F1 {m['test_macro_f1']:.3f}" if "test_accuracy" in m else ""
     llm = f", LLM accuracy {m['llm_accuracy']:.3f}" if m.get("llm_accuracy") is not None else ""
@@ -643,10 +770,15 @@ def _round_line(m: dict) -> str:
     return f"round {m['round']}: +{m['human_labels']} human, +{m['llm_labels']} LLM{llm}{test}"
 
 
-def run(cfg: RunConfig, reporter: Reporter | None = None, continue_partial: bool = False) -> RunResult:
-    """Run (or continue) the IMFL loop described by ``cfg``; returns per-round metrics and where the
-    outputs are. With ``continue_partial``, a round waiting for people goes on with the labels it has."""
-    return Run(cfg, reporter, continue_partial).execute()
+def run(config: RunConfig | str | Path | dict, reporter: Reporter | None = None, continue_partial: bool = False,
+        *, llm: object | None = None, human: object | None = None) -> RunResult:
+    """Run (or continue) the IMFL loop described by ``config`` (a RunConfig, the path of a TOML file, or a dict as
+    ``config_from_dict`` takes); returns per-round metrics, the labels used and the trained student (``.student``).
+
+    ``llm`` / ``human``: an object with ``annotate(items, context)`` returning one label per item (a label string,
+    an ``imfl.Annotation`` or None), used instead of the configured LLM / human annotator; see
+    ``imfl.annotators.custom``. With ``continue_partial``, a round waiting for people goes on with the labels it has."""
+    return Run(config, reporter, continue_partial, llm=llm, human=human).execute()
 
 
 def prequential_accuracy(ids: Sequence[str], proba: np.ndarray, gold: dict[str, str], labels: Sequence[str]) -> tuple[int, float | None]:

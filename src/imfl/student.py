@@ -312,8 +312,8 @@ class Student:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     def _load_base(self):
-        """Tokenizer and encoder of the base model, or ModelError."""
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        """Tokenizer and encoder of the base model, or ModelError. Read from the local directory only
+        (``local_files_only``): no model hub is contacted, and the process environment is left as it is."""
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
@@ -322,8 +322,8 @@ class Student:
         hf_logging.set_verbosity_error()  # e.g. "some weights were not used" for a checkpoint with a head
         hf_logging.disable_progress_bar()  # the "Loading weights" bar, on every fit
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-            encoder = AutoModel.from_pretrained(str(model_dir))
+            tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+            encoder = AutoModel.from_pretrained(str(model_dir), local_files_only=True)
         except Exception as exc:  # noqa: BLE001 - any load failure becomes one clear message
             raise ModelError(
                 f"cannot load the student base model from {str(model_dir)!r} ({type(exc).__name__}: "
@@ -627,9 +627,11 @@ class Student:
 
         return resolve_dtype(self.predict_dtype, device.type) == "bfloat16"
 
-    def predict(self, texts: Sequence[str], *, text_pairs: Sequence[str] | None = None, batch_size: int = 64) -> np.ndarray:
-        """The most probable class index for each text."""
-        return self.predict_proba(texts, text_pairs=text_pairs, batch_size=batch_size).argmax(axis=1)
+    def predict(self, texts: Sequence[str], text_pairs: Sequence[str] | None = None, *, batch_size: int = 64) -> list[str]:
+        """The most probable label for each text, by name (``classes_``: the label names given to ``fit``, or those
+        saved with the model), in the order of ``texts``. For class indices use ``predict_proba(...).argmax(axis=1)``."""
+        proba = self.predict_proba(texts, text_pairs=text_pairs, batch_size=batch_size)
+        return [self.classes_[i] for i in proba.argmax(axis=1)]
 
     # ------------------------------------------------------------------ save / load
 
@@ -698,7 +700,7 @@ class Student:
         try:
             with warnings.catch_warnings():  # peft reads an attribute transformers 5 deprecated
                 warnings.simplefilter("ignore", FutureWarning)
-                peft_encoder = PeftModel.from_pretrained(encoder, str(path / _ADAPTER_DIR))
+                peft_encoder = PeftModel.from_pretrained(encoder, str(path / _ADAPTER_DIR), local_files_only=True)
             net = _Classifier.build(peft_encoder, n_labels, student.pooling, float(student.classifier_dropout))
             net.head.load_state_dict(load_file(str(path / _HEAD_FILE)))
         except (OSError, ValueError, RuntimeError, KeyError) as exc:

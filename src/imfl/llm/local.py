@@ -124,8 +124,9 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaForCausalLM
 
     start = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
+    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32,
+                                                  local_files_only=True)
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # the weights are de-quantized: the new checkpoint is a plain one
@@ -246,8 +247,10 @@ class LocalBackend:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(path))
-            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, resolve_dtype(self.dtype)))
+            # local_files_only: a local directory, never a model hub (whatever the process's HF_* settings)
+            tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, resolve_dtype(self.dtype)),
+                                                         local_files_only=True)
         except Exception as exc:
             raise ModelError(f"cannot load a causal LM from {path} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); check that it is a complete Hugging Face checkpoint") from exc
         if not getattr(tokenizer, "chat_template", None):
