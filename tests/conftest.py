@@ -42,6 +42,9 @@ def small_config(settings: dict, **over):
     section, ``key=value`` a top-level key or a whole section."""
     from imfl.config import config_from_dict
 
+    # The human-only student at a run's end is one more training per run: tests/test_export.py and test_engine.py
+    # check it (they turn it on); elsewhere it would only add minutes to the suite.
+    settings.setdefault("compare_human_only", False)
     for key, value in over.items():
         section, _, leaf = key.partition("__")
         if leaf:

@@ -35,14 +35,16 @@ def completion(content: str | list[str], top_logprobs: dict[str, float] | None =
 
 
 class FaultServer:
-    """``handler(request_number, body) -> (status, payload, delay_seconds)``; payload is a dict (sent as
-    JSON) or bytes (sent as is). Records every request body, the Authorization headers and the most
-    requests it ever had in flight at once."""
+    """``handler(request_number, body) -> (status, payload, delay_seconds)``, or with a fourth element, a dict of
+    extra response headers (e.g. ``Retry-After``); payload is a dict (sent as JSON) or bytes (sent as is). Records
+    every request body, its arrival time (``time.time()``), the Authorization headers and the most requests it ever
+    had in flight at once."""
 
-    def __init__(self, handler: Callable[[int, dict], tuple[int, dict | bytes, float]]):
+    def __init__(self, handler: Callable[[int, dict], tuple]):
         self.handler = handler
         self.bodies: list[dict] = []
         self.paths: list[str] = []
+        self.times: list[float] = []
         self.auth: list[str | None] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -54,17 +56,19 @@ class FaultServer:
                 pass
 
             def do_POST(self):
+                arrived = time.time()
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
                 with outer._lock:
                     n = len(outer.bodies)
                     outer.bodies.append(body)
                     outer.paths.append(self.path)
+                    outer.times.append(arrived)
                     outer.auth.append(self.headers.get("Authorization"))
                     outer.in_flight += 1
                     outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
                 try:
-                    status, payload, delay = outer.handler(n, body)
+                    status, payload, delay, *extra = outer.handler(n, body)
                     if delay:
                         time.sleep(delay)
                 finally:
@@ -77,6 +81,8 @@ class FaultServer:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
+                    for name, value in (extra[0] if extra else {}).items():
+                        self.send_header(name, value)
                     self.end_headers()
                     self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):

@@ -98,7 +98,13 @@ def test_label_a_round_in_the_browser_with_the_keyboard(served):
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 900, "height": 640})
-        page.goto(url)
+        # Chromium reports what the page's Content-Security-Policy blocks on the console, and as an event
+        blocked = []
+        page.on("console", lambda m: "Content Security Policy" in m.text and blocked.append(m.text))
+        page.add_init_script("document.addEventListener('securitypolicyviolation', e => console.error("
+                             "'Content Security Policy violation: ' + e.violatedDirective + ' ' + e.blockedURI))")
+        response = page.goto(url)
+        assert "script-src 'nonce-" in response.headers["content-security-policy"]
         page.fill("#token", "wrong")
         page.fill("#name", "dr-a")
         page.click("button[type=submit]")
@@ -139,6 +145,11 @@ def test_label_a_round_in_the_browser_with_the_keyboard(served):
             press_gold()
             page.wait_for_timeout(100)
         expect(page.locator("#message")).to_contain_text("finished", timeout=180_000)
+        assert blocked == []  # the whole session ran under the policy without tripping it
+        # and the policy is enforced: a script put into the page is refused, and that is reported
+        with page.expect_console_message(lambda m: "Content Security Policy" in m.text, timeout=10_000):
+            page.evaluate("document.body.append(Object.assign(document.createElement('script'), {textContent: 'window.pwned = 3'}))")
+        assert page.evaluate("window.pwned") is None
         browser.close()
 
     with httpx.Client(headers={"Authorization": "Bearer browser-token"}) as client:

@@ -78,5 +78,5 @@ def test_pool_and_test_samples_are_fixed_subsets_in_file_order(shared_data):
     position = {e.id: i for i, e in enumerate(full.pool)}
     assert [position[e.id] for e in a.pool] == sorted(position[e.id] for e in a.pool)
     assert a.task.labels == full.task.labels
-    bigger = load_dataset(cfg.model_copy(update={"pool_sample": 10_000}))
-    assert len(bigger.pool) == len(full.pool)
+    with pytest.raises(DataError, match=f"data.pool_sample is 10000 but the pool file has only {len(full.pool)} rows"):
+        load_dataset(cfg.model_copy(update={"pool_sample": 10_000}))  # not silently the whole pool

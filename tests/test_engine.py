@@ -66,7 +66,7 @@ def test_a_run_on_ray_equals_the_run_in_process(local_ray, tmp_path, small_fpb, 
              "budget": {"total": 12, "human": 6, "rounds": 2},
              "student": {"epochs": 1, "min_steps": 0, "max_length": 32, "predict_dtype": "float32"},
              "llm": {"k": 2, "max_length": 512, "dtype": "float32", "cache": False}},
-            ray__batch_size=16, ray__llm_batch_size=3)
+            ray__batch_size=16, ray__llm_batch_size=3, compare_human_only=True)
 
     runs = {}
     for engine in ("local", "ray"):
@@ -74,13 +74,14 @@ def test_a_run_on_ray_equals_the_run_in_process(local_ray, tmp_path, small_fpb, 
         runs[engine].execute()
     a, b = (r.run_dir for r in runs.values())
     free_after_round_1 = len(np.load(b / "state" / "proba_round1.npz")["ids"])
-    assert runs["ray"].engine.remote["predict"] == 2 * 30 + free_after_round_1 == 2 * 30 + 60 - 6
+    # The test set after each round and once more for the human-only student at the end; the free pool once.
+    assert runs["ray"].engine.remote["predict"] == 3 * 30 + free_after_round_1 == 3 * 30 + 60 - 6
     assert runs["ray"].engine.remote["llm"] == 6
     # a round whose LLM items fit in one batch (ray.llm_batch_size = 3) starts one copy of the LLM, not ray.llm_actors
     per_round = [n for (n,) in _store(b, "SELECT COUNT(*) FROM annotations WHERE source = 'llm' GROUP BY round")]
     assert sorted(per_round) == [2, 4]
     assert runs["ray"].engine.actors["llm"] == 1 + 2
-    assert runs["ray"].engine.actors["predict"] == 3 * 2  # test set twice, the free pool once: 2+ batches each
+    assert runs["ray"].engine.actors["predict"] == 4 * 2  # test set three times, the free pool once: 2+ batches each
     assert _store(a, "SELECT round, item_id, target FROM selections ORDER BY round, rank") == \
         _store(b, "SELECT round, item_id, target FROM selections ORDER BY round, rank")
     query = "SELECT item_id, source, label, demo_ids, confidence FROM annotations ORDER BY round, source, item_id"
@@ -90,3 +91,4 @@ def test_a_run_on_ray_equals_the_run_in_process(local_ray, tmp_path, small_fpb, 
     p, q = np.load(a / "state" / "proba_round1.npz"), np.load(b / "state" / "proba_round1.npz")
     assert p["ids"].tolist() == q["ids"].tolist() and np.abs(p["proba"] - q["proba"]).max() < 1e-5
     assert [m["test_accuracy"] for m in read_json(a / "metrics.json")] == [m["test_accuracy"] for m in read_json(b / "metrics.json")]
+    assert read_json(a / "metrics.json")[-1]["human_only"] == read_json(b / "metrics.json")[-1]["human_only"]

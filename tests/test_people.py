@@ -4,7 +4,6 @@ on a real uvicorn server, the background worker, and label files (export, import
 import json
 import os
 import re
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -12,11 +11,13 @@ import threading
 import time
 
 import httpx
+import numpy as np
 import pytest
 
 from conftest import read_jsonl, small_config, write_jsonl
 from imfl import run
 from imfl.people import Labeling, Rejected
+from imfl.store import Store
 
 LABELS = ("negative", "neutral", "positive")
 
@@ -136,39 +137,40 @@ def test_undo_takes_back_the_last_label_and_hands_the_item_back(waiting):
 
 
 def test_expired_leases_go_to_someone_else(waiting):
-    _, run_dir, _ = waiting
-    people = Labeling(run_dir, lease_seconds=0.2)
+    _, run_dir, people = waiting  # leases of 60 s
     held = people.next("a")["item"]["id"]
     assert people.next("b")["item"]["id"] != held
-    time.sleep(0.3)
-    assert held in {people.next(n)["item"]["id"] for n in ("c", "d")}
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    # The store takes the clock as a parameter: half-way through a's lease the item is still a's, after it someone
+    # else's (no waiting for a real lease to run out).
+    with Store.open(run_dir / "store.sqlite") as store:
+        now = time.time()
+        assert store.lease("c", 60, now=now + 30)[1] != held
+        assert store.lease("d", 60, now=now + 3600)[1] == held
 
 
 @pytest.fixture
 def api(waiting):
+    """The people's HTTP API on a real uvicorn server, on a socket bound before it starts (no port race)."""
     import uvicorn
 
     from imfl.server import create_app
 
     cfg, run_dir, people = waiting
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(people, "s3cret"), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
+    config = uvicorn.Config(create_app(people, "s3cret"), host="127.0.0.1", port=0, log_level="warning")
+    sock = config.bind_socket()
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
-        if server.started:
-            break
-        time.sleep(0.05)
-    yield cfg, run_dir, url
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive(), "the uvicorn server stopped before it started (see its log above)"
+        assert time.monotonic() < deadline, "the uvicorn server did not start within 60 s"
+        time.sleep(0.02)
+    yield cfg, run_dir, f"http://127.0.0.1:{sock.getsockname()[1]}"
     server.should_exit = True
-    thread.join(10)
+    thread.join(30)
+    sock.close()
+    assert not thread.is_alive(), "the uvicorn server did not stop within 30 s"
 
 
 def test_http_api_checks_the_token_and_every_posted_label(api):
@@ -326,7 +328,12 @@ def test_continue_partial_moves_the_missing_human_budget_to_the_next_round(waiti
     with sqlite3.connect(run_dir / "store.sqlite") as c:
         state = c.execute("SELECT state FROM rounds WHERE round=1").fetchone()[0]
         again = {r[0] for r in c.execute("SELECT item_id FROM selections WHERE round=2")}
-    assert state == "evaluated" and len(again) == 12 + 4 and left <= set(truth)
+        annotated = {r[0] for r in c.execute("SELECT item_id FROM annotations")}
+    assert state == "evaluated" and len(again) == 12 + 4
+    # The 4 went back to the pool as they were: no label of any source, and round 2's query scored them with the
+    # other unlabeled items (the student's uncertainty on the pool, saved for that query).
+    candidates = set(np.load(run_dir / "state" / "proba_round1.npz")["ids"].tolist())
+    assert len(left) == 4 and not left & annotated and left <= candidates
 
 
 def test_guesses_are_hidden_unless_asked_for(tmp_path, shared_data, imfl_cache):
@@ -348,7 +355,7 @@ def test_guesses_are_hidden_unless_asked_for(tmp_path, shared_data, imfl_cache):
 def test_serve_never_prints_a_new_token_into_a_log(waiting):
     _, run_dir, _ = waiting
     env = {k: v for k, v in os.environ.items() if k != "IMFL_TOKEN"}
-    r = subprocess.run([sys.executable, "-m", "imfl", "serve", str(run_dir), "--port", str(free_port())],
+    r = subprocess.run([sys.executable, "-m", "imfl", "serve", str(run_dir), "--port", "0"],
                        capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 2 and "set $IMFL_TOKEN" in r.stderr and "Traceback" not in r.stderr
 

@@ -267,10 +267,15 @@ def _unusable(tmp_path: Path, trained, case: str) -> tuple[list[str], Path | Non
         src = tmp_path / "new.jsonl"
         src.write_text(good, encoding="utf-8")
         return [str(src), "--out", str(tmp_path / "predictions.parquet")], src, "unknown output type"
+    if case == "not UTF-8":
+        src = tmp_path / "new.jsonl"
+        src.write_bytes(good.encode() + '{"id": "x", "text": "caf\u00e9"}\n'.encode("latin-1"))
+        return [str(src)], src, f"new.jsonl:{good.count(chr(10)) + 1}: byte 0xe9"
     raise AssertionError(case)
 
 
-@pytest.mark.parametrize("case", ["missing file", "unknown suffix", "no text field", "out is the input", "unknown output type"])
+@pytest.mark.parametrize("case", ["missing file", "unknown suffix", "no text field", "out is the input", "unknown output type",
+                                  "not UTF-8"])
 def test_unusable_input_exits_2_with_one_line(tmp_path, trained, case):
     args, src, words = _unusable(tmp_path, trained, case)
     before = src.read_bytes() if src else None
@@ -287,6 +292,15 @@ def test_unusable_input_exits_2_with_one_line(tmp_path, trained, case):
     if src:
         assert src.read_bytes() == before and src.stat().st_mtime_ns == mtime
     assert sorted(tmp_path.iterdir()) == files  # nothing written next to it either
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_row(tmp_path, trained):
+    rows = trained["rows"][:3]
+    src = tmp_path / "from-excel.jsonl"
+    src.write_text("".join(json.dumps({"id": r["id"], "text": r["text"]}) + "\n" for r in rows), encoding="utf-8-sig")
+    r = imfl("predict", str(trained["student"]), str(src))
+    assert r.returncode == 0, r.stderr[-3000:]
+    check_records([json.loads(line) for line in r.stdout.splitlines()], trained, [row["id"] for row in rows])
 
 
 def test_a_folder_that_is_no_model_exits_2(tmp_path, trained):

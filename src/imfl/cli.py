@@ -23,6 +23,7 @@ os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import typer  # noqa: E402
+from rich import box
 from rich.console import Console
 from rich.progress import (
     BarColumn, MofNCompleteColumn, Progress, ProgressColumn, SpinnerColumn, TextColumn, TimeElapsedColumn,
@@ -111,27 +112,36 @@ def _execute(cfg, continue_partial: bool = False) -> None:
 
 
 def _print_result(result, seconds: float) -> None:
-    table = Table(title=f"{result.run_dir.name}: per-round results")
-    # A run that measures its LLM (llm.eval_sample; strategy fidelity) shows the measurement and what it decided.
-    measured = any(m.get("llm_self_accuracy") is not None for m in result.metrics)
-    columns = ["round", "+human", "+LLM", "human total", "LLM total", "LLM acc.", "test acc.", "test macro-F1"]
-    if measured:
-        columns[5:5] = ["LLM self-check", "student est.", "buy LLM?"]
-    for col in columns:
-        table.add_column(col, justify="right")
+    # Headers in two lines and no vertical rules: the widest table (a run that measures its LLM) fits 80 columns.
+    table = Table(title=f"{result.run_dir.name}: per-round results", box=box.SIMPLE_HEAD, show_edge=False,
+                  padding=(0, 1, 0, 0))
     fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
+    columns = {  # header: value of a round's metrics
+        "round": lambda m: str(m["round"]), "+human": lambda m: str(m["human_labels"]), "+LLM": lambda m: str(m["llm_labels"]),
+        "human\ntotal": lambda m: str(m["human_total"]), "LLM\ntotal": lambda m: str(m["llm_total"]),
+        # A run that measures its LLM (llm.eval_sample; strategy fidelity) shows the measurement and what it decided.
+        "LLM\nmeasured": lambda m: fmt(m.get("llm_self_accuracy")), "student\nest.": lambda m: fmt(m.get("student_est_accuracy")),
+        "buy\nLLM?": lambda m: {True: "yes", False: "no"}.get(m.get("buy_llm"), "–"),
+        "LLM\nright": lambda m: fmt(m.get("llm_accuracy")),
+        "test\nacc.": lambda m: fmt(m.get("test_accuracy")), "macro\nF1": lambda m: fmt(m.get("test_macro_f1")),
+    }
+    measured = any(m.get("llm_self_accuracy") is not None for m in result.metrics)
+    if not measured:
+        for header in ("LLM\nmeasured", "student\nest.", "buy\nLLM?"):
+            del columns[header]
+    if all(m.get("llm_accuracy") is None for m in result.metrics):  # no LLM label, or no gold labels to score them
+        del columns["LLM\nright"]
+    for header in columns:
+        table.add_column(header, justify="right")
     for m in result.metrics:
-        row = [str(m["round"]), str(m["human_labels"]), str(m["llm_labels"]), str(m["human_total"]), str(m["llm_total"]),
-               fmt(m.get("llm_accuracy")), fmt(m.get("test_accuracy")), fmt(m.get("test_macro_f1"))]
-        if measured:
-            row[5:5] = [fmt(m.get("llm_self_accuracy")), fmt(m.get("student_est_accuracy")),
-                        {True: "yes", False: "no"}.get(m.get("buy_llm"), "–")]
-        table.add_row(*row)
+        table.add_row(*(value(m) for value in columns.values()))
     out.print(table)
     if measured:
-        out.print("LLM self-check: the LLM's accuracy on human-labeled items (demonstrations from the other human labels); "
+        out.print("LLM measured: the LLM's accuracy on human-labeled items (its demonstrations from the other human labels); "
                   "student est.: a student's out-of-fold accuracy on the same human labels. LLM labels are bought only "
                   "while the LLM measures at least as accurate.", soft_wrap=True)
+    if "LLM\nright" in columns:
+        out.print("LLM right: the share of the round's LLM labels that agree with the pool's gold labels.", soft_wrap=True)
     if result.metrics and result.metrics[-1].get("human_only"):
         out.print(result.metrics[-1]["human_only"]["summary"], soft_wrap=True)
     if result.timings:
@@ -176,6 +186,26 @@ def _find_demo_data() -> Path | None:
     return next((c.resolve() for c in candidates if c.is_dir()), None)
 
 
+def demo_config(folder: Path, shared_fpb: bool, *, name: str | None = None, output_dir: Path = Path("runs"), budget: int = 1000,
+                human: int = 200, rounds: int = 5, seed: int = 0, overrides: list[str] = ()):
+    """The demo's configuration on ``folder`` (``shared_fpb``: the shared FPB folder, found without --data)."""
+    from imfl.config import config_from_dict
+
+    settings = {
+        "name": name or f"demo-{folder.resolve().name}",
+        "seed": seed,
+        "output_dir": str(output_dir),
+        "data": {"pool": str(folder / "pool.jsonl"), "test": str(folder / "test.jsonl")},
+        "budget": {"total": budget, "human": human, "rounds": rounds},
+    }
+    if shared_fpb:
+        # The label order of configs/fpb.toml and the benchmark grid. The prompt lists the labels in this order, and
+        # SmolLM2 is sensitive to it: on round 1's 97 LLM items it labels 0.557 right in this order, 0.412 in the
+        # data's alphabetical one (BENCHMARKS.md, "The label order in the prompt").
+        settings["data"]["labels"] = list(DEMO_FPB_LABELS)
+    return config_from_dict(settings, list(overrides), source="imfl demo")
+
+
 @app.command()
 def demo(
     data: Annotated[Optional[Path], typer.Option(help="Folder with pool.jsonl and test.jsonl (default: ../shared/data/fpb).")] = None,
@@ -189,28 +219,15 @@ def demo(
 ) -> None:
     """The default method (fidelity-aware IMFL) on the embedded defaults: simulated experts (gold labels), the bundled
     SmolLM2 LLM, a MiniLM student. On the shared FPB data it is the benchmark grid's cell fpb/smollm2/fidelity."""
-    from imfl.config import config_from_dict
-
     folder = data or _find_demo_data()
     if folder is None:
         _fail("no demo data found at ../shared/data/fpb; point --data at a folder holding pool.jsonl and test.jsonl "
               "(JSON lines with id, text, label)")
     if not (folder / "pool.jsonl").is_file() or not (folder / "test.jsonl").is_file():
         _fail(f"{folder}: expected pool.jsonl and test.jsonl in it; point --data at a folder holding both")
-    settings = {
-        "name": name or f"demo-{folder.resolve().name}",
-        "seed": seed,
-        "output_dir": str(output_dir),
-        "data": {"pool": str(folder / "pool.jsonl"), "test": str(folder / "test.jsonl")},
-        "budget": {"total": budget, "human": human, "rounds": rounds},
-    }
-    if data is None:
-        # The label order of configs/fpb.toml and the benchmark grid. The prompt lists the labels in this order, and
-        # SmolLM2 is sensitive to it: on round 1's 97 LLM items it labels 0.557 right in this order, 0.412 in the
-        # data's alphabetical one (BENCHMARKS.md, "The label order in the prompt").
-        settings["data"]["labels"] = list(DEMO_FPB_LABELS)
     try:
-        cfg = config_from_dict(settings, set_ or [], source="imfl demo")
+        cfg = demo_config(folder, data is None, name=name, output_dir=output_dir, budget=budget, human=human, rounds=rounds,
+                          seed=seed, overrides=set_ or [])
         llm = budget - human
         if cfg.strategy == "fidelity":
             out.print(f"imfl demo on {folder}: fidelity-aware IMFL (the default strategy), budget {budget} labels = {human} "
@@ -368,9 +385,10 @@ def annotate(
     """Label the waiting round's items at the terminal: a number chooses a label, u undoes, s skips, q quits."""
     from rich.panel import Panel
 
-    from imfl.people import Rejected
+    from imfl.people import Rejected, check_name
 
     def go() -> None:
+        check_name(name, "--name")
         _, labeling = _labeling(project)
         while True:
             got = labeling.next(name)
@@ -431,8 +449,10 @@ def import_labels_cmd(
 ) -> None:
     """Add labels made elsewhere; bad rows are reported and skipped, good rows go in."""
     from imfl.exchange import import_labels
+    from imfl.people import check_name
 
     def go() -> None:
+        check_name(annotator, "--annotator")  # here to name the option (Labeling refuses it too, at the first good row)
         _, labeling = _labeling(project)
         report = import_labels(labeling, file, annotator, fmt)
         for where, why in report.rejected:
@@ -497,7 +517,7 @@ def export_cmd(
 
 @app.command("predict")
 def predict_cmd(
-    model: Annotated[Path, typer.Argument(help="A run folder (config.toml, adapter/), a Student.save directory (student.json) "
+    model: Annotated[Path, typer.Argument(metavar="MODEL", help="A run folder (config.toml, adapter/), a Student.save directory (student.json) "
                                           "or an exported Hugging Face classifier (config.json, model.safetensors).")],
     input_file: Annotated[Path, typer.Argument(metavar="INPUT", help="Texts to label: .jsonl, .csv or .parquet.")],
     out_file: Annotated[Optional[Path], typer.Option("--out", help="File to write: .jsonl (default format) or .csv; "

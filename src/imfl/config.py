@@ -8,15 +8,28 @@ A run's configuration is a TOML file whose tables mirror the models below (``[da
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, SecretStr, StrictBool, StrictFloat, StrictInt, ValidationError,
+                      field_validator, model_validator)
 
 from imfl.errors import ConfigError
 
 
+def near_duplicates(labels: Iterable[str]) -> list[list[str]]:
+    """Groups of labels that are one label spelled differently (equal after strip and casefold), in the order given:
+    as classes they would split one class in two, and only a confused LLM could tell them apart."""
+    groups: dict[str, list[str]] = {}
+    for label in labels:
+        groups.setdefault(label.strip().casefold(), []).append(label)
+    return [g for g in groups.values() if len(g) > 1]
+
+
 class _Section(BaseModel):
+    # Numbers and switches are Strict*: TOML and --set (read as TOML) give typed values, so `epochs = true` or
+    # `total = 6.5` is a mistake to report, not a value to coerce (a whole number still fits a decimal setting).
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
@@ -36,20 +49,33 @@ class DataConfig(_Section):
         "",
         description="What the LLM annotator is asked to do; empty = a generic classification instruction naming the labels.",
     )
-    pool_sample: int = Field(0, ge=0, description="Use only a random sample of this many pool rows (0 = all); the same sample for every seed.")
-    test_sample: int = Field(0, ge=0, description="Evaluate on a random sample of this many test rows (0 = all); the same for every seed.")
+    pool_sample: StrictInt = Field(0, ge=0, description="Use only a random sample of this many pool rows (0 = all); the same sample for every seed.")
+    test_sample: StrictInt = Field(0, ge=0, description="Evaluate on a random sample of this many test rows (0 = all); the same for every seed.")
+
+    @field_validator("labels")
+    @classmethod
+    def _check_labels(cls, v: list[str]) -> list[str]:
+        if len(v) == 1:
+            raise ValueError(f"data.labels lists one label ({v[0]!r}); a classifier needs at least two: list every label, "
+                             "or leave data.labels empty to take them from the data")
+        if len(set(v)) != len(v):
+            raise ValueError(f"data.labels lists a label twice ({', '.join(v)}); list each label once")
+        if variants := near_duplicates(v):
+            raise ValueError(f"data.labels lists {'; '.join(', '.join(map(repr, g)) for g in variants)}, which differ only in "
+                             "case or spaces: list each label once, spelled as in the data")
+        return v
 
 
 class BudgetConfig(_Section):
     """How many labels may be bought, from whom, and when."""
 
-    total: int = Field(1000, description="Total annotations (human + LLM) over the whole run.")
-    human: int = Field(200, description="How many of them go to human experts.")
-    rounds: int = Field(5, description="Number of query–annotate–train rounds.")
+    total: StrictInt = Field(1000, description="Total annotations (human + LLM) over the whole run.")
+    human: StrictInt = Field(200, description="How many of them go to human experts.")
+    rounds: StrictInt = Field(5, description="Number of query–annotate–train rounds.")
     schedule: Literal["geometric", "linear", "fixed"] = Field(
         "geometric", description="How the human batch shrinks from round to round (fixed = equal batches)."
     )
-    decay: float = Field(0.5, gt=0, le=1, description="Ratio between consecutive human batches for `geometric`.")
+    decay: StrictFloat = Field(0.5, gt=0, le=1, description="Ratio between consecutive human batches for `geometric`.")
     order: Literal["human-first", "llm-first"] = Field(
         "human-first", description="Whether a round's human labels are collected before its LLM prompts are built."
     )
@@ -59,7 +85,7 @@ class QueryConfig(_Section):
     """Which items a round asks about."""
 
     strategy: str = Field("eeq", description="Query strategy: eeq, random, uncertainty or diversity.")
-    kmeans_iter: int = Field(100, ge=1, description="Maximum k-means iterations.")
+    kmeans_iter: StrictInt = Field(100, ge=1, description="Maximum k-means iterations.")
 
 
 class HumanConfig(_Section):
@@ -67,14 +93,14 @@ class HumanConfig(_Section):
         "oracle", description="Who plays the expert: `oracle` replays the pool's gold labels; `people` waits for real experts "
         "(imfl serve, imfl annotate, imfl import-labels)."
     )
-    cost: float = Field(1.0, ge=0, description="Cost of one human label (any unit; used in reports).")
+    cost: StrictFloat = Field(1.0, ge=0, description="Cost of one human label (any unit; used in reports).")
     token: SecretStr | None = Field(
         None, description="people: the access token of the web page (better: the variable named by token_env; empty = a new "
         "random token printed at start). Never written out."
     )
     token_env: str = Field("IMFL_TOKEN", description="people: the environment variable holding the web page's access token.")
-    lease_seconds: int = Field(600, ge=5, description="people: how long an item handed to one person is kept from the others.")
-    show_guesses: bool = Field(False, description="people: show the student's current guess on the page (it can anchor experts).")
+    lease_seconds: StrictInt = Field(600, ge=5, description="people: how long an item handed to one person is kept from the others.")
+    show_guesses: StrictBool = Field(False, description="people: show the student's current guess on the page (it can anchor experts).")
 
 
 class LLMConfig(_Section):
@@ -82,7 +108,7 @@ class LLMConfig(_Section):
         "local", description="local (a transformers causal LM), openai (any OpenAI-compatible endpoint), recorded (a column of "
         "labels) or simulated (the gold label, wrong with probability 1 - llm.accuracy: for experiments only)."
     )
-    accuracy: float | None = Field(
+    accuracy: StrictFloat | None = Field(
         None, gt=0, le=1, description="simulated: how often a label is right; a wrong one is any other label, equally likely."
     )
     model: str | None = Field(
@@ -92,21 +118,21 @@ class LLMConfig(_Section):
     file: Path | None = Field(
         None, description="recorded: a JSONL/CSV file of recorded answers instead (id, label, optional probs {label: p})."
     )
-    k: int = Field(4, ge=0, description="Number of demonstrations in each prompt.")
+    k: StrictInt = Field(4, ge=0, description="Number of demonstrations in each prompt.")
     demos: Literal["retrieved", "random", "none"] = Field(
         "retrieved", description="retrieved = the k most similar human-labeled items; random = k random ones."
     )
-    balanced: bool = Field(False, description="Retrieved demos include the most similar item of each label first (as k allows).")
-    calibrate: bool = Field(False, description="Contextual calibration: divide by the probabilities of a content-free input.")
-    max_length: int = Field(2048, ge=64, description="local: longest prompt in tokens; demos are dropped to fit.")
+    balanced: StrictBool = Field(False, description="Retrieved demos include the most similar item of each label first (as k allows).")
+    calibrate: StrictBool = Field(False, description="Contextual calibration: divide by the probabilities of a content-free input.")
+    max_length: StrictInt = Field(2048, ge=64, description="local: longest prompt in tokens; demos are dropped to fit.")
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="local: precision of the model; auto = bfloat16 where the CPU has it natively (1.5x faster), else float32."
     )
-    cost: float = Field(0.0, ge=0, description="Fixed cost of one LLM label (any unit), added to the token prices.")
-    prompt_price: float = Field(0.0, ge=0, description="Price per 1,000,000 prompt tokens (same unit as human.cost).")
-    completion_price: float = Field(0.0, ge=0, description="Price per 1,000,000 completion tokens.")
-    cache: bool = Field(True, description="Keep every answer in the cache dir, so no prompt is ever paid twice.")
-    eval_sample: int = Field(
+    cost: StrictFloat = Field(0.0, ge=0, description="Fixed cost of one LLM label (any unit), added to the token prices.")
+    prompt_price: StrictFloat = Field(0.0, ge=0, description="Price per 1,000,000 prompt tokens (same unit as human.cost).")
+    completion_price: StrictFloat = Field(0.0, ge=0, description="Price per 1,000,000 completion tokens.")
+    cache: StrictBool = Field(True, description="Keep every answer in the cache dir, so no prompt is ever paid twice.")
+    eval_sample: StrictInt = Field(
         0, ge=0, description="Each round the LLM also labels up to this many human-labeled items it has not labeled before "
         "(leave-one-out demos): its accuracy, confusion and calibration on this task (the [fidelity] switches need it)."
     )
@@ -120,27 +146,27 @@ class LLMConfig(_Section):
     )
     api_key: SecretStr | None = Field(None, description="openai: the API key (better: set the variable named by api_key_env). Never written out.")
     api_key_env: str = Field("OPENAI_API_KEY", description="openai: the environment variable holding the API key.")
-    max_concurrency: int = Field(4, ge=1, description="openai: requests in flight at once.")
-    logprobs: bool = Field(True, description="openai: ask for token log-probabilities (the cheapest way to label probabilities).")
-    samples: int = Field(5, ge=0, description="openai: sampled answers for self-consistency when log-probabilities are missing.")
-    temperature: float = Field(0.7, ge=0, description="openai: sampling temperature of the self-consistency samples.")
-    max_tokens: int = Field(16, ge=1, description="openai: longest answer.")
-    timeout: float = Field(60.0, gt=0, description="openai: seconds before a request is given up (then retried).")
-    max_retries: int = Field(4, ge=0, description="openai: retries of a failed request, with exponential backoff.")
+    max_concurrency: StrictInt = Field(4, ge=1, description="openai: requests in flight at once.")
+    logprobs: StrictBool = Field(True, description="openai: ask for token log-probabilities (the cheapest way to label probabilities).")
+    samples: StrictInt = Field(5, ge=0, description="openai: sampled answers for self-consistency when log-probabilities are missing.")
+    temperature: StrictFloat = Field(0.7, ge=0, description="openai: sampling temperature of the self-consistency samples.")
+    max_tokens: StrictInt = Field(16, ge=1, description="openai: longest answer.")
+    timeout: StrictFloat = Field(60.0, gt=0, description="openai: seconds before a request is given up (then retried).")
+    max_retries: StrictInt = Field(4, ge=0, description="openai: retries of a failed request, with exponential backoff.")
 
 
 class StudentConfig(_Section):
     """The small model trained every round (defaults tuned on splits of the FPB pool; see student.py)."""
 
     model: str | None = Field(None, description="Local encoder dir; empty = the bundled all-MiniLM-L6-v2.")
-    epochs: int = Field(4, ge=1, description="Passes over the labels (more for small sets, see min_steps).")
-    min_steps: int = Field(100, ge=0, description="Small label sets get whole extra epochs until this many optimizer steps.")
-    learning_rate: float = Field(1e-3, gt=0, description="AdamW step size of the LoRA matrices.")
-    head_learning_rate: float = Field(1e-2, gt=0, description="Step size of the classification head.")
-    batch_size: int = Field(16, ge=1, description="Labels per optimizer step.")
-    max_length: int = Field(128, ge=8, description="Tokens per input (text and text_pair together).")
-    lora_r: int = Field(8, ge=1, description="Rank of the LoRA adapters.")
-    lora_alpha: int = Field(16, ge=1, description="LoRA scaling (alpha / r multiplies the adapter's output).")
+    epochs: StrictInt = Field(4, ge=1, description="Passes over the labels (more for small sets, see min_steps).")
+    min_steps: StrictInt = Field(100, ge=0, description="Small label sets get whole extra epochs until this many optimizer steps.")
+    learning_rate: StrictFloat = Field(1e-3, gt=0, description="AdamW step size of the LoRA matrices.")
+    head_learning_rate: StrictFloat = Field(1e-2, gt=0, description="Step size of the classification head.")
+    batch_size: StrictInt = Field(16, ge=1, description="Labels per optimizer step.")
+    max_length: StrictInt = Field(128, ge=8, description="Tokens per input (text and text_pair together).")
+    lora_r: StrictInt = Field(8, ge=1, description="Rank of the LoRA adapters.")
+    lora_alpha: StrictInt = Field(16, ge=1, description="LoRA scaling (alpha / r multiplies the adapter's output).")
     lora_target_modules: str | list[str] = Field("all-linear", description="Which layers get LoRA adapters.")
     predict_dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="Precision of predictions; auto = bfloat16 autocast where the CPU has it natively, else float32."
@@ -148,8 +174,8 @@ class StudentConfig(_Section):
     train_dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="Precision of the training forward pass (as predict_dtype; weights stay float32)."
     )
-    num_threads: int | None = Field(None, ge=1, description="CPU threads for training and prediction; empty = torch's default.")
-    weights: dict[str, float] = Field(
+    num_threads: StrictInt | None = Field(None, ge=1, description="CPU threads for training and prediction; empty = torch's default.")
+    weights: dict[str, StrictFloat] = Field(
         default_factory=lambda: {"human": 1.0, "llm": 1.0},
         description="Training weight of each label source; a source not named keeps 1.0.",
     )
@@ -164,17 +190,17 @@ class FidelityConfig(_Section):
     """Fidelity-aware IMFL (beyond the paper; see fidelity.py): act on how good the LLM measures on this task.
     Every switch needs llm.eval_sample > 0."""
 
-    weighting: bool = Field(False, description="LLM labels train with weight = their calibrated probability of being right.")
-    routing: bool = Field(False, description="LLM labels whose calibrated probability of being right is below route_threshold are not trained on.")
-    route_threshold: float | None = Field(
+    weighting: StrictBool = Field(False, description="LLM labels train with weight = their calibrated probability of being right.")
+    routing: StrictBool = Field(False, description="LLM labels whose calibrated probability of being right is below route_threshold are not trained on.")
+    route_threshold: StrictFloat | None = Field(
         None, ge=0, le=1, description="routing: the threshold; empty = the student's estimated accuracy (out-of-fold on human labels)."
     )
-    route_to_human: bool = Field(False, description="routing: the round's routed items go to the next round's human batch first.")
-    filter: bool = Field(False, description="cleanlab's find_label_issues drops likely-wrong LLM labels before training.")
-    adaptive: bool = Field(
+    route_to_human: StrictBool = Field(False, description="routing: the round's routed items go to the next round's human batch first.")
+    filter: StrictBool = Field(False, description="cleanlab's find_label_issues drops likely-wrong LLM labels before training.")
+    adaptive: StrictBool = Field(
         False, description="While the LLM's estimated accuracy is below the student's, buy no LLM labels (each decision is logged)."
     )
-    human_max: int | None = Field(
+    human_max: StrictInt | None = Field(
         None, ge=0, description="adaptive: LLM labels not bought become human labels up to this many in total; empty = budget.human."
     )
 
@@ -185,32 +211,32 @@ class FidelityConfig(_Section):
 
 class EmbeddingsConfig(_Section):
     model: str | None = Field(None, description="Sentence-transformers dir; empty = the bundled all-MiniLM-L6-v2.")
-    batch_size: int = Field(64, ge=1, description="Texts per embedding batch.")
+    batch_size: StrictInt = Field(64, ge=1, description="Texts per embedding batch.")
 
 
 class RayConfig(_Section):
     """Where and how wide pool-sized work runs when ``engine = "ray"`` (see imfl.engine)."""
 
     address: str | None = Field(None, description="Ray cluster to join (e.g. ray://head:10001); empty = $RAY_ADDRESS, else a Ray started on this machine.")
-    actors: int = Field(2, ge=1, description="Actors embedding and predicting the pool; each loads the model once per pass.")
-    cpus_per_actor: float = Field(1.0, gt=0, description="CPUs Ray reserves for each of those actors.")
-    batch_size: int = Field(256, ge=1, description="Pool items per Ray batch when embedding and predicting.")
-    llm_actors: int = Field(2, ge=1, description="Actors scoring LLM prompts; an HTTP endpoint sees at most llm_actors x llm.max_concurrency calls at once.")
-    llm_cpus_per_actor: float = Field(1.0, gt=0, description="CPUs per LLM actor: 1 or more for llm.annotator = 'local', e.g. 0.1 for an HTTP endpoint.")
-    llm_batch_size: int = Field(8, ge=1, description="Prompts per Ray batch.")
+    actors: StrictInt = Field(2, ge=1, description="Actors embedding and predicting the pool; each loads the model once per pass.")
+    cpus_per_actor: StrictFloat = Field(1.0, gt=0, description="CPUs Ray reserves for each of those actors.")
+    batch_size: StrictInt = Field(256, ge=1, description="Pool items per Ray batch when embedding and predicting.")
+    llm_actors: StrictInt = Field(2, ge=1, description="Actors scoring LLM prompts; an HTTP endpoint sees at most llm_actors x llm.max_concurrency calls at once.")
+    llm_cpus_per_actor: StrictFloat = Field(1.0, gt=0, description="CPUs per LLM actor: 1 or more for llm.annotator = 'local', e.g. 0.1 for an HTTP endpoint.")
+    llm_batch_size: StrictInt = Field(8, ge=1, description="Prompts per Ray batch.")
 
 
 class RunConfig(_Section):
     """The whole run. ``strategy`` is a preset that fills in the other sections (see ``STRATEGIES``)."""
 
     name: str = Field("run", description="Run folder name under output_dir.")
-    seed: int = Field(0, description="Seeds the query, k-means, demo sampling and the student: same seed, same run.")
+    seed: StrictInt = Field(0, description="Seeds the query, k-means, demo sampling and the student: same seed, same run.")
     strategy: str = Field(
         "fidelity", description="fidelity (the default: IMFL that measures its LLM every round and buys, weights, routes and "
         "filters LLM labels by what it measured; best in our benchmarks), imfl (the paper's method as published), random, "
         "uncertainty, diversity, human-only or llm-only."
     )
-    compare_human_only: bool = Field(
+    compare_human_only: StrictBool = Field(
         True, description="At the end of a run with a test file and LLM labels, train one more student on the run's human "
         "labels alone and set it beside the final student: what the LLM labels bought (metrics.json: human_only)."
     )
@@ -318,13 +344,15 @@ def _validate(data: dict, source: str) -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
+        if unknown := sorted(".".join(map(str, e["loc"])) for e in exc.errors() if e["type"] == "extra_forbidden"):
+            verb = "is not a known setting" if len(unknown) == 1 else "are not known settings"
+            raise ConfigError(f"{source}: {', '.join(unknown)} {verb} (check the spelling; see the README's configuration "
+                              "reference)") from None
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "config"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "missing":
             msg = "is required"
-        elif err["type"] == "extra_forbidden":
-            msg = "is not a known setting (check the spelling; see the README's configuration reference)"
         elif "input" in err and err["type"] != "value_error":
             msg = f"{msg} (got {err['input']!r})"
         raise ConfigError(f"{source}: {where} {msg}" if err["type"] != "value_error" else f"{source}: {msg}") from None
@@ -350,11 +378,13 @@ def read_toml(path: Path, what: str = "config file", hint: str = "pass the path 
     if not path.is_file():
         raise ConfigError(f"{path}: {what} not found; {hint}")
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8-sig"))  # a byte order mark (Windows editors) is fine
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
     except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text; save it as UTF-8") from None
+        from imfl.data import not_utf8  # imfl.data imports this module
+
+        raise ConfigError(not_utf8(path)) from None
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from imfl.config import DataConfig
+from imfl.config import DataConfig, near_duplicates
 from imfl.errors import DataError
 
 DEFAULT_INSTRUCTION = "Classify the text into exactly one of these labels: {labels}. Answer with the label only."
@@ -75,8 +75,9 @@ class Task:
         return self.labels.index(label)
 
 
+# JSONL and CSV are read as utf-8-sig: a byte order mark at the start (as some Windows tools write) is not data.
 def _rows_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    with path.open(encoding="utf-8") as fh:
+    with path.open(encoding="utf-8-sig") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
@@ -90,7 +91,7 @@ def _rows_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
 
 
 def _rows_csv(path: Path) -> Iterator[tuple[int, dict]]:
-    with path.open(encoding="utf-8", newline="") as fh:
+    with path.open(encoding="utf-8-sig", newline="") as fh:
         reader = csv.DictReader(fh)
         for row in reader:
             # The reader's line_num is the line the record ended on: right for one-line records.
@@ -128,7 +129,23 @@ def read_rows(path: Path, what: str = "file") -> Iterator[tuple[int, dict]]:
     try:
         yield from reader(path)
     except UnicodeDecodeError:
-        raise DataError(f"{path}: not UTF-8 text; save the file as UTF-8") from None
+        raise DataError(not_utf8(path)) from None
+
+
+def not_utf8(path: Path) -> str:
+    """Where a file's first byte that is not UTF-8 is, as a message: the decoder's error only gives a position in the
+    chunk it was decoding. A multi-byte character never spans a newline byte, so each line can be decoded alone."""
+    offset = 0
+    with Path(path).open("rb") as fh:
+        for lineno, line in enumerate(fh, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                column = len(line[:exc.start].decode("utf-8")) + 1
+                return (f"{path}:{lineno}: byte {line[exc.start]:#04x} at byte offset {offset + exc.start} (column {column} "
+                        "of the line) is not UTF-8; save the file as UTF-8")
+            offset += len(line)
+    return f"{path}: not UTF-8 text; save the file as UTF-8"  # the file changed since the failed read
 
 
 def _text(value: Any) -> str | None:
@@ -192,13 +209,20 @@ class Pool:
     (keeping only the rows of ``pool_sample`` when set). ``len`` and ``has_pair`` come from the first pass
     (``load_dataset``), which checked every row. A run copies the pool into its store once and reads it from there."""
 
-    def __init__(self, path: Path, cfg: DataConfig, labels: tuple[str, ...] | None, n: int, has_pair: bool,
+    def __init__(self, path: Path, cfg: DataConfig, labels: tuple[str, ...] | None, rows: int, has_pair: bool,
                  keep: np.ndarray | None = None):
         self.path, self.cfg, self.labels = Path(path), cfg, labels
-        self.n, self.has_pair, self.keep = n, has_pair, keep
+        self.rows, self.has_pair, self.keep = rows, has_pair, keep  # rows: in the file; keep: the sample's positions
+        self.n = rows if keep is None else len(keep)
 
     def __len__(self) -> int:
         return self.n
+
+    def describe(self) -> str:
+        """What the run draws its items from, for messages: a sample's size is not the file's."""
+        if self.keep is None:
+            return f"{self.n} items in {self.path}"
+        return f"{self.n} items: a sample (data.pool_sample) of the {self.rows} rows in {self.path}"
 
     def __iter__(self) -> Iterator[Example]:
         rows = iter_examples(self.path, self.cfg, "pool", self.labels)
@@ -225,32 +249,23 @@ class Dataset:
 def load_dataset(cfg: DataConfig) -> Dataset:
     """Check the pool (one streaming pass) and read the test file, settle the label set, and check that the test set
     is held out."""
-    declared = tuple(cfg.labels) or None
-    if declared is not None and len(set(declared)) != len(declared):
-        raise DataError(f"data.labels lists a label twice ({', '.join(declared)}); list each label once")
+    declared = tuple(cfg.labels) or None  # DataConfig checked it: at least two, each once, no two spellings of one
     test = load_examples(cfg.test, cfg, "test", declared, require_label=True) if cfg.test else []
     held_out = _HeldOut(cfg, test)
-    n, found, has_pair = 0, {e.label for e in test}, False
+    n, has_pair = 0, False
+    first: dict[str, str] = {}  # label -> file:line where it first appears
+    for e in test:
+        first.setdefault(e.label, f"{cfg.test}:{e.line}")
     for e in iter_examples(cfg.pool, cfg, "pool", declared):
         held_out.check(e)
         if e.label is not None:
-            found.add(e.label)
+            first.setdefault(e.label, f"{cfg.pool}:{e.line}")
         has_pair = e.text_pair is not None
         n += 1
-    if declared is None:
-        found.discard(None)
-        if len(found) < 2:
-            raise DataError(
-                f"{cfg.pool}: found {len(found)} distinct label(s) in field {cfg.label_field!r}; "
-                "list the label set in data.labels"
-            )
-        labels = tuple(sorted(found))
-    else:
-        labels = declared
-    keep = _sample(n, cfg.pool_sample)
-    pool = Pool(cfg.pool, cfg, declared, n if keep is None else len(keep), has_pair, keep)
-    test_keep = _sample(len(test), cfg.test_sample)
-    if test_keep is not None:
+    labels = declared or _found_labels(cfg, first)
+    keep = _sample(n, cfg.pool_sample, cfg.pool, "pool")
+    pool = Pool(cfg.pool, cfg, declared, n, has_pair, keep)
+    if cfg.test and (test_keep := _sample(len(test), cfg.test_sample, cfg.test, "test")) is not None:
         test = [test[i] for i in test_keep]
     if test and (test[0].text_pair is not None) != has_pair:
         raise DataError(f"{cfg.test}: the pool {'has' if has_pair else 'has no'} second input (text_pair) but the test file "
@@ -260,10 +275,27 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     return Dataset(task, pool, test)
 
 
-def _sample(n: int, size: int) -> np.ndarray | None:
-    """The positions of a fixed random subset of ``size`` of ``n`` rows, in file order (None: all rows, when size
-    is 0 or not smaller)."""
-    if not size or size >= n:
+def _found_labels(cfg: DataConfig, first: dict[str, str]) -> tuple[str, ...]:
+    """The label set taken from the data (data.labels empty), refused when it cannot be the set of a classifier."""
+    if len(first) < 2:
+        files = " and ".join(str(p) for p in (cfg.pool, cfg.test) if p)
+        what = f"only one label ({next(iter(first))!r})" if first else "no label"
+        raise DataError(f"{files}: {what} in field {cfg.label_field!r}; a classifier needs at least two: check "
+                        "data.label_field, or list the label set in data.labels")
+    if variants := near_duplicates(sorted(first)):
+        spelled = "; ".join(" and ".join(f"{label!r} ({first[label]})" for label in g) for g in variants)
+        raise DataError(f"labels that differ only in case or spaces in field {cfg.label_field!r}: {spelled}; "
+                        "spell each label one way in the files")
+    return tuple(sorted(first))
+
+
+def _sample(n: int, size: int, path: Path, what: str) -> np.ndarray | None:
+    """The positions of a fixed random subset of ``size`` of the ``n`` rows of the ``what`` file, in file order (None:
+    all rows, when size is 0 or n). A size above n is a mistake: the run would be bigger than the setting says."""
+    if size > n:
+        raise DataError(f"{path}: data.{what}_sample is {size} but the {what} file has only {n} rows; lower "
+                        f"data.{what}_sample, or set it to 0 to use every row")
+    if size in (0, n):
         return None
     return np.sort(np.random.default_rng(0).choice(n, size, replace=False))
 

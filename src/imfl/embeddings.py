@@ -63,7 +63,8 @@ class Embedder:
         out = np.empty((len(texts), self._dimension()), dtype=np.float32)
         for start in range(0, len(texts), self.batch_size):
             rows = order[start : start + self.batch_size]
-            out[rows] = st.encode([texts[i] for i in rows], batch_size=len(rows), normalize_embeddings=True, convert_to_numpy=True)
+            out[rows] = st.encode([texts[i] for i in rows], batch_size=len(rows), normalize_embeddings=True, convert_to_numpy=True,
+                                  show_progress_bar=False)
         return out
 
     def _chunks(self, texts: Sequence[str]) -> Iterator[tuple[slice, np.ndarray]]:

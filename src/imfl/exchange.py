@@ -1,10 +1,14 @@
 """Labels made elsewhere: write the waiting round's human batch to a file (CSV, JSONL, or Label Studio's JSON
 task list) and read labels back, row by row, through the same checks as the web page. A bad row never stops
-an import: it is reported (file:line or task number, and why) and the good rows go in."""
+an import: it is reported (file:line or task number, what is wrong, the values as the file has them) and the
+good rows go in. A file that cannot be used as a whole (not UTF-8, no id/label header, no rows), or a run that
+waits for no labels, stops the import before anything goes in: the file is read completely first."""
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,79 +65,125 @@ class ImportReport:
 
 
 def import_labels(labeling: Labeling, path: str | Path, annotator: str, fmt: str | None = None) -> ImportReport:
-    """Add the labels in ``path`` (rows with ``id`` and ``label``; or a Label Studio export) as ``annotator``'s."""
+    """Add the labels in ``path`` (rows with ``id`` and ``label``; or a Label Studio export) as ``annotator``'s.
+    A later row for an item an earlier row labeled is a duplicate (reported, not imported); a row after one that
+    was rejected for the same item (a corrected label, say) is tried."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found; check the path")
     fmt = fmt or guess_format(path)
+    text = _read(path)
+    rows = list(_rows(path, fmt, text)) if text.strip() else []
+    if not rows:
+        what = "the file is empty" if not text.strip() else f"no {'tasks' if fmt == 'labelstudio' else 'rows'} in the file"
+        raise DataError(f"{path}: nothing to import: {what}; label the file `imfl export-batch` wrote and import that")
+    state = labeling.status()["state"]
+    if state != "labeling":
+        raise DataError(f"{path}: nothing imported: no round is waiting for human labels (the run is {state}); "
+                        "run `imfl run` first")
     report = ImportReport()
-    for where, item_id, label, problem in _rows(path, fmt):
+    imported: dict[str, str] = {}  # item id -> the row that labeled it ("line 3", "task 2")
+    for where, ref, raw_id, raw_label, problem in rows:
+        item_id = _item_id(raw_id)
+        problem = problem or _problem(raw_id, item_id, raw_label, labeling.labels, imported)
         if problem is None:
             try:
-                labeling.label(annotator, item_id, label)
+                labeling.label(annotator, item_id, raw_label.strip())
+                imported[item_id] = ref
                 report.accepted += 1
                 continue
-            except Rejected as exc:
-                problem = str(exc)
+            except Rejected as exc:  # the store's verdict names the id as compared; say how the file spells it
+                problem = str(exc) if item_id == raw_id else f"{exc} (the file has {raw_id!r})"
         report.rejected.append((where, problem))
     return report
 
 
-def _rows(path: Path, fmt: str):
-    """(where, item id, label, problem) per row; problem is None for a row that can be tried."""
+def _item_id(raw) -> str | None:
+    """The pool id a row's id stands for: its text without surrounding spaces, or an integer's digits (the pool
+    loader reads number ids so, and spreadsheets and data frames turn digit ids into numbers); None otherwise."""
+    if type(raw) is int:  # not a bool
+        return str(raw)
+    return raw.strip() if isinstance(raw, str) else None
+
+
+def _problem(raw_id, item_id: str | None, raw_label, labels: tuple[str, ...], imported: dict[str, str]) -> str | None:
+    """Why a row cannot be tried, with its values as the file has them; None if it can."""
+    if raw_id is not None and item_id is None:
+        return f"the id must be text, as in the exported batch (found {raw_id!r})"
+    if not item_id:
+        return "no id: each row needs the item's id (as in the exported batch) and a label"
+    if item_id in imported:
+        return f"duplicate of {imported[item_id]} (item {item_id!r} was imported from there)"
+    if raw_label is None or isinstance(raw_label, str) and not raw_label.strip():
+        return f"item {raw_id!r} has no label"
+    if not isinstance(raw_label, str) or raw_label.strip() not in labels:
+        return f"label {raw_label!r} is not one of {', '.join(labels)}"
+    return None
+
+
+def _read(path: Path) -> str:
+    """The whole file as text (without the byte-order mark Excel puts before a "CSV UTF-8" file)."""
+    data = path.read_bytes().removeprefix(codecs.BOM_UTF8)
     try:
-        if fmt == "csv":
-            with path.open(encoding="utf-8", newline="") as fh:
-                reader = csv.DictReader(fh)
-                if not reader.fieldnames or not {"id", "label"} <= set(reader.fieldnames):
-                    raise DataError(f"{path}: the header needs the columns id and label (found {', '.join(reader.fieldnames or [])})")
-                for row in reader:
-                    yield _checked(f"{path}:{reader.line_num}", row.get("id"), row.get("label"))
-        elif fmt == "jsonl":
-            with path.open(encoding="utf-8") as fh:
-                for lineno, line in enumerate(fh, 1):
-                    where = f"{path}:{lineno}"
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        yield where, None, None, f"not valid JSON ({exc.msg})"
-                        continue
-                    if not isinstance(row, dict):
-                        yield where, None, None, "not a JSON object"
-                        continue
-                    yield _checked(where, row.get("id"), row.get("label"))
-        elif fmt == "labelstudio":
-            yield from _label_studio(path)
-        else:
-            raise DataError(f"format {fmt!r} is unknown; use one of {', '.join(FORMATS)}")
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not UTF-8 text; save the file as UTF-8") from None
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text; save the file as UTF-8") from None
 
 
-def _checked(where: str, item_id, label):
-    if not isinstance(item_id, str) or not item_id.strip():
-        return where, None, None, "no id"
-    if not isinstance(label, str) or not label.strip():
-        return where, item_id, None, f"item {item_id!r} has no label"
-    return where, item_id.strip(), label.strip(), None
+def _rows(path: Path, fmt: str, text: str):
+    """(where, ref, id, label, problem) per row, id and label as the file has them; ``where`` is FILE:LINE (or
+    FILE: task N) for the report, ``ref`` the same within the file (line N, task N); problem is None for a row
+    that can be checked."""
+    lines = io.StringIO(text, newline=None)  # universal newlines, as open() reads
+    if fmt == "csv":
+        reader = csv.reader(lines)
+        header = [name.strip() for name in next(reader)]
+        if not {"id", "label"} <= set(header):
+            raise DataError(f"{path}:1: the header needs the columns id and label (found {', '.join(header)})")
+        start = 2
+        try:
+            for values in reader:  # a quoted text may span lines: a row is reported by its first line
+                if any(v.strip() for v in values):  # blank lines and the empty rows spreadsheets leave are no rows
+                    row = dict(zip(header, values))
+                    yield f"{path}:{start}", f"line {start}", row.get("id"), row.get("label"), None
+                start = reader.line_num + 1
+        except csv.Error as exc:  # an unclosed quote makes the rest of the file one field, too long at some point
+            raise DataError(f"{path}:{start}: not readable as CSV ({exc}); check the quotes from this line on") from None
+    elif fmt == "jsonl":
+        for lineno, line in enumerate(lines, 1):
+            where, ref = f"{path}:{lineno}", f"line {lineno}"
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield where, ref, None, None, f"not valid JSON ({exc.msg})"
+                continue
+            if not isinstance(row, dict):
+                yield where, ref, None, None, "not a JSON object"
+                continue
+            yield where, ref, row.get("id"), row.get("label"), None
+    elif fmt == "labelstudio":
+        yield from _label_studio(path, text)
+    else:
+        raise DataError(f"format {fmt!r} is unknown; use one of {', '.join(FORMATS)}")
 
 
-def _label_studio(path: Path):
+def _label_studio(path: Path, text: str):
     """Label Studio's JSON export: a list of tasks, each with ``data.id`` and an annotation whose result holds
     one choice (the last non-cancelled annotation counts)."""
     try:
-        tasks = json.loads(path.read_text(encoding="utf-8"))
+        tasks = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); export the tasks from Label Studio as JSON") from None
+        raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}); export the tasks from Label Studio as JSON") from None
     if not isinstance(tasks, list):
         raise DataError(f"{path}: expected a JSON list of Label Studio tasks")
     for n, task in enumerate(tasks, 1):
-        where = f"{path}: task {n}"
+        where, ref = f"{path}: task {n}", f"task {n}"
         data = task.get("data") if isinstance(task, dict) else None
         if not isinstance(data, dict):
-            yield where, None, None, "no data object"
+            yield where, ref, None, None, "no data object"
             continue
         choices = []
         for ann in task.get("annotations") or []:
@@ -144,6 +194,7 @@ def _label_studio(path: Path):
                 if isinstance(value, dict) and value.get("choices"):
                     choices = value["choices"]
         if len(choices) != 1:
-            yield where, data.get("id"), None, f"item {data.get('id')!r} needs exactly one chosen label (found {len(choices)})"
+            why = f"item {data.get('id')!r} needs exactly one chosen label (found {len(choices)})"
+            yield where, ref, data.get("id"), None, why
             continue
-        yield _checked(where, data.get("id"), choices[0])
+        yield where, ref, data.get("id"), choices[0], None

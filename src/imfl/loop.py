@@ -69,8 +69,8 @@ class RunResult:
 
     @property
     def student(self) -> Student:
-        """The trained student of the last evaluated round, ready for ``predict_proba(texts)``; its ``classes_``
-        are the label names in column order. A ModelError when no round has finished yet."""
+        """The trained student of the last evaluated round: ``predict(texts)`` gives label names,
+        ``predict_proba(texts)`` probabilities whose columns follow ``classes_``. A ModelError when no round has finished yet."""
         student = getattr(self, "_loaded_student", None)  # not a field: asdict() and == leave it alone
         if student is None:
             from imfl.errors import ModelError
@@ -90,11 +90,9 @@ class _WaitingForPeople(Exception):
 
 
 def check_budget(cfg: RunConfig, ds: Dataset) -> None:
-    n = len(ds.pool)
-    if cfg.budget.total > n:
-        raise BudgetError(
-            f"budget.total ({cfg.budget.total}) is larger than the pool ({n} items in {cfg.data.pool}); lower budget.total or add items"
-        )
+    if cfg.budget.total > len(ds.pool):
+        raise BudgetError(f"budget.total ({cfg.budget.total}) is larger than the pool ({ds.pool.describe()}); lower budget.total "
+                          f"or {'raise data.pool_sample' if cfg.data.pool_sample else 'add items'}")
     if cfg.human.annotator == "oracle" and cfg.budget.human > 0:
         missing = [e.line for e in ds.pool if e.label is None]
         if missing:
@@ -752,6 +750,10 @@ def human_only_summary(last: dict, comparison: dict, rounds: Sequence[dict], pla
                    f"student's {m['student_est_accuracy']:.3f}, so the run declined the {planned_llm} planned LLM labels"
                    if m.get("llm_self_accuracy") is not None and m.get("student_est_accuracy") is not None else
                    f": the run declined the {planned_llm} planned LLM labels")
+        asked = sum(m.get("llm_self_n") or 0 for m in rounds)
+        per_label = sum(m.get("llm_probe_cost") or 0 for m in rounds) / asked if asked else 0.0
+        if declined and planned_llm and per_label > 0:  # what the declined labels would have cost at the self-check's price
+            why += f" (about {planned_llm * per_label:.2f} in LLM cost, in human.cost's unit)"
         return (f"No LLM label went into the final student{why}; it is the human-only student, test accuracy {final:.3f} "
                 f"from {n_h} human labels.")
     gain = final - alone

@@ -13,13 +13,29 @@ import json
 import tomllib
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+from pydantic import Field, TypeAdapter, ValidationError
 
 from imfl.errors import ConfigError
 from imfl.store import Rejected, Store
 
-__all__ = ["Labeling", "Rejected"]
+__all__ = ["Labeling", "Name", "Rejected", "check_name"]
+
+# A person's name as recorded with their labels (and shown in exports and on the page): one rule for the web page
+# (its API models use ``Name``), the terminal and file imports, so no path records a name another would refuse.
+Name = Annotated[str, Field(min_length=1, max_length=80, pattern=r"^[\w .@-]+$")]
+_name = TypeAdapter(Name)
+
+
+def check_name(name: str, what: str = "annotator") -> str:
+    """``name`` if it is a usable name, else a ConfigError naming ``what`` gave it (an option, a field)."""
+    try:
+        return _name.validate_python(name)
+    except ValidationError:
+        raise ConfigError(f"{what} {name!r} is not a usable name: use 1 to 80 letters, digits, spaces and . @ - _, "
+                          "e.g. dr-b") from None
 
 
 class Labeling:
@@ -74,6 +90,7 @@ class Labeling:
 
     def next(self, annotator: str) -> dict:
         """The item ``annotator`` should label now (held for them for ``lease_seconds``), or why there is none."""
+        check_name(annotator)  # the name is recorded from here on (as the item's holder)
         status = self.status()
         if status["state"] != "labeling":
             return status
@@ -94,6 +111,7 @@ class Labeling:
         return out
 
     def label(self, annotator: str, item_id: str, label: str) -> dict:
+        check_name(annotator)
         with self._store() as store:
             store.add_human_label(annotator, item_id, label, self.labels, cost=self.cost)
         return self.status()

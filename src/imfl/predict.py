@@ -40,6 +40,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from imfl.data import not_utf8
 from imfl.errors import ConfigError, DataError, ModelError
 
 __all__ = ["Fields", "ModelInfo", "Predictor", "PredictSummary", "inspect_model", "load_predictor", "predict_file"]
@@ -266,7 +267,7 @@ def _load_hf(info: ModelInfo, dtype: str, device: str | None) -> Predictor:
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict | str]]:
     """(line, row) per non-blank line; the row is a message instead when the line is not a JSON object."""
-    with path.open(encoding="utf-8") as fh:
+    with path.open(encoding="utf-8-sig") as fh:  # a byte order mark (Excel, Notepad) is not part of the first row
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
@@ -284,7 +285,7 @@ def _rows(path: Path) -> Iterator[tuple[int, dict | str]]:
         try:
             yield from _jsonl_rows(path)
         except UnicodeDecodeError:
-            raise DataError(f"{path}: not UTF-8 text; save the file as UTF-8") from None
+            raise DataError(not_utf8(path)) from None
         return
     from imfl.data import read_rows
 
@@ -297,7 +298,7 @@ def _columns(path: Path) -> set[str] | None:
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":
-            with path.open(encoding="utf-8", newline="") as fh:
+            with path.open(encoding="utf-8-sig", newline="") as fh:
                 header = next(csv.reader(fh), None)
             if header is None:
                 raise DataError(f"{path}: the input file is empty; give it a header line and rows")
@@ -313,7 +314,7 @@ def _columns(path: Path) -> set[str] | None:
                 raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
         names: set[str] = set()
         seen = 0
-        with path.open(encoding="utf-8") as fh:
+        with path.open(encoding="utf-8-sig") as fh:
             for line in fh:
                 if not line.strip():
                     continue
@@ -328,7 +329,7 @@ def _columns(path: Path) -> set[str] | None:
             raise DataError(f"{path}: the input file has no rows; give it one JSON object per line")
         return names or None
     except UnicodeDecodeError:
-        raise DataError(f"{path}: not UTF-8 text; save the file as UTF-8") from None
+        raise DataError(not_utf8(path)) from None
 
 
 def check_input(path: Path, fields: Fields) -> None:

@@ -30,6 +30,10 @@ class Silent:
 class Lines:
     """For logs: one line when each phase ends (items, seconds, items/s), no live bars. ``write`` takes a line."""
 
+    # A rate is only given for several items over at least this long: a step that found its work done (a cache hit)
+    # takes microseconds, and "86202.2/s" would say nothing about how fast the work goes.
+    MIN_SECONDS_FOR_RATE = 0.5
+
     def __init__(self, write: Callable[[str], None]):
         self.write = write
 
@@ -38,7 +42,7 @@ class Lines:
         start = time.perf_counter()
         yield lambda n: None
         spent = time.perf_counter() - start
-        rate = f" ({total / max(spent, 1e-9):.1f}/s)" if total else ""
+        rate = f" ({total / spent:.1f}/s)" if (total or 0) > 1 and spent >= self.MIN_SECONDS_FOR_RATE else ""
         self.write(f"{description}: {total or ''} in {spent:.1f} s{rate}")
 
     def log(self, message: str) -> None:

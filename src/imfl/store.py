@@ -334,6 +334,8 @@ class Store:
         """``annotator`` passes on an item: it goes back to the others, and to them only after the rest."""
         with self.transaction():
             t = self._waiting_round()
+            if item_id not in self.pending_human(t):
+                raise Rejected(409, f"item {item_id!r} is not waiting for a human label in round {t}")
             self.conn.execute("DELETE FROM leases WHERE item_id=? AND annotator=?", (item_id, annotator))
             self.conn.execute("INSERT OR IGNORE INTO skips(round, item_id, annotator) VALUES(?, ?, ?)", (t, item_id, annotator))
 

@@ -11,7 +11,8 @@ separate requests whose demonstrations are shuffled. An answer that names no lab
 recorded, never mapped to a label.
 
 Faults (timeouts, refused connections, HTTP 429 and 5xx, bodies that are not the expected JSON, empty
-choice lists) are retried with bounded exponential backoff; a prompt that still fails gets a
+choice lists) are retried with bounded exponential backoff, or after the wait a 429/5xx answer's ``Retry-After``
+names (seconds or an HTTP date, at most ``max_retry_after``); a prompt that still fails gets a
 ``Scored`` with ``error`` set, so its item goes back to the pool. Answers 401/403/404 stop the run
 with a message, since every later call would fail the same way. The API key is sent in a header
 only: it is never logged, stored, or part of a cache key.
@@ -21,11 +22,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from email.utils import parsedate_to_datetime
 
 import httpx
 import numpy as np
@@ -44,7 +47,7 @@ class OpenAIBackend:
     def __init__(self, base_url: str, model: str, api_key: str | None = None, *, samples: int = 5,
                  temperature: float = 0.7, logprobs: bool = True, top_logprobs: int = 20, max_tokens: int = 16,
                  timeout: float = 60.0, max_retries: int = 4, backoff: float = 0.5, max_backoff: float = 8.0,
-                 max_concurrency: int = 4, seed: int = 0, endpoint: str = "chat"):
+                 max_retry_after: float = 60.0, max_concurrency: int = 4, seed: int = 0, endpoint: str = "chat"):
         self.base_url = base_url
         self.model = model
         self.api_key = api_key
@@ -57,6 +60,7 @@ class OpenAIBackend:
         self.max_retries = max_retries
         self.backoff = backoff
         self.max_backoff = max_backoff
+        self.max_retry_after = max_retry_after
         self.max_concurrency = max_concurrency
         self.seed = seed
         self.endpoint = endpoint
@@ -82,10 +86,12 @@ class OpenAIBackend:
 
     def _post(self, client: httpx.Client, body: dict) -> dict:
         """POST (chat/)completions with retries; returns the parsed JSON with a non-empty choice list."""
-        problem = ""
+        problem, wait = "", None
         for attempt in range(self.max_retries + 1):
             if attempt:
-                time.sleep(min(self.max_backoff, self.backoff * 2 ** (attempt - 1)) * (0.5 + random.random() / 2))
+                backoff = min(self.max_backoff, self.backoff * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
+                time.sleep(backoff if wait is None else wait)
+            wait = None
             with self._lock:
                 self.requests_sent += 1
             try:
@@ -103,6 +109,7 @@ class OpenAIBackend:
                 )
             if r.status_code == 429 or r.status_code >= 500:
                 problem = f"HTTP {r.status_code}"
+                wait = self._retry_after(r)
                 continue
             if r.status_code >= 400:
                 if not self._answered:
@@ -124,6 +131,21 @@ class OpenAIBackend:
             self._answered = True
             return data
         raise _Failed(f"{problem} ({self.max_retries + 1} attempts)")
+
+    def _retry_after(self, r: httpx.Response) -> float | None:
+        """The wait a rate-limited or overloaded server asks for (``Retry-After``: seconds or an HTTP date), capped at
+        ``max_retry_after`` so that one header cannot stall a run; None when it names no usable wait."""
+        value = r.headers.get("Retry-After", "").strip()
+        try:
+            seconds = float(value)
+        except ValueError:
+            try:
+                seconds = parsedate_to_datetime(value).timestamp() - time.time()
+            except (TypeError, ValueError):
+                return None
+        if not math.isfinite(seconds):
+            return None
+        return min(max(seconds, 0.0), self.max_retry_after)
 
     # -- one prompt ------------------------------------------------------------------------
     def _one(self, client: httpx.Client, messages: list[dict], labels: Sequence[str]) -> Scored:

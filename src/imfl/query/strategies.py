@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import numpy as np
 from sklearn.cluster import KMeans
-
+from sklearn.exceptions import ConvergenceWarning
 
 
 class Rows:
@@ -60,13 +61,17 @@ def kmeans(embeddings: Vectors, n_clusters: int, seed: int, max_iter: int = 100,
     if sample is None:
         sample = n if n <= KMEANS_EXACT_MAX else max(KMEANS_SAMPLE, KMEANS_PER_CLUSTER * n_clusters)
     km = KMeans(n_clusters=n_clusters, n_init=1, max_iter=max_iter, random_state=seed)
-    if sample >= n:
-        rows = np.asarray(embeddings, dtype=np.float32)
-        assign = km.fit_predict(rows)
-        dist = np.linalg.norm(rows - km.cluster_centers_[assign], axis=1)
-        return assign, dist, km.cluster_centers_
-    fit_rows = np.sort(np.random.default_rng(seed).choice(n, size=sample, replace=False))
-    km.fit(np.asarray(embeddings[fit_rows], dtype=np.float32))
+    with warnings.catch_warnings():
+        # Repeated texts give fewer distinct points than clusters; sklearn warns and leaves clusters empty. That is
+        # expected here, not a fault: _per_cluster fills the batch from the items left.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        if sample >= n:
+            rows = np.asarray(embeddings, dtype=np.float32)
+            assign = km.fit_predict(rows)
+            dist = np.linalg.norm(rows - km.cluster_centers_[assign], axis=1)
+            return assign, dist, km.cluster_centers_
+        fit_rows = np.sort(np.random.default_rng(seed).choice(n, size=sample, replace=False))
+        km.fit(np.asarray(embeddings[fit_rows], dtype=np.float32))
     centres = km.cluster_centers_.astype(np.float32)
     c_sq = (centres**2).sum(axis=1)
     assign = np.empty(n, dtype=np.int32)
@@ -82,7 +87,8 @@ def kmeans(embeddings: Vectors, n_clusters: int, seed: int, max_iter: int = 100,
 def _per_cluster(embeddings: Vectors, n: int, seed: int, score: np.ndarray | None, sample: int | None = None) -> np.ndarray:
     """One item per k-means cluster: the highest-``score`` one, or (no score) the one nearest its centre.
     Ordered by score, then by cluster size, largest first (the most representative regions first).
-    ``sample``: see :func:`kmeans`."""
+    Repeated texts can leave clusters empty: then the batch is filled with the best of the items not picked
+    (highest score, then nearest its centre), so a round buys the labels it planned. ``sample``: see :func:`kmeans`."""
     assign, dist, _ = kmeans(embeddings, n, seed, sample=sample)
     # Rank within a cluster: highest score first, then nearest to the centre, then lowest index.
     key = -score if score is not None else np.zeros(len(embeddings))
@@ -90,12 +96,17 @@ def _per_cluster(embeddings: Vectors, n: int, seed: int, score: np.ndarray | Non
     first = order[np.r_[True, assign[order][1:] != assign[order][:-1]]]
     sizes = np.bincount(assign, minlength=n)[assign[first]]
     primary = -score[first] if score is not None else np.zeros(len(first))
-    return first[np.lexsort((first, -sizes, primary))]
+    first = first[np.lexsort((first, -sizes, primary))]
+    if len(first) == n:
+        return first
+    ranked = np.lexsort((np.arange(len(embeddings)), dist, key))
+    return np.concatenate([first, ranked[~np.isin(ranked, first)][: n - len(first)]])
 
 
 def eeq(embeddings: Vectors, uncertainty: np.ndarray | None, n: int, seed: int) -> np.ndarray:
     """Exploration–exploitation query: k-means into ``n`` clusters (exploration), then from each cluster
-    its most uncertain item (exploitation). Without uncertainty (round 1) it is diversity alone."""
+    its most uncertain item (exploitation). Without uncertainty (round 1) it is diversity alone. Always ``n`` items
+    (when the pool has them): clusters left empty by repeated texts are made up by the most uncertain items left."""
     return _per_cluster(embeddings, n, seed, uncertainty)
 
 
