@@ -133,9 +133,9 @@ def test_the_export_loads_without_imfl_and_predicts_what_imfl_predict_predicts(f
     assert config["id2label"] == {"0": "neutral", "1": "positive", "2": "negative"}
     assert config["label2id"] == {"neutral": 0, "positive": 1, "negative": 2}
 
-    # 400 FPB test sentences (all 970: BENCHMARKS.md), through the standard loader in a process where imfl cannot
+    # 200 FPB test sentences (all 970: BENCHMARKS.md), through the standard loader in a process where imfl cannot
     # be imported.
-    test = write_jsonl(tmp_path / "fpb-test.jsonl", read_jsonl(shared_data / "fpb" / "test.jsonl")[:400])
+    test = write_jsonl(tmp_path / "fpb-test.jsonl", read_jsonl(shared_data / "fpb" / "test.jsonl")[:200])
     loaded = tmp_path / "pipeline.jsonl"
     p = subprocess.run([sys.executable, "-c", LOAD_WITHOUT_IMFL, str(exported), str(test), str(loaded)],
                        capture_output=True, text=True, timeout=600)
@@ -146,7 +146,7 @@ def test_the_export_loads_without_imfl_and_predicts_what_imfl_predict_predicts(f
     r = imfl("predict", str(run_dir), str(test), "--out", str(predicted))
     assert r.returncode == 0, r.stderr
     by_imfl = read_jsonl(predicted)
-    assert len(by_imfl) == len(by_pipeline) == 400
+    assert len(by_imfl) == len(by_pipeline) == 200
     same = sum(max(a, key=a.get) == b["label"] for a, b in zip(by_pipeline, by_imfl))
     assert same >= len(by_imfl) - 1  # 99.9% of them: a tie within float rounding may fall either way
     worst = max(abs(a[label] - b["probs"][label]) for a, b in zip(by_pipeline, by_imfl) for label in b["probs"])

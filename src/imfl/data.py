@@ -76,7 +76,9 @@ class Task:
 
 
 # JSONL and CSV are read as utf-8-sig: a byte order mark at the start (as some Windows tools write) is not data.
-def _rows_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+def jsonl_objects(path: Path) -> Iterator[tuple[int, dict | str]]:
+    """(line, row) per non-blank line of a JSONL file; the row is a message instead when the line is not a JSON
+    object (the caller decides whether that stops the read or skips the line)."""
     with path.open(encoding="utf-8-sig") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
@@ -84,10 +86,16 @@ def _rows_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno}); fix or remove the line") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object per line, got {type(row).__name__}")
-            yield lineno, row
+                yield lineno, f"not valid JSON ({exc.msg} at column {exc.colno})"
+                continue
+            yield lineno, row if isinstance(row, dict) else f"expected a JSON object per line, got {type(row).__name__}"
+
+
+def _rows_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    for lineno, row in jsonl_objects(path):
+        if isinstance(row, str):
+            raise DataError(f"{path}:{lineno}: {row}; fix or remove the line")
+        yield lineno, row
 
 
 def _rows_csv(path: Path) -> Iterator[tuple[int, dict]]:

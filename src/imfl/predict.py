@@ -40,7 +40,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from imfl.data import not_utf8
+from imfl.data import jsonl_objects, not_utf8
 from imfl.errors import ConfigError, DataError, ModelError
 
 __all__ = ["Fields", "ModelInfo", "Predictor", "PredictSummary", "inspect_model", "load_predictor", "predict_file"]
@@ -265,25 +265,11 @@ def _load_hf(info: ModelInfo, dtype: str, device: str | None) -> Predictor:
 # -- input ------------------------------------------------------------------------------------------------
 
 
-def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict | str]]:
-    """(line, row) per non-blank line; the row is a message instead when the line is not a JSON object."""
-    with path.open(encoding="utf-8-sig") as fh:  # a byte order mark (Excel, Notepad) is not part of the first row
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield lineno, f"not valid JSON ({exc.msg} at column {exc.colno})"
-                continue
-            yield lineno, row if isinstance(row, dict) else f"expected a JSON object, got {type(row).__name__}"
-
-
 def _rows(path: Path) -> Iterator[tuple[int, dict | str]]:
     """The input's rows with their line numbers (CSV: the header is line 1; Parquet: row numbers)."""
     if path.suffix.lower() in _JSON_SUFFIXES:
         try:
-            yield from _jsonl_rows(path)
+            yield from jsonl_objects(path)
         except UnicodeDecodeError:
             raise DataError(not_utf8(path)) from None
         return
