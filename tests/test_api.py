@@ -109,7 +109,6 @@ class TeamLabels:
 def tiny(small_fpb, out, cache, name="api", **over):
     settings = {
         "name": name, "seed": 0, "strategy": "imfl", "output_dir": str(out), "cache_dir": str(cache),
-        "compare_human_only": False,
         "data": {"pool": str(small_fpb["pool"]), "test": str(small_fpb["test"])},
         "budget": {"total": 30, "human": 10, "rounds": 2},
         "student": {"epochs": 1, "min_steps": 0, "max_length": 32, "batch_size": 16},
