@@ -45,8 +45,10 @@ class _Spec(BaseModel):
 
 
 class StrategySpec(_Spec):
-    total: float = Field(gt=0, description="Total labels, as a multiple of the dataset's H.")
+    total: float | None = Field(None, gt=0, description="Total labels, as a multiple of the dataset's H.")
     human: float = Field(ge=0, description="Human labels, as a multiple of H (the rest go to the LLM).")
+    cost: float | None = Field(None, gt=0, description="A money budget instead of total: budget.cost = cost × H (the price of "
+                               "cost × H human labels at human.cost = 1); the LLM labels what is left, up to the whole pool.")
     group: Literal["main", "ablation"] = "main"
     label: str = ""
     versus: str = Field("imfl", description="ablation: the strategy it changes one thing of (the report's Δ is against it).")
@@ -54,13 +56,17 @@ class StrategySpec(_Spec):
 
     @model_validator(mode="after")
     def _check(self) -> "StrategySpec":
-        if self.human > self.total:
+        if (self.total is None) == (self.cost is None):
+            raise ValueError("give either total (labels) or cost (money), as multiples of H")
+        if self.total is not None and self.human > self.total:
             raise ValueError(f"human ({self.human}) is larger than total ({self.total})")
+        if self.cost is not None and self.human > self.cost:
+            raise ValueError(f"human ({self.human}) costs more than cost ({self.cost})")
         return self
 
     @property
     def uses_llm(self) -> bool:
-        return self.human < self.total
+        return self.human < (self.total if self.total is not None else self.cost)
 
 
 class AnnotatorSpec(_Spec):
@@ -197,8 +203,8 @@ def load_grid(path: str | Path, quick: bool = False, results: Path | None = None
                     seen.add(cell_id)
                     settings = {
                         "name": _stem(cell_id), "seed": seed, "output_dir": str(work),
-                        "budget.total": round(sspec.total * H), "budget.human": round(sspec.human * H),
-                    }
+                        "budget.human": round(sspec.human * H),
+                    } | ({"budget.total": round(sspec.total * H)} if sspec.total is not None else {"budget.cost": sspec.cost * H})
                     overrides = [extra, dspec.set, aspec.set, sspec.set, settings]
                     cells.append(Cell(
                         dname, aname, sname, seed, H, sspec.group, sspec.label or sname, aspec.label or aname, order,
@@ -585,7 +591,9 @@ ROUND_COLUMNS = ("round", "human_labels", "llm_labels", "human_total", "llm_tota
                  "llm_accuracy", "llm_failed", "llm_unparsed", "human_cost_total", "llm_cost_total", "prequential_accuracy",
                  # fidelity-aware runs only (empty otherwise)
                  "llm_self_n", "llm_self_accuracy", "student_est_accuracy", "buy_llm", "human_moved", "route_threshold",
-                 "llm_routed", "llm_filtered", "llm_filtered_wrong", "llm_weight_mean")
+                 "llm_routed", "llm_filtered", "llm_filtered_wrong", "llm_weight_mean",
+                 # self-training runs only
+                 "pseudo_labels", "pseudo_accuracy")
 CELL_COLUMNS = ("dataset", "annotator", "strategy", "group", "seed", "H")
 
 

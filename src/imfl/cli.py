@@ -315,6 +315,8 @@ def init(
 def status(project: Project) -> None:
     """Rounds and their states, budget used per source, pending human items, latest metrics."""
 
+    from imfl.loop import money_spent, planned_total
+
     def go() -> None:
         cfg, run_dir, store = _project_store(project)
         with store:
@@ -324,6 +326,7 @@ def status(project: Project) -> None:
             counts: dict[tuple[int, str], int] = {}
             for a in store.annotations():
                 counts[(a.round, a.source)] = counts.get((a.round, a.source), 0) + 1
+            total, spent = planned_total(cfg, store.n_items()), money_spent(cfg, store, run_dir)
         table = Table(title=f"{run_dir.name}: {len(rounds)} of {cfg.budget.rounds} rounds")
         for col in ("round", "state", "human (planned)", "LLM (planned)", "pending human", "test acc.", "test macro-F1"):
             table.add_column(col, justify="right")
@@ -335,7 +338,9 @@ def status(project: Project) -> None:
                           fmt(m.get("test_accuracy")), fmt(m.get("test_macro_f1")))
         out.print(table)
         out.print(f"budget used: {used['human']} of {cfg.budget.human} human, {used['llm']} of "
-                  f"{cfg.budget.total - cfg.budget.human} LLM (total {cfg.budget.total})")
+                  f"{total - cfg.budget.human} LLM (total {total})")
+        if cfg.budget.cost is not None:
+            out.print(f"money spent: {spent:g} of budget.cost {cfg.budget.cost:g}")
 
     _guarded(go)
 
@@ -674,7 +679,8 @@ def bench(
             for cell in sorted(done + todo, key=grid.cells.index):
                 b = cell.config.budget
                 minutes = "" if cell in done else "–" if estimates[cell.id] is None else f"{estimates[cell.id] / 60:.0f}"
-                table.add_row(cell.id, f"{b.human} + {b.total - b.human}", "done" if cell in done else "to run", minutes)
+                budget = f"{b.human} + {b.total - b.human}" if b.cost is None else f"{b.human} + LLM, cost {b.cost:g}"
+                table.add_row(cell.id, budget, "done" if cell in done else "to run", minutes)
             out.print(table)
             return
         by_time = time.strftime('%a %H:%M', time.localtime(deadline)) if deadline else ""
@@ -729,8 +735,8 @@ def bench(
 def report(
     results: Annotated[Path, typer.Argument(help="A grid's results folder (holding cells/).")],
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Where report.md, report.html and the PNGs go (default: RESULTS/report).")] = None,
-    human_price: Annotated[float, typer.Option(min=0, help="Price of one human label, for the cost figure.")] = 1.0,
-    llm_price: Annotated[float, typer.Option(min=0, help="Price of one LLM label, for the cost figure.")] = 0.01,
+    human_price: Annotated[float, typer.Option(min=0, help="Price of one human label, for costs and the cost figure.")] = 1.0,
+    llm_price: Annotated[float, typer.Option(min=0, help="Price of one LLM answer, for costs and the cost figure.")] = 0.01,
     mark: Annotated[Optional[list[str]], typer.Option(
         "--mark", help="NAME=ACCURACY: a real LLM to draw on the sweep figure of simulated ones, e.g. 'GPT-4 (PubMedQA)=0.705'.")] = None,
 ) -> None:
@@ -754,7 +760,7 @@ def report(
             table = Table(title=f"{dataset}: main table")
             for col in MAIN_HEADER:
                 table.add_column(col, justify="left" if col in ("strategy", "LLM annotator") else "right")
-            for cells in main_table(rows):
+            for cells in main_table(rows, human_price, llm_price):
                 table.add_row(*cells)
             out.print(table)
         out.print(f"wrote {rep.markdown}, {rep.html} and {len(rep.figures)} figures")

@@ -69,8 +69,12 @@ class DataConfig(_Section):
 class BudgetConfig(_Section):
     """How many labels may be bought, from whom, and when."""
 
-    total: StrictInt = Field(1000, description="Total annotations (human + LLM) over the whole run.")
+    total: StrictInt = Field(1000, description="Total annotations (human + LLM) over the whole run (ignored with budget.cost).")
     human: StrictInt = Field(200, description="How many of them go to human experts.")
+    cost: StrictFloat | None = Field(
+        None, gt=0, description="A budget in money instead of labels (human.cost and llm.cost per label): budget.human human "
+        "labels as the schedule says, then LLM labels as far as the rest goes, up to the whole pool. Never overspent."
+    )
     rounds: StrictInt = Field(5, description="Number of query–annotate–train rounds.")
     schedule: Literal["geometric", "linear", "fixed"] = Field(
         "geometric", description="How the human batch shrinks from round to round (fixed = equal batches)."
@@ -209,6 +213,17 @@ class FidelityConfig(_Section):
         return self.weighting or self.routing or self.filter or self.adaptive
 
 
+class SelfTrainingConfig(_Section):
+    """Self-training (beyond the paper; see pseudo.py): from round 2 on, the student also learns from the previous
+    round's most confident predictions on unlabeled pool items, at no annotation cost."""
+
+    items: StrictInt = Field(0, ge=0, description="Pseudo-labeled pool items added to each round's training (0 = off).")
+    mode: Literal["proportional", "balanced"] = Field(
+        "proportional", description="How they are spread over the predicted classes: as often as each is predicted, or equally."
+    )
+    weight: StrictFloat = Field(1.0, gt=0, description="Training weight of a pseudo-labeled item (a human label weighs student.weights.human).")
+
+
 class EmbeddingsConfig(_Section):
     model: str | None = Field(None, description="Sentence-transformers dir; empty = the bundled all-MiniLM-L6-v2.")
     batch_size: StrictInt = Field(64, ge=1, description="Texts per embedding batch.")
@@ -234,11 +249,12 @@ class RunConfig(_Section):
     strategy: str = Field(
         "fidelity", description="fidelity (the default: IMFL that measures its LLM every round and buys, weights, routes and "
         "filters LLM labels by what it measured; best in our benchmarks), imfl (the paper's method as published), random, "
-        "uncertainty, diversity, human-only or llm-only."
+        "uncertainty, diversity, human-only, llm-only or label-all (budget.human random items to people, the LLM labels the "
+        "rest the budget buys, one round: the plain baseline)."
     )
     compare_human_only: StrictBool = Field(
-        True, description="At the end of a run with a test file and LLM labels, train one more student on the run's human "
-        "labels alone and set it beside the final student: what the LLM labels bought (metrics.json: human_only)."
+        True, description="At the end of a run with a test file and LLM labels (or pseudo-labels), train one more student on the "
+        "run's human labels alone and set it beside the final student: what the LLM labels bought (metrics.json: human_only)."
     )
     output_dir: Path = Field(Path("runs"), description="Runs are written to output_dir/name/.")
     cache_dir: Path | None = Field(None, description="Embedding and model cache; empty = $IMFL_CACHE or ~/.cache/imfl.")
@@ -249,6 +265,7 @@ class RunConfig(_Section):
     llm: LLMConfig = Field(default_factory=LLMConfig)
     student: StudentConfig = Field(default_factory=StudentConfig)
     fidelity: FidelityConfig = Field(default_factory=FidelityConfig)
+    self_training: SelfTrainingConfig = Field(default_factory=SelfTrainingConfig)
     embeddings: EmbeddingsConfig = Field(default_factory=EmbeddingsConfig)
     engine: Literal["local", "ray"] = Field("local", description="Where pool-sized work runs: 'local' (this process) or 'ray' (Ray Data actors, see [ray]).")
     ray: RayConfig = Field(default_factory=RayConfig)
@@ -263,11 +280,13 @@ class RunConfig(_Section):
         b = self.budget
         if b.rounds < 1:
             raise ValueError(f"budget.rounds is {b.rounds}: a run needs at least 1 round")
-        if b.total < 1:
+        if b.cost is not None:
+            self._check_money()
+        elif b.total < 1:
             raise ValueError(f"budget.total is {b.total}: give a positive number of annotations")
-        if not 0 <= b.human <= b.total:
+        elif not 0 <= b.human <= b.total:
             raise ValueError(f"budget.human is {b.human}: it must be between 0 and budget.total ({b.total})")
-        if b.total < b.rounds:
+        elif b.total < b.rounds:
             raise ValueError(f"budget.total ({b.total}) is smaller than budget.rounds ({b.rounds}): each round needs a label")
         if self.llm.annotator == "recorded" and not (self.llm.column or self.llm.file):
             raise ValueError("llm.annotator is 'recorded' but llm.column and llm.file are empty: name the pool field with the "
@@ -285,6 +304,20 @@ class RunConfig(_Section):
             raise ValueError(f"student.weights has unknown source {sorted(bad)[0]!r}: use 'human' and 'llm'")
         return self
 
+    def _check_money(self) -> None:
+        b, human_money = self.budget, self.budget.human * self.human.cost
+        if b.human < 0:
+            raise ValueError(f"budget.human is {b.human}: give 0 or more human labels")
+        if human_money > b.cost:
+            raise ValueError(f"budget.cost ({b.cost:g}) does not pay for budget.human ({b.human}) × human.cost ({self.human.cost:g}) "
+                             f"= {human_money:g}: raise budget.cost or lower budget.human")
+        if self.llm.prompt_price or self.llm.completion_price:
+            raise ValueError("budget.cost needs a fixed price per LLM answer, but llm.prompt_price or llm.completion_price is set "
+                             "(a token's price is known only after the call): set llm.cost to the price of one answer instead")
+        if self.fidelity.human_max is not None and self.fidelity.human_max > b.human:
+            raise ValueError(f"fidelity.human_max ({self.fidelity.human_max}) is above budget.human ({b.human}), but with "
+                             "budget.cost the human labels are fixed by budget.human: raise budget.human instead")
+
 
 # Named strategies: each is a set of overrides on top of the user's configuration, applied once by
 # ``resolve_strategy``. Adding a strategy is one line here.
@@ -294,13 +327,25 @@ STRATEGIES: dict[str, dict[str, Any]] = {
     "random": {"query.strategy": "random"},
     "uncertainty": {"query.strategy": "uncertainty"},
     "diversity": {"query.strategy": "diversity"},
-    "human-only": {"budget.human": lambda cfg: cfg.budget.total},
+    # with budget.cost: as many human labels as the money pays, and no LLM label with what is left over
+    "human-only": {"budget.total": lambda cfg: _human_only_labels(cfg), "budget.human": lambda cfg: _human_only_labels(cfg),
+                   "budget.cost": None},
     "llm-only": {"budget.human": 0},
+    # the baseline a practitioner tries first: budget.human random items to people, the LLM labels as many others as the
+    # budget buys (with budget.cost: up to the whole pool), one training; no query, no rounds
+    "label-all": {"query.strategy": "random", "budget.rounds": 1},
     # every [fidelity] switch on, except those the configuration sets itself (an ablation turns one off)
     "fidelity": {"query.strategy": "eeq", "llm.eval_sample": lambda cfg: cfg.llm.eval_sample or 50}
     | {f"fidelity.{k}": (lambda cfg, k=k: getattr(cfg.fidelity, k) if k in cfg.fidelity.model_fields_set else True)
        for k in ("weighting", "routing", "filter", "adaptive")},
 }
+
+
+def _human_only_labels(cfg: RunConfig) -> int:
+    b = cfg.budget
+    if b.cost is None or cfg.human.cost == 0:
+        return b.total
+    return int(b.cost // cfg.human.cost)
 
 
 def resolve_strategy(cfg: RunConfig) -> RunConfig:

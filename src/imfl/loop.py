@@ -26,6 +26,7 @@ import ctypes
 import fcntl
 import itertools
 import json
+import sys
 import time
 import tomllib
 from collections.abc import Sequence
@@ -44,6 +45,7 @@ from imfl.embeddings import Embedder, embedding_input
 from imfl.engine import make_engine
 from imfl.errors import AnnotatorError, BudgetError, ConfigError
 from imfl.progress import Reporter, Silent
+from imfl.pseudo import pseudo_label_pick
 from imfl.query import Rows, get_query, least_confidence, round_plan, split_by_uncertainty
 from imfl.store import Store
 
@@ -89,8 +91,49 @@ class _WaitingForPeople(Exception):
         self.round, self.pending = round, pending
 
 
+def self_check_questions(cfg: RunConfig) -> int:
+    """The most LLM answers the fidelity self-check can ask over a run: llm.eval_sample a round, each about a different
+    human-labeled item."""
+    return min(cfg.llm.eval_sample * cfg.budget.rounds, cfg.budget.human) if cfg.llm.eval_sample else 0
+
+
+def planned_total(cfg: RunConfig, pool_size: int) -> int:
+    """The labels a run plans to buy: budget.total; with budget.cost, budget.human plus the LLM labels that the money left
+    after them and the self-check's questions pays (llm.cost each), up to the whole pool."""
+    b = cfg.budget
+    if b.cost is None:
+        return b.total
+    room = max(pool_size - b.human, 0)
+    if cfg.llm.cost == 0:
+        return b.human + room
+    left = b.cost - b.human * cfg.human.cost - self_check_questions(cfg) * cfg.llm.cost
+    return b.human + min(room, max(int(left / cfg.llm.cost + 1e-9), 0))
+
+
+def _self_check_answers(cfg: RunConfig, run_dir: Path) -> list[dict]:
+    """The fidelity self-check's answers of every round so far (state/fidelity_round*.json)."""
+    out = []
+    for t in range(1, cfg.budget.rounds + 1):
+        path = run_dir / "state" / f"fidelity_round{t}.json"
+        if path.is_file():
+            out += json.loads(path.read_text(encoding="utf-8")).get("probe", [])
+    return out
+
+
+def money_spent(cfg: RunConfig, store: Store, run_dir: Path) -> float:
+    """Everything a run has paid for: every standing annotation (failed LLM answers too) and the self-check's answers."""
+    return store.money_spent() + sum(row["cost"] for row in _self_check_answers(cfg, run_dir))
+
+
 def check_budget(cfg: RunConfig, ds: Dataset) -> None:
-    if cfg.budget.total > len(ds.pool):
+    if cfg.budget.cost is not None:
+        if cfg.budget.human > len(ds.pool):
+            raise BudgetError(f"budget.human ({cfg.budget.human}) is larger than the pool ({ds.pool.describe()}); lower budget.human "
+                              f"or {'raise data.pool_sample' if cfg.data.pool_sample else 'add items'}")
+        if (total := planned_total(cfg, len(ds.pool))) < cfg.budget.rounds:
+            raise BudgetError(f"budget.cost ({cfg.budget.cost:g}) buys {total} labels, fewer than budget.rounds ({cfg.budget.rounds}): "
+                              "each round needs a label; raise budget.cost or lower budget.rounds")
+    elif cfg.budget.total > len(ds.pool):
         raise BudgetError(f"budget.total ({cfg.budget.total}) is larger than the pool ({ds.pool.describe()}); lower budget.total "
                           f"or {'raise data.pool_sample' if cfg.data.pool_sample else 'add items'}")
     if cfg.human.annotator == "oracle" and cfg.budget.human > 0:
@@ -206,7 +249,8 @@ class Run:
         self.index = {item_id: i for i, item_id in enumerate(self.ids)}
         latest = self.store.latest_round()
         self._partial_round = latest[0] if self.continue_partial and latest and latest[1] == "human_pending" else None
-        self.base_plan = round_plan(cfg.budget.total, cfg.budget.human, cfg.budget.rounds, cfg.budget.schedule, cfg.budget.decay)
+        self.base_plan = round_plan(planned_total(cfg, len(self.ids)), cfg.budget.human, cfg.budget.rounds, cfg.budget.schedule,
+                                    cfg.budget.decay)
         # The adaptive human share may have changed the plan of the rounds still to come.
         stored_plan = self.store.get_meta("plan")
         self.plan = [tuple(p) for p in json.loads(stored_plan)] if stored_plan else self.base_plan
@@ -371,8 +415,9 @@ class Run:
             return
         done = {a.item_id for a in self.store.annotations(round=t, source=source, ok_only=False)}
         todo_ids = [i for i in self.store.selection(t, source) if i not in done]
-        if source == "llm":  # the adaptive human share may have cancelled this round's LLM labels after selection
-            todo_ids = todo_ids[: max(0, sum(l for _, l in self.plan[:t]) - self.store.budget_used()["llm"])]
+        if source == "llm":  # the adaptive human share may have cancelled LLM labels after selection; money may end them
+            left = sum(l for _, l in self.plan[:t]) - self.store.budget_used()["llm"]
+            todo_ids = todo_ids[: max(0, min(left, self._affordable()))]
         if not todo_ids:
             return
         todo = self.store.examples(todo_ids)
@@ -387,6 +432,17 @@ class Run:
                 self.store.add_annotations(annotator.annotate(part, context))
         if source == "human":
             self.store.set_round_state(t, "human_done")
+
+    def _affordable(self) -> int:
+        """With budget.cost: the LLM answers the money left pays, keeping back what the human labels and self-check
+        questions still to come will cost (failed answers and re-asked items have been paid too)."""
+        cfg = self.cfg
+        if cfg.budget.cost is None or cfg.llm.cost == 0:
+            return sys.maxsize
+        humans_to_come = max(sum(h for h, _ in self.plan) - self.store.budget_used()["human"], 0)
+        asked = len(_self_check_answers(cfg, self.run_dir))
+        keep = humans_to_come * cfg.human.cost + max(self_check_questions(cfg) - asked, 0) * cfg.llm.cost
+        return max(int((cfg.budget.cost - money_spent(cfg, self.store, self.run_dir) - keep) / cfg.llm.cost + 1e-9), 0)
 
     def _await_people(self, t: int) -> None:
         """Open the round's human batch to people, or move on if they have finished it."""
@@ -555,16 +611,42 @@ class Run:
         weights = np.array([self.cfg.student.weights.get(a.source, 1.0) for a in annotations], dtype=float)
         if self.cfg.fidelity.active and not human_only:
             weights = self._fidelity_weights(t, annotations, weights)
+        labels = [task.index(a.label) for a in annotations]
+        if self.cfg.self_training.items and not human_only:
+            extra, extra_labels = self._pseudo_labels(t, {a.item_id for a in annotations})
+            items, labels = items + extra, labels + extra_labels
+            weights = np.concatenate([weights, np.full(len(extra), self.cfg.self_training.weight)])
         student = make_student(self.cfg, self.cfg.seed)
         n_used = int((weights > 0).sum())
         what = f"the human-only student on {len(items)} human labels" if human_only else f"the student on {len(items)} labels"
         with self.reporter.phase(f"round {t}: training {what}", student.effective_epochs(n_used) * n_used) as advance:
             student.fit(
-                [e.text for e in items], [task.index(a.label) for a in annotations], len(task.labels),
+                [e.text for e in items], labels, len(task.labels),
                 text_pairs=[e.text_pair for e in items] if task.has_pair else None,
                 sample_weight=weights.tolist(), label_names=task.labels, progress=advance,
             )
         return student
+
+    def _pseudo_labels(self, t: int, labeled: set[str]) -> tuple[list[Example], list[int]]:
+        """Round ``t``'s self-training items: the most confident of round t-1's predictions on items still unlabeled,
+        labeled with their arg-max; kept in state/pseudo_round{t}.json (ids, labels, confidence) for provenance."""
+        path = self._state_dir() / f"proba_round{t - 1}.npz"
+        if t == 1 or not path.is_file():
+            return [], []
+        data = np.load(path)
+        keep = np.array([i not in labeled for i in data["ids"].tolist()], dtype=bool)
+        ids, proba = data["ids"][keep].tolist(), data["proba"][keep]
+        pick = pseudo_label_pick(proba, self.cfg.self_training.items, self.cfg.self_training.mode)
+        chosen = [ids[i] for i in pick]
+        labels = proba[pick].argmax(axis=1).tolist()
+        gold = self._gold(chosen)
+        known = [lab == self.ds.task.index(gold[i]) for i, lab in zip(chosen, labels) if gold.get(i) is not None]
+        self._round_extra.setdefault(t, {}).update(
+            pseudo_labels=len(chosen), pseudo_accuracy=round(float(np.mean(known)), 4) if known else None)
+        (self._state_dir() / f"pseudo_round{t}.json").write_text(json.dumps(
+            [{"id": i, "label": self.ds.task.labels[lab], "confidence": round(float(proba[j].max()), 6)}
+             for i, lab, j in zip(chosen, labels, pick)]), encoding="utf-8")
+        return self.store.examples(chosen), labels
 
     def _evaluate(self, t: int, student: Student) -> tuple[dict, np.ndarray | None]:
         task, store = self.ds.task, self.store
@@ -635,11 +717,11 @@ class Run:
         n_llm = len(labels) - n_human
         if not n_human or "test_accuracy" not in last:
             return  # nothing to compare with: an LLM-only run
-        if n_llm:
+        if n_llm or self.cfg.self_training.items:
             start = time.perf_counter()
             scores = self._test_scores(t, self._train(t, human_only=True), "the human-only student ")
             self._timed("human-only comparison", start)
-        else:  # the final student already is the human-only one
+        else:  # the final student already is the human-only one (no LLM label, no pseudo-label)
             scores = {"test_accuracy": last["test_accuracy"], "test_macro_f1": last["test_macro_f1"]}
         comparison = {"human_labels": n_human, "llm_labels": n_llm, **scores,
                       "gain_accuracy": round(last["test_accuracy"] - scores["test_accuracy"], 4),

@@ -107,7 +107,7 @@ def _llm_acc(row: Row) -> str:
 
 
 MAIN_HEADER = ["strategy", "LLM annotator", "human labels", "LLM labels", "test accuracy", "test macro-F1", "LLM label accuracy",
-               "minutes per cell", "seeds"]
+               "cost", "HLE (H)", "minutes per cell", "seeds"]
 
 
 def _minutes(row: Row) -> str:
@@ -115,11 +115,109 @@ def _minutes(row: Row) -> str:
     return f"{np.mean([r['loop_seconds'] for r in row.records]) / 60:.0f}"
 
 
-def main_table(rows: list[Row]) -> list[list[str]]:
+def main_table(rows: list[Row], human_price: float = 1.0, llm_price: float = 0.01) -> list[list[str]]:
+    curve = human_curve(rows)
     return [[row.label, "–" if row.annotator == NO_LLM else row.annotator_label, _labels(row, "human"), _labels(row, "llm"),
-             _mean_std(row.final("test_accuracy")), _mean_std(row.final("test_macro_f1")), _llm_acc(row), _minutes(row),
-             str(len(row.records))]
+             _mean_std(row.final("test_accuracy")), _mean_std(row.final("test_macro_f1")), _llm_acc(row),
+             f"{cost(row, human_price, llm_price):.1f}", _hle_text(curve, row), _minutes(row), str(len(row.records))]
             for row in rows if row.group == "main"]
+
+
+# -- human-label equivalence and cost ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HLE:
+    """Human-label equivalence: how many human labels, in multiples of H, the human-only learning curve needs to reach
+    an accuracy. ``bound`` is "<" when the accuracy is below the curve's first point (``value`` = that point) and ">"
+    when it is above every point of the curve (``value`` = its last point)."""
+
+    value: float
+    bound: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.bound} {self.value:g}" if self.bound else f"{self.value:.1f}"
+
+
+def human_curve(rows: list[Row]) -> list[tuple[float, float]]:
+    """The human-only learning curve of a dataset: (human labels in multiples of H, mean final test accuracy over seeds)
+    for every row that spent no LLM label, sorted by labels."""
+    points = []
+    for row in rows:
+        if row.annotator == NO_LLM and all(r["labels_used"]["llm"] == 0 for r in row.records):
+            H = row.records[0]["cell"]["H"]
+            points.append((float(np.mean([r["labels_used"]["human"] for r in row.records])) / H, float(row.final("test_accuracy").mean())))
+    return sorted(points)
+
+
+def human_label_equivalence(curve: list[tuple[float, float]], accuracy: float) -> HLE | None:
+    """Where ``accuracy`` meets the human-only ``curve`` (points (labels / H, accuracy) sorted by labels), interpolated
+    linearly in log labels between the last point below it and the first point at or above it. The curve is read as
+    its running maximum (a dip at more labels does not count as reaching less). None with fewer than two points."""
+    if len(curve) < 2:
+        return None
+    (x0, best) = curve[0]
+    if accuracy <= best:
+        return HLE(x0, "" if accuracy == best else "<")
+    for x1, a1 in curve[1:]:
+        if accuracy <= a1:
+            t = (accuracy - best) / (a1 - best)
+            return HLE(float(np.exp(np.log(x0) + t * (np.log(x1) - np.log(x0)))))
+        x0, best = x1, max(best, a1)
+    return HLE(curve[-1][0], ">")
+
+
+def llm_calls(record: dict) -> int:
+    """LLM answers a cell paid for: its LLM labels and the fidelity-aware self-check's questions on human-labeled items."""
+    return record["labels_used"]["llm"] + int(record["rounds"][-1].get("llm_self_n") or 0)
+
+
+def cost(row: Row, human_price: float = 1.0, llm_price: float = 0.01) -> float:
+    """Mean annotation cost of a row's cells: human labels × human_price + LLM answers × llm_price."""
+    return float(np.mean([r["labels_used"]["human"] * human_price + llm_calls(r) * llm_price for r in row.records]))
+
+
+def _hle(curve: list[tuple[float, float]], row: Row) -> HLE | None:
+    accuracy = row.final("test_accuracy")
+    return human_label_equivalence(curve, float(accuracy.mean())) if accuracy.size else None
+
+
+def _hle_text(curve: list[tuple[float, float]], row: Row) -> str:
+    if row.annotator == NO_LLM and row.group == "main":
+        return "–"  # the curve itself
+    found = _hle(curve, row)
+    return str(found) if found else "–"
+
+
+VALUE_HEADER = ["LLM annotator", "LLM label accuracy", "best with ≤ H human labels", "test accuracy", "cost", "HLE (H)",
+                "human-only cost at equal accuracy"]
+
+
+VALUE_NOTE = ("HLE (human-label equivalence): how many human labels, in multiples of H, the human-only learning curve needs "
+              "to reach the strategy's mean test accuracy, interpolated linearly in log labels between the curve's points "
+              "(read as its running maximum); '> 5' means above every point of the curve, '< 1' below its first. Cost: human "
+              "labels × the human price + LLM answers (labels and fidelity-aware self-check questions) × the LLM price.")
+
+
+def value_table(rows: list[Row], human_price: float = 1.0, llm_price: float = 0.01) -> list[list[str]]:
+    """Per LLM annotator, the main strategy with at most H human labels and the best mean test accuracy: its cost and
+    what the same accuracy costs with human labels alone (HLE × H human labels). Empty without a human-only curve."""
+    curve = human_curve(rows)
+    if len(curve) < 2:
+        return []
+    out = []
+    for annotator in dict.fromkeys(r.annotator for r in rows if r.annotator != NO_LLM):
+        candidates = [r for r in rows if r.annotator == annotator and r.group == "main" and r.final("test_accuracy").size
+                      and all(c["labels_used"]["human"] <= c["cell"]["H"] for c in r.records)]
+        if not candidates:
+            continue
+        best = max(candidates, key=lambda r: r.final("test_accuracy").mean())
+        found = _hle(curve, best)
+        H = best.records[0]["cell"]["H"]
+        out.append([best.annotator_label, _llm_acc(best), best.label, _mean_std(best.final("test_accuracy")),
+                    f"{cost(best, human_price, llm_price):.1f}", str(found),
+                    f"{found.bound} {found.value * H * human_price:.0f}".strip()])
+    return out
 
 
 ABLATION_HEADER = ["variant", "LLM annotator", "human labels", "LLM labels", "test accuracy", "Δ vs reference", "test macro-F1",
@@ -283,16 +381,28 @@ def learning_curves(rows: list[Row], dataset: str, path: Path) -> Path:
 
 
 def cost_curves(rows: list[Row], dataset: str, path: Path, human_price: float, llm_price: float) -> Path:
-    """Test accuracy against the money spent so far (human labels × human_price + LLM labels × llm_price)."""
+    """Final test accuracy against annotation cost: the human-only learning curve as a line in every panel, each other
+    main strategy as a point (mean ± std over seeds) with its human-label equivalence. Log x when every cost is > 0."""
     styles = _styles(rows)
+    curve_rows = sorted((r for r in rows if r.annotator == NO_LLM and r.group == "main"), key=lambda r: cost(r, human_price, llm_price))
+    curve = human_curve(rows)
+    log = all(cost(r, human_price, llm_price) > 0 for r in rows if r.group == "main")
 
     def draw(ax, row: Row) -> None:
-        if row.group == "main":
-            mean, std, _ = row.per_round("test_accuracy")
-            cost = row.cumulative("human_total") * human_price + row.cumulative("llm_total") * llm_price
-            _band(ax, row, cost, mean, std, styles[row.strategy])
+        if log:
+            ax.set_xscale("log")
+        if curve_rows and row is curve_rows[0]:
+            x = [cost(r, human_price, llm_price) for r in curve_rows]
+            ax.plot(x, [r.final("test_accuracy").mean() for r in curve_rows], color="0.3", marker="s", markersize=4,
+                    linewidth=1.6, label="human only: " + ", ".join(r.label for r in curve_rows))
+        accuracy = row.final("test_accuracy")
+        if row.group != "main" or row.annotator == NO_LLM or not accuracy.size:
+            return
+        found = _hle(curve, row)
+        ax.errorbar([cost(row, human_price, llm_price)], [accuracy.mean()], yerr=[_std(accuracy[:, None])[0]], fmt="o",
+                    capsize=3, color=styles[row.strategy]["color"], label=row.label + (f" (HLE {found})" if found else ""))
 
-    return _panel_figure(rows, _panels(rows), draw, f"annotation cost (human {human_price:g}, LLM {llm_price:g} per label)",
+    return _panel_figure(rows, _panels(rows), draw, f"annotation cost (human {human_price:g}, LLM {llm_price:g} per answer)",
                          ACCURACY, f"{dataset}: accuracy against annotation cost", path)
 
 
@@ -655,8 +765,13 @@ def make_report(results: Path, out: Path, human_price: float = 1.0, llm_price: f
     figures: list[Path] = []
     for dataset, rows in datasets.items():
         H = rows[0].records[0]["cell"]["H"]
-        md += [f"## {dataset} (H = {H})", "", _markdown(MAIN_HEADER, main_table(rows)), ""]
-        page += [f"<h2>{html.escape(dataset)} (H = {H})</h2>", _html_table(MAIN_HEADER, main_table(rows))]
+        main = main_table(rows, human_price, llm_price)
+        md += [f"## {dataset} (H = {H})", "", _markdown(MAIN_HEADER, main), ""]
+        page += [f"<h2>{html.escape(dataset)} (H = {H})</h2>", _html_table(MAIN_HEADER, main)]
+        value = value_table(rows, human_price, llm_price)
+        if value:
+            md += [f"### {dataset}: what the LLM labels are worth", "", VALUE_NOTE, "", _markdown(VALUE_HEADER, value), ""]
+            page += ["<h3>What the LLM labels are worth</h3>", f"<p>{html.escape(VALUE_NOTE)}</p>", _html_table(VALUE_HEADER, value)]
         ablations = ablation_table(rows)
         if ablations:
             md += [f"### {dataset}: ablations", "", "Each block starts with its reference (Δ –); every other row of the block "

@@ -269,6 +269,10 @@ class Store:
         return used
 
 
+    def money_spent(self) -> float:
+        """The cost of every standing annotation, failed LLM answers included."""
+        return float(self.conn.execute("SELECT COALESCE(SUM(cost), 0) FROM annotations WHERE retracted_at IS NULL").fetchone()[0])
+
     def export_rows(self) -> list[dict]:
         """Every standing label with its provenance and the item's text, in the order they were given."""
         rows = self.conn.execute(
