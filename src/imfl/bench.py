@@ -591,7 +591,7 @@ ROUND_COLUMNS = ("round", "human_labels", "llm_labels", "human_total", "llm_tota
                  "llm_accuracy", "llm_failed", "llm_unparsed", "human_cost_total", "llm_cost_total", "prequential_accuracy",
                  # fidelity-aware runs only (empty otherwise)
                  "llm_self_n", "llm_self_accuracy", "student_est_accuracy", "buy_llm", "human_moved", "route_threshold",
-                 "llm_routed", "llm_filtered", "llm_filtered_wrong", "llm_weight_mean",
+                 "llm_routed", "llm_filtered", "llm_filtered_wrong", "llm_small_loss", "llm_small_loss_wrong", "llm_weight_mean",
                  # self-training runs only
                  "pseudo_labels", "pseudo_accuracy")
 CELL_COLUMNS = ("dataset", "annotator", "strategy", "group", "seed", "H")

@@ -207,10 +207,17 @@ class FidelityConfig(_Section):
     human_max: StrictInt | None = Field(
         None, ge=0, description="adaptive: LLM labels not bought become human labels up to this many in total; empty = budget.human."
     )
+    small_loss: StrictBool = Field(
+        False, description="A student trained one epoch on every label scores the LLM's; the share with the highest loss "
+        "(small_loss_share) is not trained on (networks fit clean labels before noisy ones)."
+    )
+    small_loss_share: StrictFloat | None = Field(
+        None, ge=0, lt=1, description="small_loss: the share of LLM labels dropped; empty = the LLM's measured error rate."
+    )
 
     @property
     def active(self) -> bool:
-        return self.weighting or self.routing or self.filter or self.adaptive
+        return self.weighting or self.routing or self.filter or self.adaptive or self.small_loss
 
 
 class SelfTrainingConfig(_Section):

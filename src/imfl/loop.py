@@ -561,17 +561,46 @@ class Run:
             known = [annotations[i] for i in llm_rows[filtered] if gold.get(annotations[i].item_id) is not None]
             info.update(llm_filtered=int(filtered.sum()),
                         llm_filtered_wrong=sum(a.label != gold[a.item_id] for a in known) if len(known) == filtered.sum() else None)
+        dropped = np.zeros(len(llm_rows), dtype=bool)
+        if cfg.fidelity.small_loss:
+            share = cfg.fidelity.small_loss_share
+            dropped = self._small_loss(t, annotations, labels, weights, llm_rows, 1 - state["llm"]["accuracy"] if share is None else share)
+            gold = self._gold([annotations[i].item_id for i in llm_rows[dropped]])
+            known = [annotations[i] for i in llm_rows[dropped] if gold.get(annotations[i].item_id) is not None]
+            info.update(llm_small_loss=int(dropped.sum()),
+                        llm_small_loss_wrong=sum(a.label != gold[a.item_id] for a in known) if len(known) == dropped.sum() else None)
         weights = weights.copy()
         if cfg.fidelity.weighting:
             weights[llm_rows] *= p
-        weights[llm_rows[routed | filtered]] = 0.0
+        weights[llm_rows[routed | filtered | dropped]] = 0.0
         used = weights[llm_rows] > 0
         info["llm_weight_mean"] = round(float(weights[llm_rows][used].mean()), 4) if used.any() else 0.0
         state["training"] = [{"id": annotations[i].item_id, "p_correct": round(float(q), 6), "routed": bool(r), "filtered": bool(f),
-                              "weight": float(weights[i])} for i, q, r, f in zip(llm_rows, p, routed, filtered)]
+                              "small_loss": bool(d), "weight": float(weights[i])}
+                             for i, q, r, f, d in zip(llm_rows, p, routed, filtered, dropped)]
         self._save_fidelity_state(t, state)
         self._round_extra.setdefault(t, {}).update(info)
         return weights
+
+    def _small_loss(self, t: int, annotations: list, labels: np.ndarray, weights: np.ndarray, llm_rows: np.ndarray,
+                    share: float) -> np.ndarray:
+        """Which LLM labels (a mask over ``llm_rows``) a student trained one epoch on every label fits worst: the
+        ``share`` with the highest cross-entropy."""
+        if share <= 0:
+            return np.zeros(len(llm_rows), dtype=bool)
+        task = self.ds.task
+        items = self.store.examples([a.item_id for a in annotations])
+        warm = make_student(self.cfg, self.cfg.seed)
+        warm.epochs, warm.min_steps = 1, 0
+        pairs = [e.text_pair for e in items] if task.has_pair else None
+        with self.reporter.phase(f"round {t}: one epoch to score the LLM's labels", len(items)) as advance:
+            warm.fit([e.text for e in items], labels.tolist(), len(task.labels), text_pairs=pairs, sample_weight=weights.tolist(),
+                     label_names=task.labels, progress=advance)
+        scored = [items[i] for i in llm_rows]
+        with self.reporter.phase(f"round {t}: scoring {len(scored)} LLM labels", len(scored)) as advance:
+            proba = self._predict(warm, scored, advance)
+        loss = -np.log(np.clip(proba[np.arange(len(llm_rows)), labels[llm_rows]], 1e-12, None))
+        return loss > np.quantile(loss, 1 - share)
 
     def _fidelity_metrics(self, t: int) -> dict:
         state = self._fidelity_state(t)

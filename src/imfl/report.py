@@ -245,7 +245,7 @@ def ablation_table(rows: list[Row]) -> list[list[str]]:
     return out
 
 
-FIDELITY_SWITCHES = ("weighting", "routing", "filter", "adaptive")
+FIDELITY_SWITCHES = ("weighting", "routing", "filter", "adaptive", "small_loss")
 FIDELITY_HEADER = ["variant", "LLM annotator", "switches", "LLM labels bought", "LLM probe accuracy", "student estimate",
                    "real student on new human labels", "rounds buying LLM", "LLM labels routed", "filtered (really wrong)", "test accuracy"]
 
