@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 
 def emit(row: dict, out: Path | None) -> None:
     line = json.dumps(row)
@@ -27,3 +29,18 @@ def run_folders(description: str, argv: list[str] | None, holding: str) -> list[
         print(f"no run folder holding {holding}/ matches {' '.join(patterns)}", file=sys.stderr)
         return None
     return folders
+
+
+def recorded_split(data: Path, column: str, seed: int, held_out: int, human: int):
+    """A pool split for the recorded-LLM studies: the pool (examples and label names), gold and LLM label indices
+    (-1 where the LLM gave none), and per seed the held-out, human and LLM-labeled item indices."""
+    from imfl.config import config_from_dict
+    from imfl.data import load_dataset
+
+    ds = load_dataset(config_from_dict({"data": {"pool": str(data / "pool.jsonl")}}, [], source="benchmark").data)
+    pool, labels = list(ds.pool), list(ds.task.labels)
+    y = np.array([labels.index(e.label) for e in pool])
+    llm = np.array([labels.index(e.extra.get(column)) if e.extra.get(column) in labels else -1 for e in pool])
+    order = np.random.default_rng(seed).permutation(len(pool))
+    rest = order[held_out + human :]
+    return ds, y, llm, order[:held_out], order[held_out : held_out + human], rest[llm[rest] >= 0]

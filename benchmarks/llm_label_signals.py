@@ -20,9 +20,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from _common import emit
-from imfl.config import config_from_dict
-from imfl.data import load_dataset
+from _common import emit, recorded_split
 from imfl.embeddings import Embedder, embedding_input
 
 
@@ -36,18 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="append the JSON lines here as well")
     args = ap.parse_args(argv)
 
-    cfg = config_from_dict({"data": {"pool": str(args.data / "pool.jsonl")}}, [], source="benchmark")
-    ds = load_dataset(cfg.data)
-    pool, labels = list(ds.pool), list(ds.task.labels)
-    x = np.asarray(Embedder(cache=cfg.cache_dir).encode([embedding_input(e.text, e.text_pair) for e in pool]))
-    y = np.array([labels.index(e.label) for e in pool])
-    given = [e.extra.get(args.column) for e in pool]
-    llm = np.array([labels.index(g) if g in labels else -1 for g in given])
+    x = None
     for seed in (int(s) for s in args.seeds.split(",")):
-        order = np.random.default_rng(seed).permutation(len(pool))
-        held, human = order[: args.held_out], order[args.held_out : args.held_out + args.human]
-        rest = order[args.held_out + args.human :]
-        rest = rest[llm[rest] >= 0]
+        ds, y, llm, held, human, rest = recorded_split(args.data, args.column, seed, args.held_out, args.human)
+        if x is None:  # the cached embeddings of the whole pool
+            x = np.asarray(Embedder().encode([embedding_input(e.text, e.text_pair) for e in ds.pool]))
         right = llm[rest] == y[rest]
         common = {"data": args.data.name, "column": args.column, "seed": seed, "human": len(human), "llm_labeled": len(rest),
                   "llm_right": round(float(right.mean()), 4)}

@@ -23,9 +23,8 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 
-from _common import emit
+from _common import emit, recorded_split
 from imfl.config import config_from_dict
-from imfl.data import load_dataset
 from imfl.loop import make_student
 
 
@@ -44,17 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     cfg = config_from_dict({"data": {"pool": str(args.data / "pool.jsonl")}}, args.overrides, source="benchmark")
-    ds = load_dataset(cfg.data)
-    pool, labels = list(ds.pool), list(ds.task.labels)
-    y = np.array([labels.index(e.label) for e in pool])
-    llm = np.array([labels.index(e.extra.get(args.column)) if e.extra.get(args.column) in labels else -1 for e in pool])
-    pairs = (lambda idx: [pool[i].text_pair for i in idx]) if ds.task.has_pair else (lambda idx: None)
-    texts = lambda idx: [pool[i].text for i in idx]  # noqa: E731
     for seed in (int(s) for s in args.seeds.split(",")):
-        order = np.random.default_rng(seed).permutation(len(pool))
-        held, human = order[: args.held_out], order[args.held_out : args.held_out + args.human]
-        rest = order[args.held_out + args.human :]
-        rest = rest[llm[rest] >= 0]
+        ds, y, llm, held, human, rest = recorded_split(args.data, args.column, seed, args.held_out, args.human)
+        pool, labels = list(ds.pool), list(ds.task.labels)
+        pairs = (lambda idx: [pool[i].text_pair for i in idx]) if ds.task.has_pair else (lambda idx: None)  # noqa: B023
+        texts = lambda idx: [pool[i].text for i in idx]  # noqa: E731, B023
         right = llm[rest] == y[rest]
         answered = human[llm[human] >= 0]
         error_rate = float(np.mean(llm[answered] != y[answered]))
