@@ -47,7 +47,8 @@ def test_quick_grid_runs_every_cell_with_its_budget(quick):
     for dataset in ("fpb/smollm2", "pubmedqa/gpt4"):  # fidelity-aware IMFL measured the LLM and the student every round
         rec = got[f"{dataset}/fidelity/seed0"]
         assert rec["config"]["fidelity"] == {"weighting": True, "routing": True, "route_threshold": None, "route_to_human": False,
-                                             "filter": True, "adaptive": True, "human_max": None}
+                                             "filter": True, "adaptive": True, "human_max": None, "small_loss": False,
+                                             "small_loss_share": None}
         # (8 human labels are too few for an adaptive decision: tests/test_fidelity.py checks those)
         assert all(m["llm_self_n"] > 0 and "student_est_n" in m and "llm_weight_mean" in m for m in rec["rounds"]), dataset
         # Compact on disk: lists of numbers (per class, calibration, confusion triples) stay on one line.

@@ -398,9 +398,11 @@ def cost_curves(rows: list[Row], dataset: str, path: Path, human_price: float, l
         accuracy = row.final("test_accuracy")
         if row.group != "main" or row.annotator == NO_LLM or not accuracy.size:
             return
-        found = _hle(curve, row)
-        ax.errorbar([cost(row, human_price, llm_price)], [accuracy.mean()], yerr=[_std(accuracy[:, None])[0]], fmt="o",
-                    capsize=3, color=styles[row.strategy]["color"], label=row.label + (f" (HLE {found})" if found else ""))
+        found, x, std = _hle(curve, row), cost(row, human_price, llm_price), _std(accuracy[:, None])[0]
+        color = styles[row.strategy]["color"]
+        ax.plot([x], [accuracy.mean()], marker="o", linestyle="none", color=color, label=row.label + (f" (HLE {found})" if found else ""))
+        if std > 0:
+            ax.vlines(x, accuracy.mean() - std, accuracy.mean() + std, color=color, linewidth=1.2)
 
     return _panel_figure(rows, _panels(rows), draw, f"annotation cost (human {human_price:g}, LLM {llm_price:g} per answer)",
                          ACCURACY, f"{dataset}: accuracy against annotation cost", path)
