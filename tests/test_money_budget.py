@@ -4,6 +4,7 @@ of the money goes (up to the whole pool), never more than the budget, every answ
 
 from __future__ import annotations
 
+import math
 import sqlite3
 from collections import Counter
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, cells, imfl, read_jsonl, small_config
+from fault_server import FaultServer, completion
 from imfl import Annotation, run
 from imfl.bench import load_grid
 from imfl.config import resolve_strategy
@@ -161,3 +163,26 @@ def test_the_value_grid_s_quick_form_spends_its_money_on_the_whole_pool(tmp_path
         last = cell["rounds"][-1]
         spent = last["human_cost_total"] + last["llm_cost_total"] + (last.get("llm_probe_cost") or 0)
         assert spent <= 12.0 + 1e-9
+
+
+def test_a_calibrated_llm_behind_an_endpoint_stays_within_the_money(tmp_path, small_fpb, imfl_cache):
+    """With llm.calibrate every label also pays for a content-free prompt: an answer is planned at twice llm.cost, and
+    what the loopback server answered (each request at llm.cost) never costs more than the budget."""
+    labels = ("neutral", "positive", "negative")
+
+    def answer(n: int, body: dict):
+        top = {lab: math.log(0.6 if i == n % 3 else 0.2) for i, lab in enumerate(labels)}
+        return 200, completion(labels[n % 3], top), 0
+
+    with FaultServer(answer) as server:
+        cfg = _config(tmp_path, small_fpb, imfl_cache, budget={"cost": 16.0, "human": 6, "rounds": 2}, human={"cost": 1.0},
+                      llm={"annotator": "openai", "base_url": server.url, "model": "m", "api_key": "k", "k": 2, "cache": False,
+                           "calibrate": True, "cost": 0.25})
+        # 10.0 for LLM answers at 2 × 0.25: 20 labels planned.
+        assert planned_total(cfg, 60) == 6 + 20
+        result = run(cfg)
+        requests = len(server.bodies)
+    with Store.open(result.run_dir / "store.sqlite") as store:
+        spent = money_spent(cfg, store, result.run_dir)
+    assert spent == pytest.approx(6 * 1.0 + requests * 0.25) and spent <= 16.0 + 1e-9
+    assert result.budget_used["llm"] == 20

@@ -97,6 +97,12 @@ def self_check_questions(cfg: RunConfig) -> int:
     return min(cfg.llm.eval_sample * cfg.budget.rounds, cfg.budget.human) if cfg.llm.eval_sample else 0
 
 
+def answer_price(cfg: RunConfig) -> float:
+    """The most one LLM label can cost: llm.cost, twice with llm.calibrate (its content-free prompt, when no other item
+    shares it)."""
+    return cfg.llm.cost * (2 if cfg.llm.calibrate else 1)
+
+
 def planned_total(cfg: RunConfig, pool_size: int) -> int:
     """The labels a run plans to buy: budget.total; with budget.cost, budget.human plus the LLM labels that the money left
     after them and the self-check's questions pays (llm.cost each), up to the whole pool."""
@@ -104,10 +110,11 @@ def planned_total(cfg: RunConfig, pool_size: int) -> int:
     if b.cost is None:
         return b.total
     room = max(pool_size - b.human, 0)
-    if cfg.llm.cost == 0:
+    price = answer_price(cfg)
+    if price == 0:
         return b.human + room
-    left = b.cost - b.human * cfg.human.cost - self_check_questions(cfg) * cfg.llm.cost
-    return b.human + min(room, max(int(left / cfg.llm.cost + 1e-9), 0))
+    left = b.cost - b.human * cfg.human.cost - self_check_questions(cfg) * price
+    return b.human + min(room, max(int(left / price + 1e-9), 0))
 
 
 def _self_check_answers(cfg: RunConfig, run_dir: Path) -> list[dict]:
@@ -436,13 +443,13 @@ class Run:
     def _affordable(self) -> int:
         """With budget.cost: the LLM answers the money left pays, keeping back what the human labels and self-check
         questions still to come will cost (failed answers and re-asked items have been paid too)."""
-        cfg = self.cfg
-        if cfg.budget.cost is None or cfg.llm.cost == 0:
+        cfg, price = self.cfg, answer_price(self.cfg)
+        if cfg.budget.cost is None or price == 0:
             return sys.maxsize
         humans_to_come = max(sum(h for h, _ in self.plan) - self.store.budget_used()["human"], 0)
         asked = len(_self_check_answers(cfg, self.run_dir))
-        keep = humans_to_come * cfg.human.cost + max(self_check_questions(cfg) - asked, 0) * cfg.llm.cost
-        return max(int((cfg.budget.cost - money_spent(cfg, self.store, self.run_dir) - keep) / cfg.llm.cost + 1e-9), 0)
+        keep = humans_to_come * cfg.human.cost + max(self_check_questions(cfg) - asked, 0) * price
+        return max(int((cfg.budget.cost - money_spent(cfg, self.store, self.run_dir) - keep) / price + 1e-9), 0)
 
     def _await_people(self, t: int) -> None:
         """Open the round's human batch to people, or move on if they have finished it."""

@@ -10,6 +10,7 @@ leave-one-out labeling of human-labeled items (``context.exclude``), with which 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -107,14 +108,18 @@ class LLMAnnotator:
         self.stats["cached"] += hits
         return out  # type: ignore[return-value]
 
-    def _calibrated(self, items: Sequence[Example], prompts, scored: list[Scored]) -> list[np.ndarray | None]:
+    def _calibrated(self, items: Sequence[Example], prompts, scored: list[Scored]) -> tuple[list[np.ndarray | None], list[float]]:
         """Contextual calibration: divide each item's label probabilities by those the model gives the same
-        prompt with a content-free input ("N/A"), then renormalise."""
+        prompt with a content-free input ("N/A"), then renormalise. Also what each item's share of those
+        content-free prompts cost (a prompt several items share is paid once, split between them)."""
         probs = [np.exp(s.logprobs) if s.ok else None for s in scored]
         if not self.calibrate:
-            return probs
+            return probs, [0.0] * len(probs)
         has_pair = items[0].text_pair is not None if items else False
-        base = self.score([self._messages(CONTENT_FREE, CONTENT_FREE if has_pair else None, demos) for _, demos in prompts])
+        free = [self._messages(CONTENT_FREE, CONTENT_FREE if has_pair else None, demos) for _, demos in prompts]
+        base = self.score(free)
+        sharing = Counter(prompt_hash(m) for m in free)
+        costs = [self._cost(b) / sharing[prompt_hash(m)] for m, b in zip(free, base)]
         out = []
         for p, b in zip(probs, base):
             if p is None or not b.ok:
@@ -122,7 +127,7 @@ class LLMAnnotator:
                 continue
             q = p / np.clip(np.exp(b.logprobs), 1e-6, None)
             out.append(q / q.sum())
-        return out
+        return out, costs
 
     def _cost(self, s: Scored) -> float:
         return self.cost_per_label + (s.prompt_tokens * self.prompt_price + s.completion_tokens * self.completion_price) / 1e6
@@ -130,21 +135,21 @@ class LLMAnnotator:
     def annotate(self, items: Sequence[Example], context: AnnotationContext) -> list[Annotation]:
         prompts = self.prompts(items, context)
         scored = self.score([m for m, _ in prompts], progress=context.progress)
-        probs = self._calibrated(items, prompts, scored)
+        probs, calibration_costs = self._calibrated(items, prompts, scored)
         out = []
-        for e, (messages, demos), s, p in zip(items, prompts, scored, probs):
+        for e, (messages, demos), s, p, extra in zip(items, prompts, scored, probs, calibration_costs):
             demo_ids = tuple(d.id for d in demos)
             tokens = {"prompt_tokens": s.prompt_tokens or None, "completion_tokens": s.completion_tokens or None}
             self.stats["failed"] += int(not s.ok and not s.unparsed)
             self.stats["unparsed"] += int(s.unparsed)
             if p is None:
-                out.append(Annotation(e.id, context.round, "llm", self.name, None, cost=self._cost(s),
+                out.append(Annotation(e.id, context.round, "llm", self.name, None, cost=self._cost(s) + extra,
                                       prompt_hash=prompt_hash(messages), demo_ids=demo_ids, error=s.error, **tokens))
                 continue
             best = int(np.argmax(p))
             out.append(Annotation(
                 e.id, context.round, "llm", self.name, self.task.labels[best],
                 probs={lab: float(x) for lab, x in zip(self.task.labels, p)}, confidence=float(p[best]),
-                cost=self._cost(s), prompt_hash=prompt_hash(messages), demo_ids=demo_ids, method=s.method, **tokens,
+                cost=self._cost(s) + extra, prompt_hash=prompt_hash(messages), demo_ids=demo_ids, method=s.method, **tokens,
             ))
         return out
