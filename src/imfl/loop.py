@@ -11,6 +11,11 @@ With ``llm.eval_sample``, the LLM is also measured on human-labeled items right 
 or filter its labels before training and may stop buying them (the plan of later rounds is kept in the
 store). A human label of an item always wins over an LLM label of the same item.
 
+A budget in money (``budget.cost``) becomes a number of labels when the run is planned (``planned_total``) and is
+checked again before every LLM batch (``Run._affordable``): every annotation's cost and the self-check's answers
+count (``money_spent``). ``[self_training]`` adds the previous round's most confident predictions on unlabeled items
+to the training (``pseudo.py``); they are no annotations and cost nothing.
+
 Every step is committed to the run's store before the next starts; a run whose store already holds
 rounds continues after the last evaluated one (same config required).
 
@@ -117,14 +122,15 @@ def planned_total(cfg: RunConfig, pool_size: int) -> int:
     return b.human + min(room, max(int(left / price + 1e-9), 0))
 
 
+def _fidelity_state(run_dir: Path, t: int) -> dict:
+    """What fidelity-aware IMFL measured and did in round ``t`` (state/fidelity_round<t>.json; empty before)."""
+    path = run_dir / "state" / f"fidelity_round{t}.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
 def _self_check_answers(cfg: RunConfig, run_dir: Path) -> list[dict]:
-    """The fidelity self-check's answers of every round so far (state/fidelity_round*.json)."""
-    out = []
-    for t in range(1, cfg.budget.rounds + 1):
-        path = run_dir / "state" / f"fidelity_round{t}.json"
-        if path.is_file():
-            out += json.loads(path.read_text(encoding="utf-8")).get("probe", [])
-    return out
+    """The fidelity self-check's answers of every round so far."""
+    return [row for t in range(1, cfg.budget.rounds + 1) for row in _fidelity_state(run_dir, t).get("probe", [])]
 
 
 def money_spent(cfg: RunConfig, store: Store, run_dir: Path) -> float:
@@ -464,8 +470,7 @@ class Run:
 
     # -- fidelity (beyond the paper; see fidelity.py) ----------------------------------------------------
     def _fidelity_state(self, t: int) -> dict:
-        path = self._state_dir() / f"fidelity_round{t}.json"
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        return _fidelity_state(self.run_dir, t)
 
     def _save_fidelity_state(self, t: int, state: dict) -> None:
         path = self._state_dir() / f"fidelity_round{t}.json"
@@ -564,18 +569,12 @@ class Run:
             if oof is not None:
                 flagged = set(rows[fidelity.label_issues(labels[rows], oof, np.isin(rows, llm_rows))].tolist())
                 filtered = np.array([i in flagged for i in llm_rows])
-            gold = self._gold([annotations[i].item_id for i in llm_rows[filtered]])
-            known = [annotations[i] for i in llm_rows[filtered] if gold.get(annotations[i].item_id) is not None]
-            info.update(llm_filtered=int(filtered.sum()),
-                        llm_filtered_wrong=sum(a.label != gold[a.item_id] for a in known) if len(known) == filtered.sum() else None)
+            info.update(llm_filtered=int(filtered.sum()), llm_filtered_wrong=self._wrong([annotations[i] for i in llm_rows[filtered]]))
         dropped = np.zeros(len(llm_rows), dtype=bool)
         if cfg.fidelity.small_loss:
             share = cfg.fidelity.small_loss_share
             dropped = self._small_loss(t, annotations, labels, weights, llm_rows, 1 - state["llm"]["accuracy"] if share is None else share)
-            gold = self._gold([annotations[i].item_id for i in llm_rows[dropped]])
-            known = [annotations[i] for i in llm_rows[dropped] if gold.get(annotations[i].item_id) is not None]
-            info.update(llm_small_loss=int(dropped.sum()),
-                        llm_small_loss_wrong=sum(a.label != gold[a.item_id] for a in known) if len(known) == dropped.sum() else None)
+            info.update(llm_small_loss=int(dropped.sum()), llm_small_loss_wrong=self._wrong([annotations[i] for i in llm_rows[dropped]]))
         weights = weights.copy()
         if cfg.fidelity.weighting:
             weights[llm_rows] *= p
@@ -588,6 +587,13 @@ class Run:
         self._save_fidelity_state(t, state)
         self._round_extra.setdefault(t, {}).update(info)
         return weights
+
+    def _wrong(self, annotations: list) -> int | None:
+        """How many of these labels disagree with the pool's gold labels (None when some item has no gold label)."""
+        gold = self._gold([a.item_id for a in annotations])
+        if any(gold.get(a.item_id) is None for a in annotations):
+            return None
+        return sum(a.label != gold[a.item_id] for a in annotations)
 
     def _small_loss(self, t: int, annotations: list, labels: np.ndarray, weights: np.ndarray, llm_rows: np.ndarray,
                     share: float) -> np.ndarray:

@@ -268,7 +268,6 @@ class Store:
         used.update({r[0]: r[1] for r in rows})
         return used
 
-
     def money_spent(self) -> float:
         """The cost of every standing annotation, failed LLM answers included."""
         return float(self.conn.execute("SELECT COALESCE(SUM(cost), 0) FROM annotations WHERE retracted_at IS NULL").fetchone()[0])
