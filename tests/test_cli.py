@@ -25,7 +25,8 @@ def test_demo_runs_on_any_folder_in_the_shared_format(tmp_path, small_fpb, imfl_
 
 
 def test_the_demo_is_the_grid_cell_its_numbers_come_from(shared_data):
-    """README and BENCHMARKS.md quote the demo beside the grid cell fpb/smollm2/fidelity/seed0: the same settings."""
+    """README.md and the docs (docs/quickstarts.md, docs/benchmarks/speed.md) quote the demo beside the grid cell
+    fpb/smollm2/fidelity/seed0: the same settings."""
     from imfl.cli import demo_config
     from imfl.config import resolve_strategy, settings_difference
 

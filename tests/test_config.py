@@ -1,18 +1,19 @@
-"""The README's configuration reference is the one the code generates, so it cannot drift."""
+"""The configuration reference in the docs is the one the code generates, so it cannot drift."""
 
 from pathlib import Path
 
 from imfl.config import reference_table
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+REFERENCE = Path(__file__).resolve().parents[1] / "docs" / "reference" / "configuration.md"
 
 
-def test_readme_lists_every_setting_with_its_default():
+def test_the_configuration_reference_lists_every_setting_with_its_default():
     table = reference_table()
     assert "| `llm.dtype` | `auto` |" in table and "| `data.pool` | required |" in table
-    assert table in README.read_text(encoding="utf-8"), (
-        "README's configuration reference is stale: paste the output of "
-        "`python -c 'from imfl.config import reference_table; print(reference_table())'`"
+    assert table in REFERENCE.read_text(encoding="utf-8"), (
+        f"{REFERENCE.relative_to(REFERENCE.parents[2])} is stale (a setting was added or changed in src/imfl/config.py): "
+        "regenerate its table with `.venv/bin/python -c 'from imfl.config import reference_table; print(reference_table())'` "
+        "and paste the output over the table on that page"
     )
 
 
