@@ -1,5 +1,5 @@
 """End to end in a real browser (Debian's chromium, driven by Playwright): `imfl serve` on loopback, log in
-with the token, label a round with the keyboard, undo one, finish the batch, and watch the run continue to
+with the shared token and a name (nobody registered: tests/test_people_access.py has personal tokens), label a round with the keyboard, undo one, finish the batch, and watch the run continue to
 its next round. The screenshot in the README is made here."""
 
 import os
@@ -106,13 +106,18 @@ def test_label_a_round_in_the_browser_with_the_keyboard(served):
         response = page.goto(url)
         assert "script-src 'nonce-" in response.headers["content-security-policy"]
         page.fill("#token", "wrong")
-        page.fill("#name", "dr-a")
-        page.click("button[type=submit]")
+        page.click("#login button[type=submit]")
         expect(page.locator("#login")).to_be_visible()
-        expect(page.locator("#error")).to_contain_text("not accepted")
+        expect(page.locator("#login-error")).to_contain_text("not accepted")
+        assert page.locator("#name-row").is_hidden()
+        # nobody is registered (imfl people): the shared token, and the page asks for a name to record
         page.fill("#token", "browser-token")
-        page.click("button[type=submit]")
+        page.click("#login button[type=submit]")
+        expect(page.locator("#name-row")).to_be_visible()
+        page.fill("#name", "dr-a")
+        page.click("#login button[type=submit]")
         expect(page.locator("#progress")).to_have_text("Round 1: 0 of 4 labeled")
+        expect(page.locator("#who-text")).to_have_text("Labeling as dr-a (shared token)")
 
         def current_id():
             text = page.locator("#text").text_content()
@@ -156,5 +161,5 @@ def test_label_a_round_in_the_browser_with_the_keyboard(served):
         assert client.get(f"{url}/api/status").json()["state"] == "finished"
     labels = read_jsonl(tmp_path / "runs" / "browser" / "labels.jsonl")
     human = [r for r in labels if r["source"] == "human"]
-    assert len(human) == 6 and all(r["label"] == gold[r["id"]] for r in human)
+    assert len(human) == 6 and all(r["label"] == gold[r["id"]] and r["annotator"] == "dr-a" for r in human)
     assert {r["id"] for r in human if r["round"] == 1} == labeled

@@ -359,6 +359,7 @@ def serve(
         import uvicorn
 
         from imfl.loop import Run, run
+        from imfl.people import People
         from imfl.server import LoopWorker, create_app, new_token
 
         _quiet_libraries()
@@ -367,19 +368,120 @@ def serve(
             console.print(f"creating the project in {Run(cfg, _plain_reporter()).init()}/")
         cfg, labeling = _labeling(project, show_guesses)
         given = cfg.human.token.get_secret_value() if cfg.human.token else os.environ.get(cfg.human.token_env)
-        if not given and not console.is_terminal:  # a new token would be printed into a log file
+        people = People(cfg.run_dir)
+        personal = people.registered()
+        if not given and not personal and not console.is_terminal:  # a new token would be printed into a log file
             raise ImflError(f"the output goes to a log, where the access token must not be printed: set ${cfg.human.token_env} "
-                            "(or human.token) to a token of your choice and start again")
-        token = given or new_token()
+                            "(or human.token) to a token of your choice and start again, or register people with "
+                            "`imfl people add` (each gets their own token)")
+        token = given or new_token()  # with people registered it is refused, so a new one is never printed
         app_ = create_app(labeling, token)
         if loop:
             worker = LoopWorker(lambda: run(cfg, _plain_reporter()), labeling, on_event=lambda m: console.print(Text(m, style="bold")))
             worker.start()
         console.print(f"annotation page: http://{host}:{port}/  (stop with Ctrl-C)")
-        console.print("access token: " + (f"from {'human.token' if cfg.human.token else '$' + cfg.human.token_env}" if given else token))
+        if personal:
+            active = sum(p["removed_at"] is None for p in people.list())
+            who = f"{active} registered" if active else "nobody registered now: add someone with `imfl people add`"
+            console.print(f"access: each person's own token ({who}; `imfl people list {project}`); the shared token is refused")
+        else:
+            console.print("access token (shared, for one expert; `imfl people add` gives each person their own): "
+                          + (f"from {'human.token' if cfg.human.token else '$' + cfg.human.token_env}" if given else token))
         uvicorn.run(app_, host=host, port=port, log_level="warning")
 
     _guarded(go)
+
+
+people_app = typer.Typer(no_args_is_help=True, help="Who may use the annotation page of `imfl serve`, each with their own "
+                         "token and role. While nobody is registered the page takes one shared token (one expert); from the "
+                         "first `add` on, only personal tokens.")
+app.add_typer(people_app, name="people")
+
+
+def _people(project: Path):
+    """The people of the project at ``project`` (config file or run folder), which must exist already."""
+    from imfl.people import People
+
+    _, run_dir, store = _project_store(project)
+    store.close()
+    return run_dir, People(run_dir)
+
+
+def _refused(fn: Callable[[], None]) -> None:
+    """``_guarded``, with a refusal of the store (a name registered already, or not at all) as a one-line error too."""
+    from imfl.people import Rejected
+
+    def go() -> None:
+        try:
+            fn()
+        except Rejected as exc:
+            raise ImflError(str(exc)) from None
+
+    _guarded(go)
+
+
+@people_app.command("add")
+def people_add(
+    project: Project,
+    name: Annotated[str, typer.Argument(help="The person's name, recorded with their labels (1-80 letters, digits, spaces, . @ - _).")],
+    role: Annotated[str, typer.Option(help="annotator (labels) or admin (also manages people and exports, on the page).")] = "annotator",
+) -> None:
+    """Register a person and print their new token, on stdout and only this once (the store keeps a hash of it)."""
+    from imfl.people import check_name, check_role
+
+    def go() -> None:
+        check_name(name, "NAME")
+        check_role(role)
+        run_dir, people = _people(project)
+        first = not people.registered()
+        token, again = people.add(name, role)
+        console.print(f"added {name} {'again ' if again else ''}as {role} to {run_dir}; their token follows, shown only "
+                      "now: give it to them privately (it is kept only as a hash, so it cannot be shown again)",
+                      highlight=False, soft_wrap=True)
+        out.print(token, highlight=False, soft_wrap=True)
+        if first:
+            console.print("from now on the annotation page takes only personal tokens: the shared token is refused",
+                          highlight=False, soft_wrap=True)
+
+    _refused(go)
+
+
+@people_app.command("list")
+def people_list(project: Project) -> None:
+    """Everyone registered (removed people too: their labels stay), with their role and labels; never a token."""
+
+    def go() -> None:
+        run_dir, people = _people(project)
+        everyone = people.list()
+        if not everyone:
+            out.print(f"nobody is registered for {run_dir}: the annotation page takes the shared token (one expert); "
+                      f"`imfl people add {project} NAME` gives each person their own token", soft_wrap=True)
+            return
+        table = Table(title=f"{run_dir.name}: people", box=box.SIMPLE_HEAD, show_edge=False)
+        for col in ("name", "role", "access", "added", "labels"):
+            table.add_column(col, justify="right" if col == "labels" else "left")
+        day = lambda t: time.strftime("%Y-%m-%d %H:%M", time.localtime(t))  # noqa: E731
+        for p in everyone:
+            access = "yes" if p["removed_at"] is None else f"removed {day(p['removed_at'])}"
+            table.add_row(p["name"], p["role"], access, day(p["added_at"]), str(p["labels"]))
+        out.print(table)
+
+    _refused(go)
+
+
+@people_app.command("remove")
+def people_remove(
+    project: Project,
+    name: Annotated[str, typer.Argument(help="Who to remove.")],
+) -> None:
+    """End a person's access at once (their token is refused from the next request on); their labels stay."""
+
+    def go() -> None:
+        _, people = _people(project)
+        kept = people.remove(name)
+        out.print(f"removed {name}: their token is refused from now on; their {kept} label(s) stay", highlight=False)
+
+    _refused(go)
 
 
 @app.command()

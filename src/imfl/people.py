@@ -5,13 +5,20 @@ Every call opens its own connection to the run's store (SQLite in WAL mode allow
 readers across threads and processes), so the web server, a terminal session and the loop can work on
 the same run at once. The checks live in ``Store`` transactions: a label is accepted only for a pending
 item of the waiting round, from a label in the set, and not for an item another person holds.
+
+``People`` is who may use the annotation page, each with their own token (``imfl people add``). Until the first
+person is registered the page takes one shared token and the name the person types (one expert); from then on only
+personal tokens are accepted, and a label is recorded under the person the token belongs to.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import secrets
 import tomllib
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -21,7 +28,7 @@ from pydantic import Field, TypeAdapter, ValidationError
 from imfl.errors import ConfigError
 from imfl.store import Rejected, Store
 
-__all__ = ["Labeling", "Name", "Rejected", "check_name"]
+__all__ = ["ROLES", "Labeling", "Name", "People", "Person", "Rejected", "check_name", "has_role"]
 
 # A person's name as recorded with their labels (and shown in exports and on the page): one rule for the web page
 # (its API models use ``Name``), the terminal and file imports, so no path records a name another would refuse.
@@ -36,6 +43,95 @@ def check_name(name: str, what: str = "annotator") -> str:
     except ValidationError:
         raise ConfigError(f"{what} {name!r} is not a usable name: use 1 to 80 letters, digits, spaces and . @ - _, "
                           "e.g. dr-b") from None
+
+
+# Roles, each allowed what the ones before it are: an annotator labels (and will review); an admin also manages
+# people and exports. ``has_role`` is the one check the server's endpoints use.
+ROLES = ("annotator", "admin")
+
+
+def has_role(role: str, needed: str) -> bool:
+    """Whether a person with ``role`` may do what ``needed`` may (an admin may do everything an annotator may)."""
+    return ROLES.index(role) >= ROLES.index(needed)
+
+
+def check_role(role: str, what: str = "--role") -> str:
+    if role not in ROLES:
+        raise ConfigError(f"{what} {role!r} is unknown; use {' or '.join(ROLES)}")
+    return role
+
+
+@dataclass(frozen=True)
+class Person:
+    """Who a personal token belongs to."""
+
+    name: str
+    role: str
+
+
+def token_sha256(token: str) -> str:
+    """What the store keeps of a token. A token is 192 random bits, so a plain hash cannot be turned back into it by
+    guessing, and no salt or slow hash is needed (those protect guessable passwords)."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+class People:
+    """The people registered for the run in ``run_dir`` (table ``people`` of its store)."""
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / "store.sqlite"
+        if not self.path.is_file():
+            raise ConfigError(f"{Path(run_dir)} has no store.sqlite: create the project first (imfl init CONFIG)")
+
+    @contextmanager
+    def _store(self):
+        store = Store.open(self.path)
+        try:
+            yield store
+        finally:
+            store.close()
+
+    def add(self, name: str, role: str = "annotator") -> tuple[str, bool]:
+        """Register ``name`` as ``role``; returns their new token (shown to them once, kept only as a hash) and whether
+        they had been removed before. Raises ConfigError for an unusable name or role, Rejected (409) for a name that
+        is registered already; nothing is written then."""
+        check_name(name, "name")
+        check_role(role, "role")
+        token = secrets.token_urlsafe(24)
+        with self._store() as store:
+            again = store.add_person(name, role, token_sha256(token))
+        return token, again
+
+    def remove(self, name: str) -> int:
+        """End ``name``'s access at once; returns how many labels of theirs stay. Rejected (404) when nobody of that
+        name is registered now."""
+        with self._store() as store:
+            store.remove_person(name)
+            return next(p["labels"] for p in store.people() if p["name"] == name)
+
+    def list(self) -> list[dict]:
+        """name, role, added_at, removed_at (None while registered) and labels (standing human labels) of everyone
+        ever registered."""
+        with self._store() as store:
+            return store.people()
+
+    def registered(self) -> bool:
+        """Whether the run is in per-person mode: someone was registered (even if removed since: removing the last
+        person does not bring the shared token back)."""
+        with self._store() as store:
+            return store.has_people()
+
+    def identify(self, token: str) -> tuple[bool, Person | None]:
+        """Whether the run is in per-person mode, and the person ``token`` belongs to (None: nobody registered now).
+        Compares against every registered hash, each in constant time, in one read of the store."""
+        given = token_sha256(token).encode()
+        found = None
+        with self._store() as store:
+            registered = store.has_people()
+            for name, role, digest in store.active_people():
+                if secrets.compare_digest(given, digest.encode()):
+                    found = Person(name, role)
+        return registered, found
 
 
 class Labeling:
@@ -127,6 +223,11 @@ class Labeling:
         if item_id is None:
             raise Rejected(409, "you have no label in this round to take back")
         return {**self.status(), "undone": item_id}
+
+    def export_rows(self) -> list[dict]:
+        """Every standing label with its provenance and the item's text (as ``imfl export`` writes them)."""
+        with self._store() as store:
+            return store.export_rows()
 
     def _student_guess(self, t: int, item_id: str) -> dict | None:
         """The student's probabilities for the item, from the previous round's predictions (none in round 1)."""

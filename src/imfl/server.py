@@ -1,33 +1,48 @@
 """``imfl serve``: the annotation web page and its JSON API (FastAPI), and the worker that carries the run on
 whenever people finish a round's batch.
 
-Every ``/api`` request needs the access token, as ``Authorization: Bearer <token>``; without it: 401. The
-page asks for the token and a name once and keeps them in the browser tab's session storage. Item text is
-only ever put into the page as text (``textContent``), never as HTML.
+Every ``/api`` request needs an access token, as ``Authorization: Bearer <token>``; without a valid one: 401. Two
+modes (``imfl.people``):
 
-API (JSON): ``GET /api/status``; ``GET /api/next?annotator=NAME`` (the item to label, held for that person
-for a while, or why there is none); ``POST /api/label {annotator, item_id, label}``; ``POST /api/skip
-{annotator, item_id}``; ``POST /api/undo {annotator}``. A label outside the label set: 422; an item that is
-not pending in the waiting round, or held by someone else: 409; nothing is written in either case.
+* **Personal tokens** (as soon as anyone is registered with ``imfl people add``): each token belongs to one person
+  with a role. The person recorded with a label, a skip, a hold or an undo is the token's; a request naming anyone
+  else is refused (403), so nobody can act as someone else. A removed person's token gets 401 from the next request on. The shared
+  token is refused (401): it names nobody, and whoever holds it would otherwise keep access nobody can take away.
+* **Shared token** (nobody registered: one expert): the token ``imfl serve`` printed or read from ``$IMFL_TOKEN``;
+  the request names the annotator, as the page asks. It has the annotator role only.
+
+Roles (``requires``): annotators label; admins may also use the admin endpoints, and an annotator calling one gets
+403. The page keeps the token (and, with the shared token, the name) in the browser tab's session storage, asks
+``GET /api/me`` whose token it is, and puts every text into the page as text (``textContent``), never as HTML.
+
+API (JSON). Annotators: ``GET /api/me`` (name, role and kind of the token); ``GET /api/status``; ``GET /api/next``
+(the item to label, held for that person for a while, or why there is none); ``POST /api/label {item_id, label}``;
+``POST /api/skip {item_id}``; ``POST /api/undo {}`` (with the shared token each also takes the person's name:
+``?annotator=NAME`` or ``"annotator": NAME``). Admins: ``GET /api/people``, ``POST /api/people {name, role}`` (201,
+with the new person's token, shown this once), ``DELETE /api/people/NAME``, ``GET /api/export`` (every label with
+its provenance). A label outside the label set: 422; an item that is not pending in the waiting round, or held by
+someone else: 409; nothing is written on any refused request.
 
 Hardening, since the port may be reachable by others: API request bodies over 64 KiB get 413 before they are read
 (a label request is well under 1 KiB); a request the API cannot use gets one short line naming the field and why,
 never the input back; every response forbids framing and MIME sniffing and sends no referrer, and the page runs
 under a Content-Security-Policy that lets only its own script and style (by a nonce new on each response) run.
+Tokens are never logged (uvicorn runs without its access log) and personal ones are stored only as hashes.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the endpoints' annotations at run time.
 import secrets
 import threading
+from dataclasses import dataclass
 from importlib import resources
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Query
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Query
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
-from imfl.people import Labeling, Name, Rejected
+from imfl.people import Labeling, Name, People, Rejected, has_role
 
 PAGE = resources.files("imfl").joinpath("web/index.html")
 MAX_BODY = 64 * 1024  # bytes of a request body
@@ -58,27 +73,89 @@ ItemId = Annotated[str, Field(min_length=1, max_length=500)]
 
 
 class LabelIn(BaseModel):
-    annotator: Name
+    annotator: Name | None = None  # with the shared token: who labels; with a personal token it may only name the token's person
     item_id: ItemId
     label: Annotated[str, Field(max_length=500)]
 
 
 class SkipIn(BaseModel):
-    annotator: Name
+    annotator: Name | None = None
     item_id: ItemId
 
 
 class UndoIn(BaseModel):
-    annotator: Name
+    annotator: Name | None = None
+
+
+class PersonIn(BaseModel):
+    name: Name
+    role: Literal["annotator", "admin"] = "annotator"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request: a registered person (``name`` set), or the holder of the shared token (``name`` None)."""
+
+    name: str | None
+    role: str
+
+    @property
+    def token(self) -> str:
+        return "shared" if self.name is None else "personal"
+
+
+def _unauthorized(why: str) -> HTTPException:
+    return HTTPException(401, why, headers={"WWW-Authenticate": "Bearer"})
 
 
 def create_app(labeling: Labeling, token: str) -> FastAPI:
+    """The page and its API for the run of ``labeling``; ``token`` is the shared token (used only while nobody is
+    registered: see the module's notes)."""
     app = FastAPI(title="imfl annotation", docs_url=None, redoc_url=None, openapi_url=None)
+    people = People(labeling.run_dir)
 
-    def authorized(authorization: Annotated[str | None, Header()] = None) -> None:
+    def authenticate(authorization: Annotated[str | None, Header()] = None) -> Caller:
+        """The caller of an /api request, from its token (looked up afresh on every request, so adding and removing
+        people take effect at once, even from another process)."""
         scheme, _, given = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(given.encode(), token.encode()):
-            raise HTTPException(401, "missing or wrong access token", headers={"WWW-Authenticate": "Bearer"})
+        if scheme.lower() != "bearer" or not given:
+            raise _unauthorized("missing access token: send Authorization: Bearer <token>")
+        registered, person = people.identify(given)
+        if person is not None:
+            return Caller(person.name, person.role)
+        shared = secrets.compare_digest(given.encode(), token.encode())
+        if shared and not registered:
+            return Caller(None, "annotator")
+        if shared:
+            raise _unauthorized("people are registered for this project, so the shared token is refused: "
+                                "sign in with your personal token (imfl people add)")
+        raise _unauthorized("wrong access token (or its person was removed)")
+
+    def requires(role: str):
+        """A dependency giving the caller if their role allows what ``role`` may do (admins may do everything
+        annotators may), else 403. Endpoints state their role with it: ``Depends(requires("admin"))``."""
+
+        def check(caller: Annotated[Caller, Depends(authenticate)]) -> Caller:
+            if not has_role(caller.role, role):
+                who = f"{caller.name} is" if caller.name else "the shared token is"
+                raise HTTPException(403, f"only {role}s may do this; {who} {caller.role}")
+            return caller
+
+        return check
+
+    Annotator = Annotated[Caller, Depends(requires("annotator"))]
+    Admin = Annotated[Caller, Depends(requires("admin"))]
+
+    def acting(caller: Caller, sent: str | None) -> str:
+        """The name recorded for what ``caller`` does: a personal token's person (a request that names someone else
+        is refused, 403: nobody acts for another); with the shared token, the name the request carries."""
+        if caller.name is not None:
+            if sent is not None and sent != caller.name:
+                raise HTTPException(403, f"this token belongs to {caller.name!r}: it cannot act as {sent!r}")
+            return caller.name
+        if sent is None:
+            raise HTTPException(422, "annotator: Field required (with the shared token, say who is labeling)")
+        return sent
 
     @app.exception_handler(Rejected)
     def rejected(_, exc: Rejected):
@@ -102,28 +179,52 @@ def create_app(labeling: Labeling, token: str) -> FastAPI:
                             headers={"Content-Security-Policy": page_csp(nonce)})
 
     # The body limit is set here, not on the app: for a body announced as too large Starlette sends its own 413,
-    # which then still passes through security_headers.
-    api = APIRouter(prefix="/api", dependencies=[Depends(authorized)], max_body_size=MAX_BODY)
+    # which then still passes through security_headers. Every /api request is authenticated here (401 before
+    # anything else); each endpoint then states the role it needs.
+    api = APIRouter(prefix="/api", dependencies=[Depends(authenticate)], max_body_size=MAX_BODY)
+
+    @api.get("/me")
+    def me(caller: Annotator) -> dict:
+        return {"name": caller.name, "role": caller.role, "token": caller.token}
 
     @api.get("/status")
-    def status() -> dict:
+    def status(caller: Annotator) -> dict:
         return {**labeling.status(), "labels": list(labeling.labels)}
 
     @api.get("/next")
-    def next_item(annotator: Annotated[Name, Query()]) -> dict:
-        return labeling.next(annotator)
+    def next_item(caller: Annotator, annotator: Annotated[Name | None, Query()] = None) -> dict:
+        return labeling.next(acting(caller, annotator))
 
     @api.post("/label")
-    def label(body: LabelIn) -> dict:
-        return labeling.label(body.annotator, body.item_id, body.label)
+    def label(caller: Annotator, body: LabelIn) -> dict:
+        return labeling.label(acting(caller, body.annotator), body.item_id, body.label)
 
     @api.post("/skip")
-    def skip(body: SkipIn) -> dict:
-        return labeling.skip(body.annotator, body.item_id)
+    def skip(caller: Annotator, body: SkipIn) -> dict:
+        return labeling.skip(acting(caller, body.annotator), body.item_id)
 
     @api.post("/undo")
-    def undo(body: UndoIn) -> dict:
-        return labeling.undo(body.annotator)
+    def undo(caller: Annotator, body: UndoIn) -> dict:
+        return labeling.undo(acting(caller, body.annotator))
+
+    @api.get("/people")
+    def list_people(caller: Admin) -> dict:
+        return {"people": people.list()}
+
+    @api.post("/people", status_code=201)
+    def add_person(caller: Admin, body: PersonIn) -> dict:
+        new_token, again = people.add(body.name, body.role)
+        return {"name": body.name, "role": body.role, "token": new_token, "added_again": again}
+
+    @api.delete("/people/{name}")
+    def remove_person(caller: Admin, name: Annotated[Name, Path()]) -> dict:
+        if name == caller.name:  # an admin locking themselves out by a click; the terminal can still do it
+            raise HTTPException(409, "you cannot remove yourself here; another admin can, or imfl people remove")
+        return {"name": name, "labels_kept": people.remove(name)}
+
+    @api.get("/export")
+    def export(caller: Admin) -> dict:
+        return {"labels": labeling.export_rows()}
 
     app.include_router(api)
     return app

@@ -11,6 +11,10 @@ from the last committed state.
 People label through leases: an item handed to one person is not handed to another until the lease
 expires or the label arrives. A label a person takes back (undo) is marked retracted, never deleted,
 and only while its round still waits for people.
+
+The people who may use the annotation page with their own token (``imfl people``) are in ``people``: a name, a role
+and the SHA-256 of the token, never the token itself. A removed person keeps their row (their labels name them) and
+loses the hash, so their token matches nothing from then on.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from pathlib import Path
 from imfl.data import Annotation, Example
 from imfl.errors import DataError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 ROUND_STATES = ("selected", "human_pending", "human_done", "llm_done", "trained", "evaluated")
 
 MIGRATIONS: dict[int, str] = {
@@ -93,6 +97,15 @@ MIGRATIONS: dict[int, str] = {
     ALTER TABLE items ADD COLUMN line INTEGER;  -- the row's line in the pool file (for messages)
     ALTER TABLE items ADD COLUMN extra TEXT;    -- JSON: the row's other fields (e.g. recorded LLM labels)
     """,
+    4: """
+    CREATE TABLE people (
+        name TEXT PRIMARY KEY,              -- recorded as the annotator of their labels
+        role TEXT NOT NULL CHECK (role IN ('annotator', 'admin')),
+        token_sha256 TEXT UNIQUE,           -- hex SHA-256 of their token; NULL once removed
+        added_at REAL NOT NULL,
+        removed_at REAL                     -- set by imfl people remove; the row stays
+    );
+    """,
 }
 
 
@@ -147,6 +160,10 @@ class Store:
             raise DataError(f"{self.path}: written by a newer imfl (schema {version} > {SCHEMA_VERSION}); upgrade imfl")
         for v in range(version + 1, SCHEMA_VERSION + 1):
             with self.transaction():
+                # Read again under the write lock: another process may have migrated since (two opening an old store).
+                has_meta = self.conn.execute("SELECT 1 FROM sqlite_master WHERE name='meta'").fetchone()
+                if has_meta and int(self.get_meta("schema_version", "0")) >= v:
+                    continue
                 for statement in _statements(MIGRATIONS[v]):
                     self.conn.execute(statement)
                 self.set_meta("schema_version", str(v))
@@ -395,6 +412,55 @@ class Store:
             self.conn.execute("DELETE FROM leases WHERE round=?", (round,))
             self.set_round_state(round, "human_done")
             return True
+
+    # -- who may label (imfl people) ---------------------------------------------------------------
+    def has_people(self) -> bool:
+        """Whether anyone was ever registered (removed people count: see ``imfl.people``)."""
+        return self.conn.execute("SELECT 1 FROM people LIMIT 1").fetchone() is not None
+
+    def people(self) -> list[dict]:
+        """Everyone registered, removed people included, in the order they were added, with their standing human
+        labels; never a token or its hash."""
+        rows = self.conn.execute(
+            "SELECT p.name, p.role, p.added_at, p.removed_at, (SELECT COUNT(*) FROM annotations a WHERE a.annotator = p.name"
+            " AND a.source = 'human' AND a.label IS NOT NULL AND a.retracted_at IS NULL) AS labels"
+            " FROM people p ORDER BY p.added_at, p.name"
+        )
+        return [dict(r) for r in rows]
+
+    def active_people(self) -> list[tuple[str, str, str]]:
+        """(name, role, token hash) of everyone who may use the page now."""
+        rows = self.conn.execute("SELECT name, role, token_sha256 FROM people WHERE removed_at IS NULL ORDER BY name")
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    def add_person(self, name: str, role: str, token_sha256: str, now: float | None = None) -> bool:
+        """Register ``name`` with ``role`` and the hash of their new token; True when they had been removed before (their
+        row comes back with the new token). Raises ``Rejected`` (nothing written) when ``name`` is registered already."""
+        now = time.time() if now is None else now
+        with self.transaction():
+            row = self.conn.execute("SELECT role, removed_at FROM people WHERE name=?", (name,)).fetchone()
+            if row is not None and row[1] is None:
+                raise Rejected(409, f"{name!r} is registered already (as {row[0]}); to give them a new token or role, "
+                                    "remove them first, then add them again")
+            self.conn.execute(
+                "INSERT INTO people(name, role, token_sha256, added_at) VALUES(?, ?, ?, ?) ON CONFLICT(name) DO UPDATE"
+                " SET role=excluded.role, token_sha256=excluded.token_sha256, added_at=excluded.added_at, removed_at=NULL",
+                (name, role, token_sha256, now),
+            )
+            return row is not None
+
+    def remove_person(self, name: str, now: float | None = None) -> None:
+        """End ``name``'s access: their token hash goes, the items they hold go back to the others, their labels stay.
+        Raises ``Rejected`` (nothing written) for a name that is not registered now."""
+        now = time.time() if now is None else now
+        with self.transaction():
+            row = self.conn.execute("SELECT removed_at FROM people WHERE name=?", (name,)).fetchone()
+            if row is None or row[0] is not None:
+                known = [r[0] for r in self.conn.execute("SELECT name FROM people WHERE removed_at IS NULL ORDER BY name")]
+                why = "was removed already" if row is not None else "is not registered"
+                raise Rejected(404, f"{name!r} {why}; registered now: {', '.join(map(repr, known)) or 'nobody'}")
+            self.conn.execute("UPDATE people SET token_sha256=NULL, removed_at=? WHERE name=?", (now, name))
+            self.conn.execute("DELETE FROM leases WHERE annotator=?", (name,))
 
     def item(self, item_id: str) -> dict | None:
         row = self.conn.execute("SELECT id, text, text_pair FROM items WHERE id=?", (item_id,)).fetchone()
