@@ -172,6 +172,49 @@ def test_weights_steer_the_model(fitted) -> None:
     assert got[:, 0].mean() > probs[:, 0].mean() + 0.05
 
 
+def test_one_hot_or_nan_target_probs_train_as_the_labels_do(quick) -> None:
+    probs, _ = quick
+    texts, labels = TEXTS[::5] + TEXTS[1::5], LABELS[::5] + LABELS[1::5]
+    one_hot = np.eye(2)[labels] * 3.0  # rows are normalized
+    nan_rows = np.full((len(texts), 2), np.nan)
+    for targets in (one_hot, nan_rows):
+        got = Student(**{**FAST, "epochs": 1}).fit(texts, labels, 2, target_probs=targets).predict_proba(TEXTS)
+        np.testing.assert_allclose(got, probs, atol=1e-5)
+
+
+def test_soft_targets_teach_the_model_their_uncertainty(fitted) -> None:
+    _, hard = fitted
+    soft_targets = np.where(np.eye(2)[LABELS] == 1, 0.7, 0.3)
+    soft = Student(**FAST).fit(TEXTS, LABELS, 2, target_probs=soft_targets).predict_proba(TEXTS)
+    y = np.array(LABELS)
+    assert (soft.argmax(axis=1) == y).mean() >= 0.85  # still the right class ...
+    confident_hard, confident_soft = hard[np.arange(len(y)), y].mean(), soft[np.arange(len(y)), y].mean()
+    assert confident_soft < confident_hard - 0.05 and confident_soft < 0.85, (confident_soft, confident_hard)  # ... less sure
+
+
+def test_contrastive_pairs_join_each_item_to_its_class_and_to_others() -> None:
+    from imfl.student import _contrastive_pairs
+
+    y = np.array([0, 0, 0, 1, 1, 2])
+    anchor, partner, target = _contrastive_pairs(y, 24, np.random.default_rng(0))  # 6 items: 2 + 2 pairs each
+    assert (anchor != partner).all()
+    assert ((y[anchor] == y[partner]) == (target == 1)).all()
+    # Two same-label and two other-label partners each; item 5 is alone in its class: no same-label partner.
+    per_item = {i: (int(((anchor == i) & (target == 1)).sum()), int(((anchor == i) & (target == 0)).sum())) for i in range(6)}
+    assert per_item == {0: (2, 2), 1: (2, 2), 2: (2, 2), 3: (2, 2), 4: (2, 2), 5: (0, 2)}
+    # Fewer pairs than items: a random half of the pairs' count are anchors, once each.
+    anchor, partner, target = _contrastive_pairs(y, 4, np.random.default_rng(0))
+    assert len(set(anchor.tolist())) == 2 and (target == 0).sum() == 2 and len(anchor) in (3, 4)
+
+
+def test_a_contrastive_first_stage_keeps_the_task_learned_and_counts_its_work() -> None:
+    seen: list[int] = []
+    student = Student(**FAST, contrastive_pairs=40, contrastive_learning_rate=1e-4)
+    probs = student.fit(TEXTS, LABELS, 2, progress=seen.append).predict_proba(TEXTS)
+    assert (probs.argmax(axis=1) == np.array(LABELS)).mean() >= 0.85
+    assert sum(seen) == student.fit_work(len(TEXTS)) == 4 * len(TEXTS) + 80
+
+
 def test_text_pairs_are_used() -> None:
     questions = ["Did the company do well?"] * len(TEXTS)
     student = Student(**{**FAST, "epochs": 1}).fit(questions, LABELS, 2, text_pairs=TEXTS)
@@ -202,6 +245,8 @@ def test_one_class_only_is_fine() -> None:
         (lambda: Student(**FAST).fit(["a", "b"], [0, 1], 2, text_pairs=["x"]), "one pair per text"),
         (lambda: Student(**FAST).fit(["a", "b"], [0, 1], 2, sample_weight=[1.0, -1.0]), "sample_weight"),
         (lambda: Student(**FAST).fit(["a", "b"], [0, 1], 2, sample_weight=[0.0, 0.0]), "positive weight"),
+        (lambda: Student(**FAST).fit(["a", "b"], [0, 1], 2, target_probs=[[1.0, 0.0]]), "target_probs has shape"),
+        (lambda: Student(**FAST).fit(["a", "b"], [0, 1], 2, target_probs=[[1.0, 0.0], [0.5, -0.5]]), r"target_probs\[1\]"),
         (lambda: Student(**{**FAST, "epochs": 0}).fit(["a"], [0], 2), "epochs"),
         (lambda: Student(**{**FAST, "pooling": "max"}).fit(["a"], [0], 2), "pooling"),
         (lambda: Student("/no/such/model/dir", **FAST).fit(["a"], [0], 2), "does not exist"),

@@ -99,10 +99,10 @@ class HumanConfig(_Section):
     )
     cost: StrictFloat = Field(1.0, ge=0, description="Cost of one human label (any unit; used in reports).")
     token: SecretStr | None = Field(
-        None, description="people: the access token of the web page (better: the variable named by token_env; empty = a new "
-        "random token printed at start). Never written out."
+        None, description="people: the shared access token of the web page, for one expert while nobody is registered with "
+        "`imfl people add` (better: the variable named by token_env; empty = a new random token printed at start). Never written out."
     )
-    token_env: str = Field("IMFL_TOKEN", description="people: the environment variable holding the web page's access token.")
+    token_env: str = Field("IMFL_TOKEN", description="people: the environment variable holding the web page's shared access token.")
     lease_seconds: StrictInt = Field(600, ge=5, description="people: how long an item handed to one person is kept from the others.")
     show_guesses: StrictBool = Field(False, description="people: show the student's current guess on the page (it can anchor experts).")
 
@@ -179,6 +179,15 @@ class StudentConfig(_Section):
         "auto", description="Precision of the training forward pass (as predict_dtype; weights stay float32)."
     )
     num_threads: StrictInt | None = Field(None, ge=1, description="CPU threads for training and prediction; empty = torch's default.")
+    soft_targets: StrictBool = Field(
+        False, description="LLM labels train towards the LLM's label probabilities (distillation) instead of its top label; "
+        "labels without probabilities (recorded, simulated annotators) stay hard."
+    )
+    contrastive_pairs: StrictInt = Field(
+        0, ge=0, description="SetFit-style first stage: this many pairs of labeled items (half same label, half other) pull "
+        "same-label embeddings together before the classifier trains; 0 = off (on FPB: +0.6 points for 5x the training time)."
+    )
+    contrastive_learning_rate: StrictFloat = Field(5e-5, gt=0, description="Step size of the contrastive stage.")
     weights: dict[str, StrictFloat] = Field(
         default_factory=lambda: {"human": 1.0, "llm": 1.0},
         description="Training weight of each label source; a source not named keeps 1.0.",

@@ -167,7 +167,8 @@ def make_student(cfg: RunConfig, seed: int) -> Student:
         s.model, epochs=s.epochs, min_steps=s.min_steps, learning_rate=s.learning_rate, head_learning_rate=s.head_learning_rate,
         batch_size=s.batch_size, max_length=s.max_length, lora_r=s.lora_r, lora_alpha=s.lora_alpha,
         lora_target_modules=s.lora_target_modules, predict_dtype=s.predict_dtype, train_dtype=s.train_dtype,
-        num_threads=s.num_threads, seed=seed,
+        num_threads=s.num_threads, contrastive_pairs=s.contrastive_pairs,
+        contrastive_learning_rate=s.contrastive_learning_rate, seed=seed,
     )
 
 
@@ -604,7 +605,7 @@ class Run:
         task = self.ds.task
         items = self.store.examples([a.item_id for a in annotations])
         warm = make_student(self.cfg, self.cfg.seed)
-        warm.epochs, warm.min_steps = 1, 0
+        warm.epochs, warm.min_steps, warm.contrastive_pairs = 1, 0, 0
         pairs = [e.text_pair for e in items] if task.has_pair else None
         with self.reporter.phase(f"round {t}: one epoch to score the LLM's labels", len(items)) as advance:
             warm.fit([e.text for e in items], labels.tolist(), len(task.labels), text_pairs=pairs, sample_weight=weights.tolist(),
@@ -658,14 +659,21 @@ class Run:
             extra, extra_labels = self._pseudo_labels(t, {a.item_id for a in annotations})
             items, labels = items + extra, labels + extra_labels
             weights = np.concatenate([weights, np.full(len(extra), self.cfg.self_training.weight)])
+        target_probs = None
+        if self.cfg.student.soft_targets and not human_only:
+            target_probs = np.full((len(labels), len(task.labels)), np.nan)
+            for row, a in enumerate(annotations):
+                if a.source == "llm" and a.probs:
+                    target_probs[row] = [a.probs.get(name, 0.0) for name in task.labels]
+            self._round_extra.setdefault(t, {})["llm_soft_targets"] = int((~np.isnan(target_probs[:, 0])).sum())
         student = make_student(self.cfg, self.cfg.seed)
         n_used = int((weights > 0).sum())
         what = f"the human-only student on {len(items)} human labels" if human_only else f"the student on {len(items)} labels"
-        with self.reporter.phase(f"round {t}: training {what}", student.effective_epochs(n_used) * n_used) as advance:
+        with self.reporter.phase(f"round {t}: training {what}", student.fit_work(n_used)) as advance:
             student.fit(
                 [e.text for e in items], labels, len(task.labels),
                 text_pairs=[e.text_pair for e in items] if task.has_pair else None,
-                sample_weight=weights.tolist(), label_names=task.labels, progress=advance,
+                sample_weight=weights.tolist(), label_names=task.labels, progress=advance, target_probs=target_probs,
             )
         return student
 

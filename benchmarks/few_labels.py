@@ -1,0 +1,72 @@
+"""A better student from few labels? Student variants trained on n labeled pool items and scored on held-out pool items
+(never a test file).
+
+    python benchmarks/few_labels.py --data ../shared/data/fpb --train 200 --seeds 0,1,2 \
+        --variant '{}' --variant '{"contrastive_pairs": 1600}' --variant '{"_smooth": 0.1}' --variant '{"_ensemble": 2}' \
+        --out benchmarks/results/few-labels/fpb-200.jsonl
+
+A variant is a JSON object of Student settings (e.g. ``contrastive_pairs``, ``min_steps``), plus two of this script's
+own: ``_smooth`` (label smoothing: train towards (1 - s) on the label and s spread over all classes, through
+``target_probs``) and ``_ensemble`` (average the probabilities of this many students trained with different seeds).
+One thread per training, so runs on a shared machine compare. One JSON line per seed and variant, with the seconds
+spent training and predicting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import accuracy_score, f1_score
+
+from _common import emit
+from imfl.config import config_from_dict
+from imfl.data import load_dataset
+from imfl.loop import make_student
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, required=True, help="folder with pool.jsonl")
+    ap.add_argument("--train", type=int, default=200, help="labeled pool items")
+    ap.add_argument("--held-out", type=int, default=1000, help="pool items to score on (never trained on)")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--variant", action="append", default=[], help="a JSON object of Student settings (repeatable)")
+    ap.add_argument("--out", type=Path, default=None, help="append the JSON lines here as well")
+    args = ap.parse_args(argv)
+
+    variants = [json.loads(v) for v in args.variant or ["{}"]]
+    for seed in (int(s) for s in args.seeds.split(",")):
+        cfg = config_from_dict({"seed": seed, "data": {"pool": str(args.data / "pool.jsonl")}}, [], source="benchmark")
+        ds = load_dataset(cfg.data)
+        labels, pool = list(ds.task.labels), list(ds.pool)
+        order = np.random.default_rng(seed).permutation(len(pool))
+        held = [pool[i] for i in order[: args.held_out]]
+        train = [pool[i] for i in order[args.held_out : args.held_out + args.train]]
+        pairs = (lambda rows: [e.text_pair for e in rows]) if ds.task.has_pair else (lambda rows: None)
+        gold = [labels.index(e.label) for e in held]
+        y = [labels.index(e.label) for e in train]
+        for variant in variants:
+            start, proba = time.time(), 0.0
+            for member in range(int(variant.get("_ensemble", 1))):
+                student = make_student(cfg, seed + 100 * member)
+                student.num_threads = 1
+                for key, value in variant.items():
+                    if not key.startswith("_"):
+                        setattr(student, key, value)
+                smooth = float(variant.get("_smooth", 0.0))
+                targets = np.eye(len(labels))[y] * (1 - smooth) + smooth / len(labels) if smooth else None
+                student.fit([e.text for e in train], y, len(labels), text_pairs=pairs(train), target_probs=targets)
+                proba = proba + student.predict_proba([e.text for e in held], text_pairs=pairs(held))
+            pred = np.asarray(proba).argmax(axis=1)
+            emit({"data": args.data.name, "seed": seed, "train": len(train), "held_out": len(held), "variant": variant,
+                  "accuracy": round(accuracy_score(gold, pred), 4), "macro_f1": round(f1_score(gold, pred, average="macro"), 4),
+                  "seconds": round(time.time() - start, 1)}, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
