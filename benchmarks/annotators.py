@@ -117,17 +117,23 @@ def _pct(x: float) -> str:
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ("| annotator | accuracy | no answer | answer skew (simulated) | top answer: share (gold share) "
-            "| top confusion: share of errors (simulated) | labels never right | error lift where another errs (simulated: 1) |")
+    head = (
+        "| annotator | accuracy | no answer | answer skew (simulated) | top answer: share (gold share) "
+        "| top confusion: share of errors (simulated) | labels never right | error lift where another errs (simulated: 1) |"
+    )
     lines = [head, "|" + "---|" * 8]
     for r in rows:
         conf = r["top_confusions"][0] if r["top_confusions"] else None
         conf_text = f"{conf[0]} → {conf[1]}: {_pct(conf[3])}" if conf else "–"
-        lift = ", ".join(f"{k.removeprefix('llm_').removeprefix('annot_')} {v:.1f}" for k, v in r["difficulty_lift"].items()) or "–"
-        lines.append(f"| {r['annotator'].removeprefix('llm_')} | {r['accuracy']:.3f} | {_pct(r['no_answer'])} "
-                     f"| {r['answer_skew']:.2f} ({r['answer_skew_simulated']:.2f}) "
-                     f"| {r['top_answer']}: {_pct(r['top_answer_share'])} ({_pct(r['top_answer_gold_share'])}) "
-                     f"| {conf_text} ({_pct(r['top_confusion_share_simulated'])}) | {len(r['labels_never_right'])} | {lift} |")
+        lift = (
+            ", ".join(f"{k.removeprefix('llm_').removeprefix('annot_')} {v:.1f}" for k, v in r["difficulty_lift"].items()) or "–"
+        )
+        lines.append(
+            f"| {r['annotator'].removeprefix('llm_')} | {r['accuracy']:.3f} | {_pct(r['no_answer'])} "
+            f"| {r['answer_skew']:.2f} ({r['answer_skew_simulated']:.2f}) "
+            f"| {r['top_answer']}: {_pct(r['top_answer_share'])} ({_pct(r['top_answer_gold_share'])}) "
+            f"| {conf_text} ({_pct(r['top_confusion_share_simulated'])}) | {len(r['labels_never_right'])} | {lift} |"
+        )
     return "\n".join(lines)
 
 

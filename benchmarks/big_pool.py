@@ -47,8 +47,10 @@ def write_pool(path: Path, rows: int, text_bytes: int, seed: int, prefix: str) -
             n = min(10_000, rows - start)
             picks = rng.integers(0, len(words), size=(n, n_words))
             labels = rng.integers(0, 3, size=n)
-            fh.writelines(json.dumps({"id": f"{prefix}{start + i}", "text": " ".join(words[picks[i]]), "label": LABELS[labels[i]]})
-                          + "\n" for i in range(n))
+            fh.writelines(
+                json.dumps({"id": f"{prefix}{start + i}", "text": " ".join(words[picks[i]]), "label": LABELS[labels[i]]}) + "\n"
+                for i in range(n)
+            )
 
 
 def seed_embeddings(pool: Path, cache: Path) -> None:
@@ -77,7 +79,11 @@ def _status(pid: int) -> dict[str, int]:
         text = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return {}
-    return {k: int(v.split()[0]) for k, v in (line.split(":", 1) for line in text.splitlines()) if k in ("VmRSS", "RssAnon", "RssFile")}
+    return {
+        k: int(v.split()[0])
+        for k, v in (line.split(":", 1) for line in text.splitlines())
+        if k in ("VmRSS", "RssAnon", "RssFile")
+    }
 
 
 def run(work: Path, src: Path, threads: int) -> tuple[float, dict[str, float], str]:
@@ -87,8 +93,9 @@ def run(work: Path, src: Path, threads: int) -> tuple[float, dict[str, float], s
     env = dict(os.environ, PYTHONPATH=str(src), OMP_NUM_THREADS=str(threads), IMFL_CACHE=str(work / "cache"))
     start = time.perf_counter()
     with (work / "run.log").open("w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "imfl", "run", str(work / "run.toml")], stdout=log, stderr=subprocess.STDOUT,
-                                env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "imfl", "run", str(work / "run.toml")], stdout=log, stderr=subprocess.STDOUT, env=env
+        )
         peak = {"RssAnon": 0, "RssFile": 0}
         while proc.poll() is None:
             for key, value in _status(proc.pid).items():
@@ -127,10 +134,22 @@ def main() -> None:
         (work / "run.toml").write_text(
             f'name = "big"\noutput_dir = "{out}"\nseed = 0\n'
             '[data]\npool = "pool.jsonl"\ntest = "test.jsonl"\nlabels = ["neutral", "positive", "negative"]\n'
-            '[budget]\ntotal = 100\nhuman = 100\nrounds = 1\n[student]\nepochs = 2\nmin_steps = 0\n', encoding="utf-8")
+            "[budget]\ntotal = 100\nhuman = 100\nrounds = 1\n[student]\nepochs = 2\nmin_steps = 0\n",
+            encoding="utf-8",
+        )
         wall, peak, line = run(work, args.src, args.threads)
-        emit({"bench": "big_pool", "src": str(args.src), "rows": rows, "pool_gib": round(pool.stat().st_size / 2**30, 3),
-              "wall_s": round(wall, 1), **{f"peak_{k}_gib": round(v, 3) for k, v in peak.items()}, "round": line}, args.out)
+        emit(
+            {
+                "bench": "big_pool",
+                "src": str(args.src),
+                "rows": rows,
+                "pool_gib": round(pool.stat().st_size / 2**30, 3),
+                "wall_s": round(wall, 1),
+                **{f"peak_{k}_gib": round(v, 3) for k, v in peak.items()},
+                "round": line,
+            },
+            args.out,
+        )
 
 
 if __name__ == "__main__":

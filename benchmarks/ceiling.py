@@ -68,7 +68,9 @@ def probe(config: str) -> list[str]:
     for n in (cfg.budget.human, cfg.budget.total, len(y)):
         seeds = SEEDS if n < len(y) else SEEDS[:1]  # the whole pool is the same subset at every seed
         subsets = [np.random.default_rng(seed).permutation(len(y))[:n] for seed in seeds]
-        runs = [scores(y_test, LogisticRegression(C=C, max_iter=3000).fit(X[rows_n], y[rows_n]).predict(X_test)) for rows_n in subsets]
+        runs = [
+            scores(y_test, LogisticRegression(C=C, max_iter=3000).fit(X[rows_n], y[rows_n]).predict(X_test)) for rows_n in subsets
+        ]
         rows.append(f"| {cfg.name} | probe, {n} gold labels{' (whole pool)' if n == len(y) else ''}, C={C:g} | {cells(runs)} |")
     rows.append(f"| {cfg.name} | probe, out of fold on the pool (5-fold), C={best:g} (most kappa) | {cells([oof[best]])} |")
     return rows

@@ -39,24 +39,34 @@ def check(run_dir: Path) -> dict | None:
     def share(test) -> float:
         return round(sum(bool(test(a, [human[i] for i in a.demo_ids])) for a in llm) / n, 4)
 
-    return {"run": run_dir.name, "demos": cfg.llm.demos, "labels": n,
-            "among_demos": share(lambda a, d: a.label in d), "as_nearest": share(lambda a, d: a.label == d[-1]),
-            "llm": share(lambda a, d: a.label == gold[a.item_id]), "copy_nearest": share(lambda a, d: d[-1] == gold[a.item_id]),
-            "right_among_demos": share(lambda a, d: gold[a.item_id] in d)}
+    return {
+        "run": run_dir.name,
+        "demos": cfg.llm.demos,
+        "labels": n,
+        "among_demos": share(lambda a, d: a.label in d),
+        "as_nearest": share(lambda a, d: a.label == d[-1]),
+        "llm": share(lambda a, d: a.label == gold[a.item_id]),
+        "copy_nearest": share(lambda a, d: d[-1] == gold[a.item_id]),
+        "right_among_demos": share(lambda a, d: gold[a.item_id] in d),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     folders = run_folders(__doc__.split("\n")[0], argv, "state")
     if folders is None:
         return 2
-    print("| run | demos | LLM labels | label among its demos' | = most similar demo's | LLM right | copying the most "
-          "similar demo right | right label among the demos |")
+    print(
+        "| run | demos | LLM labels | label among its demos' | = most similar demo's | LLM right | copying the most "
+        "similar demo right | right label among the demos |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for run_dir in folders:
         row = check(run_dir)
         if row:
-            print(f"| {row['run']} | {row['demos']} | {row['labels']} | {row['among_demos']:.3f} | {row['as_nearest']:.3f} | "
-                  f"{row['llm']:.3f} | {row['copy_nearest']:.3f} | {row['right_among_demos']:.3f} |")
+            print(
+                f"| {row['run']} | {row['demos']} | {row['labels']} | {row['among_demos']:.3f} | {row['as_nearest']:.3f} | "
+                f"{row['llm']:.3f} | {row['copy_nearest']:.3f} | {row['right_among_demos']:.3f} |"
+            )
     return 0
 
 

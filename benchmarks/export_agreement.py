@@ -61,9 +61,20 @@ def main(argv: list[str] | None = None) -> None:
         size = sum(p.stat().st_size for p in exported.iterdir())
     same = sum(max(a, key=a.get) == b["label"] for a, b in zip(by_pipeline, by_imfl))
     worst = max(abs(a[k] - b["probs"][k]) for a, b in zip(by_pipeline, by_imfl) for k in b["probs"])
-    emit({"run": str(args.run), "test": str(args.test), "rows": len(by_imfl), "same_label": same,
-          "max_prob_diff": float(f"{worst:.2g}"), "export_mb": round(size / 2**20, 1), "export_s": round(export_s, 1),
-          "pipeline_s": round(pipeline_s, 1), "imfl_predict_s": round(predict_s, 1)}, args.out)
+    emit(
+        {
+            "run": str(args.run),
+            "test": str(args.test),
+            "rows": len(by_imfl),
+            "same_label": same,
+            "max_prob_diff": float(f"{worst:.2g}"),
+            "export_mb": round(size / 2**20, 1),
+            "export_s": round(export_s, 1),
+            "pipeline_s": round(pipeline_s, 1),
+            "imfl_predict_s": round(predict_s, 1),
+        },
+        args.out,
+    )
 
 
 if __name__ == "__main__":

@@ -62,9 +62,19 @@ def main(argv: list[str] | None = None) -> int:
                 student.fit([e.text for e in train], y, len(labels), text_pairs=pairs(train), target_probs=targets)
                 proba = proba + student.predict_proba([e.text for e in held], text_pairs=pairs(held))
             pred = np.asarray(proba).argmax(axis=1)
-            emit({"data": args.data.name, "seed": seed, "train": len(train), "held_out": len(held), "variant": variant,
-                  "accuracy": round(accuracy_score(gold, pred), 4), "macro_f1": round(f1_score(gold, pred, average="macro"), 4),
-                  "seconds": round(time.time() - start, 1)}, args.out)
+            emit(
+                {
+                    "data": args.data.name,
+                    "seed": seed,
+                    "train": len(train),
+                    "held_out": len(held),
+                    "variant": variant,
+                    "accuracy": round(accuracy_score(gold, pred), 4),
+                    "macro_f1": round(f1_score(gold, pred, average="macro"), 4),
+                    "seconds": round(time.time() - start, 1),
+                },
+                args.out,
+            )
     return 0
 
 

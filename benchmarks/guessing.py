@@ -45,10 +45,15 @@ def check(run_dir: Path) -> dict | None:
     p = np.bincount(gold, minlength=len(labels)) / len(gold)
     accuracy = float(np.mean(pred == gold))
     recall = recall_score(gold, pred, labels=range(len(labels)), average=None, zero_division=0)
-    return {"run": run_dir.name, "accuracy": accuracy, "recorded": metrics[-1]["test_accuracy"],
-            "chance": float(q @ p), "kappa": float(cohen_kappa_score(gold, pred)),
-            "majority": (labels[int(p.argmax())], float(p.max())),
-            "labels": [(label, float(q[k]), float(recall[k])) for k, label in enumerate(labels)]}
+    return {
+        "run": run_dir.name,
+        "accuracy": accuracy,
+        "recorded": metrics[-1]["test_accuracy"],
+        "chance": float(q @ p),
+        "kappa": float(cohen_kappa_score(gold, pred)),
+        "majority": (labels[int(p.argmax())], float(p.max())),
+        "labels": [(label, float(q[k]), float(recall[k])) for k, label in enumerate(labels)],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,12 +68,20 @@ def main(argv: list[str] | None = None) -> int:
             continue
         # The saved student is the one the last round scored: a different accuracy means a different test set or model.
         if round(row["accuracy"], 4) != row["recorded"]:
-            print(f"{run_dir}: the saved student scores {row['accuracy']:.4f} where the run recorded {row['recorded']}",
-                  file=sys.stderr)
+            print(
+                f"{run_dir}: the saved student scores {row['accuracy']:.4f} where the run recorded {row['recorded']}",
+                file=sys.stderr,
+            )
         label, share = row["majority"]
-        per_label = (", ".join(f"{name} {q:.2f} / {r:.2f}" for name, q, r in row["labels"]) if len(row["labels"]) <= MAX_LISTED
-                     else f"{len(row['labels'])} labels, the most answered on {max(q for _, q, _ in row['labels']):.3f}")
-        print(f"| {row['run']} | {row['accuracy']:.3f} | {row['chance']:.3f} | {row['kappa']:.3f} | {label} {share:.3f} | {per_label} |")
+        per_label = (
+            ", ".join(f"{name} {q:.2f} / {r:.2f}" for name, q, r in row["labels"])
+            if len(row["labels"]) <= MAX_LISTED
+            else f"{len(row['labels'])} labels, the most answered on {max(q for _, q, _ in row['labels']):.3f}"
+        )
+        print(
+            f"| {row['run']} | {row['accuracy']:.3f} | {row['chance']:.3f} | {row['kappa']:.3f} "
+            f"| {label} {share:.3f} | {per_label} |"
+        )
     return 0
 
 

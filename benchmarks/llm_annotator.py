@@ -30,12 +30,12 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 
-from imfl.annotators import AnnotationContext, make_llm
-from imfl.fidelity import expected_calibration_error
 from _common import emit
+from imfl.annotators import AnnotationContext, make_llm
 from imfl.config import config_from_dict
 from imfl.data import load_dataset
 from imfl.embeddings import Embedder, embedding_input
+from imfl.fidelity import expected_calibration_error
 from imfl.llm.cache import AnswerCache
 from imfl.llm.retrieval import nearest
 
@@ -43,12 +43,22 @@ from imfl.llm.retrieval import nearest
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, required=True, help="folder with pool.jsonl and test.jsonl")
-    ap.add_argument("--eval", choices=["test", "pool"], default="pool", help="label the test file, or pool items outside the human set")
-    ap.add_argument("--humans", default="200", help="pool items whose gold labels play the human-labeled demonstrations; "
-                    "several comma-separated sizes are nested, and the items are labeled outside the largest")
+    ap.add_argument(
+        "--eval", choices=["test", "pool"], default="pool", help="label the test file, or pool items outside the human set"
+    )
+    ap.add_argument(
+        "--humans",
+        default="200",
+        help="pool items whose gold labels play the human-labeled demonstrations; "
+        "several comma-separated sizes are nested, and the items are labeled outside the largest",
+    )
     ap.add_argument("--n", type=int, default=None, help="label at most this many items (seed-fixed sample)")
-    ap.add_argument("--demos", default="none,random,retrieved", help="comma-separated: none, random, retrieved, balanced; "
-                    "nearest = no LLM, the label of the most similar human-labeled item")
+    ap.add_argument(
+        "--demos",
+        default="none,random,retrieved",
+        help="comma-separated: none, random, retrieved, balanced; "
+        "nearest = no LLM, the label of the most similar human-labeled item",
+    )
     ap.add_argument("--calibrate", action="store_true", help="also report contextual calibration")
     ap.add_argument("--instruction", default="", help="the LLM's instruction ({labels} is replaced); empty = the default")
     ap.add_argument("--seed", type=int, default=0)
@@ -60,12 +70,16 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         sizes = [0]
     if sizes[0] < 1:
-        print(f"--humans {args.humans!r}: give one or more sizes of at least 1, separated by commas, e.g. 50,100,200",
-              file=sys.stderr)
+        print(
+            f"--humans {args.humans!r}: give one or more sizes of at least 1, separated by commas, e.g. 50,100,200",
+            file=sys.stderr,
+        )
         return 2
 
-    settings = {"seed": args.seed, "data": {"pool": str(args.data / "pool.jsonl"), "test": str(args.data / "test.jsonl"),
-                                           "instruction": args.instruction}}
+    settings = {
+        "seed": args.seed,
+        "data": {"pool": str(args.data / "pool.jsonl"), "test": str(args.data / "test.jsonl"), "instruction": args.instruction},
+    }
     cfg = config_from_dict(settings, args.overrides + ["llm.cache=false"], source="benchmark")
     ds = load_dataset(cfg.data)
     rng = np.random.default_rng(args.seed)
@@ -85,21 +99,47 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         cache = AnswerCache(Path(tmp) / "answers.sqlite")
         for size, mode in [(n, m) for n in sizes for m in args.demos.split(",")]:
-            common = {"data": args.data.name, "eval": args.eval, "n": len(items), "humans": size, "demos": mode,
-                      "overrides": args.overrides}
+            common = {
+                "data": args.data.name,
+                "eval": args.eval,
+                "n": len(items),
+                "humans": size,
+                "demos": mode,
+                "overrides": args.overrides,
+            }
             if mode == "nearest":  # no LLM: each item takes the label of its most similar human-labeled item
                 pred = [humans[j].label for j in nearest(emb[len(humans) :], emb[:size], 1)[:, 0]]
-                emit({**common, "annotator": "nearest human label", "k": 1, "calibrate": False,
-                      "accuracy": round(accuracy_score(gold, pred), 4),
-                      "macro_f1": round(f1_score(gold, pred, labels=list(ds.task.labels), average="macro", zero_division=0), 4),
-                      "ece": None, "labeled": len(items), "failed": 0, "predicted": dict(Counter(pred)), "fresh_calls": 0}, args.out)
+                emit(
+                    {
+                        **common,
+                        "annotator": "nearest human label",
+                        "k": 1,
+                        "calibrate": False,
+                        "accuracy": round(accuracy_score(gold, pred), 4),
+                        "macro_f1": round(f1_score(gold, pred, labels=list(ds.task.labels), average="macro", zero_division=0), 4),
+                        "ece": None,
+                        "labeled": len(items),
+                        "failed": 0,
+                        "predicted": dict(Counter(pred)),
+                        "fresh_calls": 0,
+                    },
+                    args.out,
+                )
                 continue
             context = AnnotationContext(1, [(e, e.label) for e in humans[:size]], emb[:size], emb[len(humans) :], seed=args.seed)
             for calibrate in [False, True] if args.calibrate else [False]:
                 demos, balanced = ("retrieved", True) if mode == "balanced" else (mode, False)
-                run_cfg = config_from_dict(settings, args.overrides + [f"llm.demos='{demos}'", f"llm.balanced={str(balanced).lower()}",
-                                                                      f"llm.calibrate={str(calibrate).lower()}", "llm.cache=false"],
-                                           source="benchmark")
+                run_cfg = config_from_dict(
+                    settings,
+                    args.overrides
+                    + [
+                        f"llm.demos='{demos}'",
+                        f"llm.balanced={str(balanced).lower()}",
+                        f"llm.calibrate={str(calibrate).lower()}",
+                        "llm.cache=false",
+                    ],
+                    source="benchmark",
+                )
                 annotator = make_llm(run_cfg, ds.task)
                 annotator.cache = cache
                 if hasattr(annotator.backend, "load"):
@@ -114,12 +154,19 @@ def main(argv: list[str] | None = None) -> int:
                 conf = np.array([a.confidence for a, _ in ok])
                 hit = np.array([p == t for p, t in zip(pred, truth)], dtype=float)
                 row = {
-                    **common, "annotator": annotator.name, "k": run_cfg.llm.k, "calibrate": calibrate,
+                    **common,
+                    "annotator": annotator.name,
+                    "k": run_cfg.llm.k,
+                    "calibrate": calibrate,
                     "accuracy": round(accuracy_score(gold, [a.label for a in out]), 4),
                     "macro_f1": round(f1_score(truth, pred, labels=list(ds.task.labels), average="macro", zero_division=0), 4),
                     "ece": round(expected_calibration_error(conf, hit), 4) if ok else None,
-                    "labeled": len(ok), "failed": len(items) - len(ok), "predicted": dict(Counter(pred)),
-                    "fresh_calls": fresh, "seconds": round(seconds, 1), "calls_per_s": round(fresh / seconds, 3) if fresh else None,
+                    "labeled": len(ok),
+                    "failed": len(items) - len(ok),
+                    "predicted": dict(Counter(pred)),
+                    "fresh_calls": fresh,
+                    "seconds": round(seconds, 1),
+                    "calls_per_s": round(fresh / seconds, 3) if fresh else None,
                 }
                 emit(row, args.out)
     return 0

@@ -40,18 +40,34 @@ def main(argv: list[str] | None = None) -> int:
         if x is None:  # the cached embeddings of the whole pool
             x = np.asarray(Embedder().encode([embedding_input(e.text, e.text_pair) for e in ds.pool]))
         right = llm[rest] == y[rest]
-        common = {"data": args.data.name, "column": args.column, "seed": seed, "human": len(human), "llm_labeled": len(rest),
-                  "llm_right": round(float(right.mean()), 4)}
+        common = {
+            "data": args.data.name,
+            "column": args.column,
+            "seed": seed,
+            "human": len(human),
+            "llm_labeled": len(rest),
+            "llm_right": round(float(right.mean()), 4),
+        }
 
-        def score(keep: np.ndarray | None) -> float:
+        def score(keep: np.ndarray | None, weight: np.ndarray | None = None) -> float:
             idx = human if keep is None else np.r_[human, rest[keep]]
             target = y[human] if keep is None else np.r_[y[human], llm[rest][keep]]
-            model = LogisticRegression(C=10.0, max_iter=2000).fit(x[idx], target)
+            w = None if weight is None else np.r_[np.ones(len(human)), weight[keep]]
+            model = LogisticRegression(C=10.0, max_iter=2000).fit(x[idx], target, sample_weight=w)
             return round(float((model.predict(x[held]) == y[held]).mean()), 4)
 
         def filtered(name: str, keep: np.ndarray) -> None:
-            emit(common | {"variant": name, "kept": round(float(keep.mean()), 4), "precision": round(float(right[keep].mean()), 4),
-                           "recall": round(float((right & keep).sum() / right.sum()), 4), "accuracy": score(keep)}, args.out)
+            emit(
+                common
+                | {
+                    "variant": name,
+                    "kept": round(float(keep.mean()), 4),
+                    "precision": round(float(right[keep].mean()), 4),
+                    "recall": round(float((right & keep).sum() / right.sum()), 4),
+                    "accuracy": score(keep),
+                },
+                args.out,
+            )
 
         emit(common | {"variant": "human labels only", "accuracy": score(None)}, args.out)
         emit(common | {"variant": "human + every LLM label", "accuracy": score(np.ones(len(rest), dtype=bool))}, args.out)
@@ -62,6 +78,29 @@ def main(argv: list[str] | None = None) -> int:
             filtered(f"agrees with the human-only model's top {k}", (ranked[:, :k] == llm[rest][:, None]).any(axis=1))
         nearest = y[human][(x[rest] @ x[human].T).argmax(axis=1)]
         filtered("agrees with the nearest human-labeled item", nearest == llm[rest])
+        # Per-class reliability: the precision of each LLM label, measured where the LLM also labeled the human items
+        # (the fidelity self-check), shrunk towards the LLM's overall accuracy there with a prior worth `strength` items.
+        checked = human[llm[human] >= 0]
+        overall = float((llm[checked] == y[checked]).mean())
+        n_classes = int(max(y.max(), llm.max())) + 1
+        said = np.bincount(llm[checked], minlength=n_classes)
+        said_right = np.bincount(llm[checked][llm[checked] == y[checked]], minlength=n_classes)
+        for strength in (1.0, 4.0):
+            precision = (said_right + strength * overall) / (said + strength)
+            p_rest = precision[llm[rest]]
+            everything = np.ones(len(rest), dtype=bool)
+            emit(
+                common
+                | {
+                    "variant": f"weighted by per-class precision (prior {strength:g})",
+                    "self_check_accuracy": round(overall, 4),
+                    "weight_right": round(float(p_rest[right].mean()), 4),
+                    "weight_wrong": round(float(p_rest[~right].mean()), 4),
+                    "accuracy": score(everything, p_rest),
+                },
+                args.out,
+            )
+            filtered(f"per-class precision >= 0.5 (prior {strength:g})", p_rest >= 0.5)
     return 0
 
 

@@ -35,8 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--human", type=int, default=200)
     ap.add_argument("--held-out", type=int, default=880)
     ap.add_argument("--variants", default="all,small-loss")
-    ap.add_argument("--drop", type=float, default=None, help="small-loss: the share of LLM labels dropped (default: the LLM's "
-                    "error rate on the human-labeled items)")
+    ap.add_argument(
+        "--drop",
+        type=float,
+        default=None,
+        help="small-loss: the share of LLM labels dropped (default: the LLM's error rate on the human-labeled items)",
+    )
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="any run setting, e.g. student.num_threads=1")
     ap.add_argument("--out", type=Path, default=None)
@@ -51,9 +55,16 @@ def main(argv: list[str] | None = None) -> int:
         right = llm[rest] == y[rest]
         answered = human[llm[human] >= 0]
         error_rate = float(np.mean(llm[answered] != y[answered]))
-        common = {"data": args.data.name, "column": args.column, "seed": seed, "human": len(human), "llm_labeled": len(rest),
-                  "llm_right": round(float(right.mean()), 4), "llm_error_on_human_items": round(error_rate, 4),
-                  "overrides": args.overrides}
+        common = {
+            "data": args.data.name,
+            "column": args.column,
+            "seed": seed,
+            "human": len(human),
+            "llm_labeled": len(rest),
+            "llm_right": round(float(right.mean()), 4),
+            "llm_error_on_human_items": round(error_rate, 4),
+            "overrides": args.overrides,
+        }
 
         def train(keep: np.ndarray, epochs: int | None = None):
             idx = np.r_[human, rest[keep]]
@@ -64,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
 
         def score(student) -> dict:
             pred = student.predict_proba(texts(held), text_pairs=pairs(held)).argmax(axis=1)
-            return {"accuracy": round(accuracy_score(y[held], pred), 4), "macro_f1": round(f1_score(y[held], pred, average="macro"), 4)}
+            return {
+                "accuracy": round(accuracy_score(y[held], pred), 4),
+                "macro_f1": round(f1_score(y[held], pred, average="macro"), 4),
+            }
 
         for variant in args.variants.split(","):
             keep = np.ones(len(rest), dtype=bool)
@@ -77,7 +91,11 @@ def main(argv: list[str] | None = None) -> int:
                 loss = -np.log(np.clip(proba[np.arange(len(rest)), llm[rest]], 1e-12, None))
                 share = error_rate if args.drop is None else args.drop
                 keep = loss <= np.quantile(loss, 1 - share)
-                extra = {"dropped": int((~keep).sum()), "dropped_wrong": int((~keep & ~right).sum()), "drop_share": round(share, 4)}
+                extra = {
+                    "dropped": int((~keep).sum()),
+                    "dropped_wrong": int((~keep & ~right).sum()),
+                    "drop_share": round(share, 4),
+                }
             elif variant != "all":
                 raise SystemExit(f"unknown variant {variant!r}: use all, oracle or small-loss")
             emit(common | {"variant": variant, "kept": int(keep.sum())} | extra | score(train(keep)), args.out)

@@ -79,10 +79,24 @@ class Table:
         self.matmul_size = matmul_size
         self.out = out
 
-    def add(self, operation: str, items: int, seconds: float, *, dtype: str = "", flops: float | None = None,
-            unpadded_flops: float | None = None, **extra) -> dict:
-        row = {"operation": operation, "dtype": dtype, "items": items, "seconds": round(seconds, 3),
-               "items_per_s": round(items / seconds, 1) if seconds > 0 else None}
+    def add(
+        self,
+        operation: str,
+        items: int,
+        seconds: float,
+        *,
+        dtype: str = "",
+        flops: float | None = None,
+        unpadded_flops: float | None = None,
+        **extra,
+    ) -> dict:
+        row = {
+            "operation": operation,
+            "dtype": dtype,
+            "items": items,
+            "seconds": round(seconds, 3),
+            "items_per_s": round(items / seconds, 1) if seconds > 0 else None,
+        }
         if flops is not None and seconds > 0:
             row["gflops"] = round(flops / seconds / 1e9, 1)
             if dtype in self.matmul:
@@ -105,13 +119,24 @@ class Table:
         core = {"operation", "dtype", "items", "seconds", "items_per_s", "gflops", "pct_of_matmul", "peak_rss_gib"}
         for r in self.rows:
             notes = ", ".join(f"{k}={v}" for k, v in r.items() if k not in core)
-            t.add_row(r["operation"], r["dtype"], str(r["items"]), f"{r['seconds']:.2f}", str(r.get("items_per_s") or ""),
-                      str(r.get("gflops", "")), str(r.get("pct_of_matmul", "")), notes)
+            t.add_row(
+                r["operation"],
+                r["dtype"],
+                str(r["items"]),
+                f"{r['seconds']:.2f}",
+                str(r.get("items_per_s") or ""),
+                str(r.get("gflops", "")),
+                str(r.get("pct_of_matmul", "")),
+                notes,
+            )
         console = Console(width=200)
         console.print(t)
         if self.matmul:
             best = ", ".join(f"{dtype} {rate:.1f}" for dtype, rate in self.matmul.items())
-            console.print(f"% of matmul: against the best GFLOP/s the {self.matmul_size}x{self.matmul_size} matmul reached in this run ({best})")
+            console.print(
+                f"% of matmul: against the best GFLOP/s the {self.matmul_size}x{self.matmul_size} matmul "
+                f"reached in this run ({best})"
+            )
 
 
 # -- sections ------------------------------------------------------------------------------------------------
@@ -150,10 +175,15 @@ def bench_embed(table: Table, args, ds) -> None:
     embedder, in_bf16 = Embedder(), Embedder()
     st = embedder._load()
     in_bf16._st = _bf16(st)  # the same Embedder on a bfloat16 copy of the model
-    runs = [("embed pool, sentence-transformers encode (batches of 64 sorted by characters)", "float32",
-             lambda x: st.encode(x, batch_size=64, normalize_embeddings=True, convert_to_numpy=True)),
-            ("embed pool, Embedder (batches of 64 sorted by tokens)", "float32", embedder.compute),
-            ("embed pool, Embedder (batches of 64 sorted by tokens)", "bfloat16", in_bf16.compute)]
+    runs = [
+        (
+            "embed pool, sentence-transformers encode (batches of 64 sorted by characters)",
+            "float32",
+            lambda x: st.encode(x, batch_size=64, normalize_embeddings=True, convert_to_numpy=True),
+        ),
+        ("embed pool, Embedder (batches of 64 sorted by tokens)", "float32", embedder.compute),
+        ("embed pool, Embedder (batches of 64 sorted by tokens)", "bfloat16", in_bf16.compute),
+    ]
     # the FLOPs without padding: each text on its own
     useful = counted_flops(lambda: [embedder.compute([t]) for t in texts])
     base = None
@@ -166,7 +196,9 @@ def bench_embed(table: Table, args, ds) -> None:
             base = emb
         else:
             extra["min_cosine_vs_first"] = round(float((emb * base).sum(axis=1).min()), 6)
-        table.add(name, len(texts), seconds, dtype=dtype, flops=counted_flops(lambda: encode(texts)), unpadded_flops=useful, **extra)
+        table.add(
+            name, len(texts), seconds, dtype=dtype, flops=counted_flops(lambda: encode(texts)), unpadded_flops=useful, **extra
+        )
 
 
 def _student(args, **kw):
@@ -191,8 +223,14 @@ def bench_predict(table: Table, args, ds) -> None:
         predict = lambda: student.predict_proba(test_x, text_pairs=test_pairs)  # noqa: E731
         seconds, proba = timed(predict, repeat=2)
         acc = float((proba.argmax(axis=1) == np.array(test_y)).mean())
-        table.add(f"student predict_proba (test set; trained on {len(texts)} pool items)", len(test_x), seconds, dtype=dtype,
-                  flops=counted_flops(predict), test_accuracy=round(acc, 4))
+        table.add(
+            f"student predict_proba (test set; trained on {len(texts)} pool items)",
+            len(test_x),
+            seconds,
+            dtype=dtype,
+            flops=counted_flops(predict),
+            test_accuracy=round(acc, 4),
+        )
 
 
 def bench_train(table: Table, args, ds) -> None:
@@ -202,8 +240,14 @@ def bench_train(table: Table, args, ds) -> None:
         student = _student(args, train_dtype=dtype, predict_dtype="float32", epochs=args.epochs)
         seconds, _ = timed(lambda s=student: s.fit(texts, y, len(ds.task.labels), text_pairs=pairs))
         acc = float((student.predict_proba(test_x, text_pairs=test_pairs).argmax(axis=1) == np.array(test_y)).mean())
-        table.add(f"student LoRA training, {student.epochs_run_} epochs of {len(texts)} items", student.epochs_run_ * len(texts),
-                  seconds, dtype=dtype, seconds_per_epoch=round(seconds / student.epochs_run_, 1), test_accuracy=round(acc, 4))
+        table.add(
+            f"student LoRA training, {student.epochs_run_} epochs of {len(texts)} items",
+            student.epochs_run_ * len(texts),
+            seconds,
+            dtype=dtype,
+            seconds_per_epoch=round(seconds / student.epochs_run_, 1),
+            test_accuracy=round(acc, 4),
+        )
 
 
 def bench_llm(table: Table, args, ds) -> None:
@@ -215,18 +259,30 @@ def bench_llm(table: Table, args, ds) -> None:
 
     humans, items = ds.pool[: args.fit_items], ds.pool[args.fit_items : args.fit_items + args.llm_items]
     emb = Embedder().encode([embedding_input(e.text, e.text_pair) for e in humans + items])
-    demos = nearest(emb[len(humans):], emb[: len(humans)], args.k)
-    prompts = [build_messages(ds.task.instruction, ds.task.labels, e.text, e.text_pair,
-                              [Demo(humans[j].id, humans[j].text, humans[j].label, humans[j].text_pair) for j in row[::-1]])
-               for e, row in zip(items, demos)]
+    demos = nearest(emb[len(humans) :], emb[: len(humans)], args.k)
+    prompts = [
+        build_messages(
+            ds.task.instruction,
+            ds.task.labels,
+            e.text,
+            e.text_pair,
+            [Demo(humans[j].id, humans[j].text, humans[j].label, humans[j].text_pair) for j in row[::-1]],
+        )
+        for e, row in zip(items, demos)
+    ]
     labels = list(ds.task.labels)
     fp32 = LocalBackend(batch_size=args.llm_batch, dtype="float32")
     fp32.load()
     fp32.score(prompts[:2], labels)  # warm-up
     n_tokens = sum(len(fp32._render(p)) for p in prompts)
     slow_s, slow = timed(lambda: fp32.score_one_by_one(prompts, labels))
-    table.add(f"LLM scoring, naive: one forward per label ({len(labels)} labels)", len(prompts), slow_s, dtype="float32",
-              prompt_tokens=n_tokens)
+    table.add(
+        f"LLM scoring, naive: one forward per label ({len(labels)} labels)",
+        len(prompts),
+        slow_s,
+        dtype="float32",
+        prompt_tokens=n_tokens,
+    )
     shared = local.MIN_SHARED_PREFIX
     try:
         local.MIN_SHARED_PREFIX = 10**9  # the shared prefix computed with every prompt
@@ -234,20 +290,38 @@ def bench_llm(table: Table, args, ds) -> None:
     finally:
         local.MIN_SHARED_PREFIX = shared
     diff = float(np.abs(np.exp(plain) - np.exp(slow)).max())
-    table.add(f"LLM scoring, labels in one pass, batches of {args.llm_batch}", len(prompts), plain_s, dtype="float32",
-              speedup_vs_naive=round(slow_s / plain_s, 2), max_prob_diff=f"{diff:.1e}")
+    table.add(
+        f"LLM scoring, labels in one pass, batches of {args.llm_batch}",
+        len(prompts),
+        plain_s,
+        dtype="float32",
+        speedup_vs_naive=round(slow_s / plain_s, 2),
+        max_prob_diff=f"{diff:.1e}",
+    )
     fast_s, fast = timed(lambda: fp32.score(prompts, labels))
     diff = float(np.abs(np.exp(fast) - np.exp(slow)).max())
-    table.add("LLM scoring, + shared prefix computed once", len(prompts), fast_s, dtype="float32",
-              speedup_vs_naive=round(slow_s / fast_s, 2), max_prob_diff=f"{diff:.1e}",
-              same_choice=bool((fast.argmax(axis=1) == slow.argmax(axis=1)).all()))
+    table.add(
+        "LLM scoring, + shared prefix computed once",
+        len(prompts),
+        fast_s,
+        dtype="float32",
+        speedup_vs_naive=round(slow_s / fast_s, 2),
+        max_prob_diff=f"{diff:.1e}",
+        same_choice=bool((fast.argmax(axis=1) == slow.argmax(axis=1)).all()),
+    )
     bf16 = LocalBackend(batch_size=args.llm_batch, dtype="bfloat16")
     bf16.score(prompts[:2], labels)
     bf_s, bf = timed(lambda: bf16.score(prompts, labels))
     gold = np.array([labels.index(e.label) for e in items])
-    table.add("LLM scoring, + shared prefix, bfloat16", len(prompts), bf_s, dtype="bfloat16", speedup_vs_naive=round(slow_s / bf_s, 2),
-              accuracy=round(float((bf.argmax(axis=1) == gold).mean()), 4),
-              accuracy_fp32=round(float((fast.argmax(axis=1) == gold).mean()), 4))
+    table.add(
+        "LLM scoring, + shared prefix, bfloat16",
+        len(prompts),
+        bf_s,
+        dtype="bfloat16",
+        speedup_vs_naive=round(slow_s / bf_s, 2),
+        accuracy=round(float((bf.argmax(axis=1) == gold).mean()), 4),
+        accuracy_fp32=round(float((fast.argmax(axis=1) == gold).mean()), 4),
+    )
 
 
 def bench_ray(table: Table, args, ds) -> None:
@@ -287,7 +361,9 @@ def synthetic_pool(n: int, dim: int, components: int, seed: int) -> tuple[np.nda
     truth = rng.integers(0, components, size=n)
     x = np.empty((n, dim), dtype=np.float32)
     for lo in range(0, n, 100_000):
-        part = centres[truth[lo : lo + 100_000]] + 0.35 * rng.standard_normal((len(truth[lo : lo + 100_000]), dim), dtype=np.float32) / np.sqrt(dim)
+        part = centres[truth[lo : lo + 100_000]] + 0.35 * rng.standard_normal(
+            (len(truth[lo : lo + 100_000]), dim), dtype=np.float32
+        ) / np.sqrt(dim)
         x[lo : lo + len(part)] = part / np.linalg.norm(part, axis=1, keepdims=True)
     return x, truth
 
@@ -297,8 +373,11 @@ def _coverage(x: np.ndarray, picked: np.ndarray, truth: np.ndarray, unc: np.ndar
     sample), and the mean uncertainty picked (exploitation)."""
     sample = np.random.default_rng(0).choice(len(x), size=min(len(x), 20_000), replace=False)
     nearest = (x[sample] @ x[picked].T).max(axis=1)
-    return {"components_hit": int(len(set(truth[picked]))), "mean_cos_to_nearest_pick": round(float(nearest.mean()), 4),
-            "mean_uncertainty_picked": round(float(unc[picked].mean()), 4)}
+    return {
+        "components_hit": int(len(set(truth[picked]))),
+        "mean_cos_to_nearest_pick": round(float(nearest.mean()), 4),
+        "mean_uncertainty_picked": round(float(unc[picked].mean()), 4),
+    }
 
 
 def bench_select(table: Table, args) -> None:
@@ -312,15 +391,28 @@ def bench_select(table: Table, args) -> None:
         x, truth = synthetic_pool(n, 384, components, args.seed)
         unc = np.random.default_rng(args.seed + 1).random(n)
         # what the loop fits on past KMEANS_EXACT_MAX; on a pool it clusters exactly, the per-cluster minimum
-        sampled = max(strategies.KMEANS_SAMPLE, strategies.KMEANS_PER_CLUSTER * n_clusters) if n > strategies.KMEANS_EXACT_MAX \
+        sampled = (
+            max(strategies.KMEANS_SAMPLE, strategies.KMEANS_PER_CLUSTER * n_clusters)
+            if n > strategies.KMEANS_EXACT_MAX
             else strategies.KMEANS_PER_CLUSTER * n_clusters
+        )
         if n <= strategies.KMEANS_EXACT_MAX:  # the loop clusters exactly here: compare with the sampled path
-            runs = [("EEQ, exact k-means (as the loop runs it)", lambda: eeq(x, unc, n_clusters, args.seed), {}),
-                    ("EEQ, k-means on a sample + nearest-centre assignment",
-                     lambda: strategies._per_cluster(x, n_clusters, args.seed, unc, sample=sampled), {"fit_rows": sampled})]
+            runs = [
+                ("EEQ, exact k-means (as the loop runs it)", lambda: eeq(x, unc, n_clusters, args.seed), {}),
+                (
+                    "EEQ, k-means on a sample + nearest-centre assignment",
+                    lambda: strategies._per_cluster(x, n_clusters, args.seed, unc, sample=sampled),
+                    {"fit_rows": sampled},
+                ),
+            ]
         else:
-            runs = [("EEQ, k-means on a sample + nearest-centre assignment (as the loop runs it)",
-                     lambda: eeq(x, unc, n_clusters, args.seed), {"fit_rows": sampled})]
+            runs = [
+                (
+                    "EEQ, k-means on a sample + nearest-centre assignment (as the loop runs it)",
+                    lambda: eeq(x, unc, n_clusters, args.seed),
+                    {"fit_rows": sampled},
+                )
+            ]
 
         def minibatch():
             assign = MiniBatchKMeans(n_clusters, batch_size=4096, n_init=1, random_state=args.seed).fit_predict(x)
@@ -330,7 +422,9 @@ def bench_select(table: Table, args) -> None:
         runs.append(("EEQ, MiniBatchKMeans (sklearn, batches of 4096)", minibatch, {}))
         for name, fn, extra in runs:
             seconds, picked = timed(fn)
-            table.add(f"{name}: {n_clusters} of {n:,} x 384", n, seconds, dtype="float32", **extra, **_coverage(x, picked, truth, unc))
+            table.add(
+                f"{name}: {n_clusters} of {n:,} x 384", n, seconds, dtype="float32", **extra, **_coverage(x, picked, truth, unc)
+            )
 
 
 def machine_line() -> str:
@@ -338,19 +432,37 @@ def machine_line() -> str:
 
     cpu = platform.processor()
     with contextlib.suppress(OSError):
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), cpu)
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, Python {platform.python_version()}"
+        cpu = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            cpu,
+        )
+    return (
+        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"Python {platform.python_version()}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "fpb",
-                    help="folder with pool.jsonl and test.jsonl (default ../shared/data/fpb)")
+    ap.add_argument(
+        "--data",
+        type=Path,
+        default=Path(__file__).resolve().parents[2] / "shared" / "data" / "fpb",
+        help="folder with pool.jsonl and test.jsonl (default ../shared/data/fpb)",
+    )
     ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {', '.join(SECTIONS)}")
     ap.add_argument("--matmul-size", type=int, default=4096)
     ap.add_argument("--embed-items", type=int, default=2000)
-    ap.add_argument("--fit-items", type=int, default=200, help="pool items the student is fitted on for predict (and the LLM's demonstrations)")
+    ap.add_argument(
+        "--fit-items",
+        type=int,
+        default=200,
+        help="pool items the student is fitted on for predict (and the LLM's demonstrations)",
+    )
     ap.add_argument("--train-items", type=int, default=1000)
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--llm-items", type=int, default=48)
@@ -376,7 +488,9 @@ def main(argv: list[str] | None = None) -> int:
         from imfl.config import config_from_dict
         from imfl.data import load_dataset
 
-        cfg = config_from_dict({"data": {"pool": str(args.data / "pool.jsonl"), "test": str(args.data / "test.jsonl")}}, source="perf")
+        cfg = config_from_dict(
+            {"data": {"pool": str(args.data / "pool.jsonl"), "test": str(args.data / "test.jsonl")}}, source="perf"
+        )
         ds = load_dataset(cfg.data)
         # The pool file is ordered (its first 200 items are 88% positive): every section takes a seeded shuffle.
         pool = list(ds.pool)

@@ -82,9 +82,14 @@ def run_predict(model: Path, src: Path, out: Path, log: Path, batch_size: int) -
     first = [rss for t, rss in samples if t < half]
     second = [rss for t, rss in samples if t >= half]
     lines = log.read_text(encoding="utf-8").strip().splitlines()
-    return {"exit": proc.returncode, "seconds": seconds, "peak_rss_mib": usage.ru_maxrss / 1024,  # ru_maxrss: KiB on Linux
-            "rss_first_half_mib": max(first, default=0) / 2**20, "rss_second_half_mib": max(second, default=0) / 2**20,
-            "summary": lines[-1] if lines else ""}
+    return {
+        "exit": proc.returncode,
+        "seconds": seconds,
+        "peak_rss_mib": usage.ru_maxrss / 1024,  # ru_maxrss: KiB on Linux
+        "rss_first_half_mib": max(first, default=0) / 2**20,
+        "rss_second_half_mib": max(second, default=0) / 2**20,
+        "summary": lines[-1] if lines else "",
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,8 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "fpb", help="folder with pool.jsonl")
     ap.add_argument("--rows", default="10000,100000", help="comma-separated input sizes (rows)")
     ap.add_argument("--model", type=Path, default=None, help="a model directory for imfl predict (default: train a tiny student)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads of the student trained here (saved with it, so "
-                    "also what imfl predict uses); 1 on a CPU shared with other busy processes")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of the student trained here (saved with it, so "
+        "also what imfl predict uses); 1 on a CPU shared with other busy processes",
+    )
     ap.add_argument("--batch-size", type=int, default=64, help="imfl predict --batch-size")
     ap.add_argument("--out", type=Path, default=None, help="append the JSON lines here as well")
     ap.add_argument("--train-to", type=Path, default=None, help=argparse.SUPPRESS)  # the training subprocess
@@ -110,8 +120,12 @@ def main(argv: list[str] | None = None) -> int:
         model, train_seconds = args.model, None
         if model is None:
             model = tmp / "student"
-            done = subprocess.run([sys.executable, __file__, "--data", str(args.data), "--threads", str(args.threads),
-                                   "--train-to", str(model)], capture_output=True, text=True, check=False)
+            done = subprocess.run(
+                [sys.executable, __file__, "--data", str(args.data), "--threads", str(args.threads), "--train-to", str(model)],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
             if done.returncode != 0:
                 print(f"training the student failed:\n{done.stderr[-3000:]}", file=sys.stderr)
                 return 1
@@ -125,16 +139,26 @@ def main(argv: list[str] | None = None) -> int:
                 with out.open(encoding="utf-8") as fh:
                     written = sum(1 for _ in fh)
             reported = re.search(r"model loaded in ([\d.]+) s, then (\d+) rows/s", result["summary"])
-            emit({
-                "rows": n, "written": written, "exit": result["exit"], "model": "tiny student (trained here)" if args.model is None else str(args.model),
-                "train_seconds": train_seconds, "input_mib": round(src.stat().st_size / 2**20, 1),
-                "seconds": round(result["seconds"], 1), "rows_per_s": round(n / result["seconds"], 1),
-                "load_seconds": float(reported.group(1)) if reported else None,
-                "rows_per_s_after_load": int(reported.group(2)) if reported else None,
-                "peak_rss_mib": round(result["peak_rss_mib"]), "rss_first_half_mib": round(result["rss_first_half_mib"]),
-                "rss_second_half_mib": round(result["rss_second_half_mib"]),
-                "cpu": os.cpu_count(), "batch_size": args.batch_size,
-            }, args.out)
+            emit(
+                {
+                    "rows": n,
+                    "written": written,
+                    "exit": result["exit"],
+                    "model": "tiny student (trained here)" if args.model is None else str(args.model),
+                    "train_seconds": train_seconds,
+                    "input_mib": round(src.stat().st_size / 2**20, 1),
+                    "seconds": round(result["seconds"], 1),
+                    "rows_per_s": round(n / result["seconds"], 1),
+                    "load_seconds": float(reported.group(1)) if reported else None,
+                    "rows_per_s_after_load": int(reported.group(2)) if reported else None,
+                    "peak_rss_mib": round(result["peak_rss_mib"]),
+                    "rss_first_half_mib": round(result["rss_first_half_mib"]),
+                    "rss_second_half_mib": round(result["rss_second_half_mib"]),
+                    "cpu": os.cpu_count(),
+                    "batch_size": args.batch_size,
+                },
+                args.out,
+            )
             if result["exit"] != 0:
                 print(f"imfl predict exited with {result['exit']}: {result['summary']}", file=sys.stderr)
                 return 1

@@ -50,8 +50,13 @@ def check(run_dir: Path, labels: tuple[str, ...], last_round: int) -> dict | Non
     if not n:
         return None
     known = [a for a in stand_in if a is not None]
-    return {"run": run_dir.name, "items": n, "student": round(student_right / n, 4), "llm": round(llm_right / n, 4),
-            "stand_in": (round(min(known), 4), round(max(known), 4)) if known else None}
+    return {
+        "run": run_dir.name,
+        "items": n,
+        "student": round(student_right / n, 4),
+        "llm": round(llm_right / n, 4),
+        "stand_in": (round(min(known), 4), round(max(known), 4)) if known else None,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     for seed in (int(s) for s in args.seeds.split(",")):
-        cfg = config_from_dict({"seed": seed, "data": {"pool": str(args.data / "pool.jsonl")}}, args.overrides, source="benchmark")
+        cfg = config_from_dict(
+            {"seed": seed, "data": {"pool": str(args.data / "pool.jsonl")}}, args.overrides, source="benchmark"
+        )
         ds = load_dataset(cfg.data)
         labels = list(ds.task.labels)
         pool = list(ds.pool)
@@ -51,7 +53,10 @@ def main(argv: list[str] | None = None) -> int:
 
         def score(student) -> dict:
             pred = student.predict_proba([e.text for e in held], text_pairs=pairs(held)).argmax(axis=1)
-            return {"accuracy": round(accuracy_score(gold_held, pred), 4), "macro_f1": round(f1_score(gold_held, pred, average="macro"), 4)}
+            return {
+                "accuracy": round(accuracy_score(gold_held, pred), 4),
+                "macro_f1": round(f1_score(gold_held, pred, average="macro"), 4),
+            }
 
         base = make_student(cfg, seed).fit([e.text for e in train], y_train, len(labels), text_pairs=pairs(train))
         common = {"data": args.data.name, "seed": seed, "train": len(train), "held_out": len(held), "overrides": args.overrides}
@@ -64,11 +69,18 @@ def main(argv: list[str] | None = None) -> int:
                 y_extra = proba[pick].argmax(axis=1)
                 right = float(np.mean([labels.index(e.label) == y for e, y in zip(extra, y_extra)]))
                 student = make_student(cfg, seed).fit(
-                    [e.text for e in train + extra], y_train + y_extra.tolist(), len(labels),
+                    [e.text for e in train + extra],
+                    y_train + y_extra.tolist(),
+                    len(labels),
                     text_pairs=None if pairs(train) is None else pairs(train) + pairs(extra),
-                    sample_weight=[1.0] * len(train) + [args.weight] * len(extra))
-                emit(common | {"variant": f"+{k} pseudo ({mode}, weight {args.weight:g})", "pseudo_right": round(right, 4)}
-                     | score(student), args.out)
+                    sample_weight=[1.0] * len(train) + [args.weight] * len(extra),
+                )
+                emit(
+                    common
+                    | {"variant": f"+{k} pseudo ({mode}, weight {args.weight:g})", "pseudo_right": round(right, 4)}
+                    | score(student),
+                    args.out,
+                )
     return 0
 
 

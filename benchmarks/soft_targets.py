@@ -48,23 +48,42 @@ def main(argv: list[str] | None = None) -> int:
         asked = [pool[i] for i in order[args.held_out + args.human : args.held_out + args.human + args.llm_items]]
         embed = Embedder(cache=None)
         vectors = np.asarray(embed.encode([embedding_input(e.text, e.text_pair) for e in human + asked]))
-        context = AnnotationContext(round=1, human_labeled=[(e, e.label) for e in human], human_embeddings=vectors[: len(human)],
-                                    item_embeddings=vectors[len(human) :], seed=seed * 1000 + 1)
+        context = AnnotationContext(
+            round=1,
+            human_labeled=[(e, e.label) for e in human],
+            human_embeddings=vectors[: len(human)],
+            item_embeddings=vectors[len(human) :],
+            seed=seed * 1000 + 1,
+        )
         answers = [a for a in make_llm(cfg, task).annotate(asked, context) if a.ok]
         by_id = {e.id: e for e in asked}
         labeled = [by_id[a.item_id] for a in answers]
         right = float(np.mean([a.label == by_id[a.item_id].label for a in answers]))
-        common = {"data": cfg.data.pool.parent.name, "seed": seed, "human": len(human), "llm_labels": len(answers),
-                  "llm_right": round(right, 4), "llm_mean_confidence": round(float(np.mean([a.confidence or 0 for a in answers])), 4)}
+        common = {
+            "data": cfg.data.pool.parent.name,
+            "seed": seed,
+            "human": len(human),
+            "llm_labels": len(answers),
+            "llm_right": round(right, 4),
+            "llm_mean_confidence": round(float(np.mean([a.confidence or 0 for a in answers])), 4),
+        }
         gold_held = [task.index(e.label) for e in held]
         pairs = (lambda rows: [e.text_pair for e in rows]) if task.has_pair else (lambda rows: None)
 
         def score(name: str, rows, labels, target_probs=None) -> None:
-            student = make_student(cfg, seed).fit([e.text for e in rows], labels, len(task.labels), text_pairs=pairs(rows),
-                                                  target_probs=target_probs)
+            student = make_student(cfg, seed).fit(
+                [e.text for e in rows], labels, len(task.labels), text_pairs=pairs(rows), target_probs=target_probs
+            )
             pred = student.predict_proba([e.text for e in held], text_pairs=pairs(held)).argmax(axis=1)
-            emit(common | {"variant": name, "accuracy": round(accuracy_score(gold_held, pred), 4),
-                           "macro_f1": round(f1_score(gold_held, pred, average="macro"), 4)}, args.out)
+            emit(
+                common
+                | {
+                    "variant": name,
+                    "accuracy": round(accuracy_score(gold_held, pred), 4),
+                    "macro_f1": round(f1_score(gold_held, pred, average="macro"), 4),
+                },
+                args.out,
+            )
 
         y_human = [task.index(e.label) for e in human]
         score("human labels only", human, y_human)

@@ -30,11 +30,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train", default="200,1000", help="comma-separated training-set sizes")
     ap.add_argument("--held-out", type=int, default=1000, help="pool items to score on (disjoint from every training set)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--set", dest="overrides", action="append", default=[], help="any run setting, e.g. student.train_dtype=bfloat16")
+    ap.add_argument(
+        "--set", dest="overrides", action="append", default=[], help="any run setting, e.g. student.train_dtype=bfloat16"
+    )
     ap.add_argument("--out", type=Path, default=None, help="append the JSON lines here as well")
     args = ap.parse_args(argv)
 
-    cfg = config_from_dict({"seed": args.seed, "data": {"pool": str(args.data / "pool.jsonl")}}, args.overrides, source="benchmark")
+    cfg = config_from_dict(
+        {"seed": args.seed, "data": {"pool": str(args.data / "pool.jsonl")}}, args.overrides, source="benchmark"
+    )
     ds = load_dataset(cfg.data)
     labels = list(ds.task.labels)
     pool = list(ds.pool)
@@ -52,10 +56,16 @@ def main(argv: list[str] | None = None) -> int:
         pred_s = time.perf_counter() - start
         gold = [labels.index(e.label) for e in held]
         row = {
-            "data": args.data.name, "train": len(train), "held_out": len(held), "overrides": args.overrides,
-            "epochs": student.epochs_run_, "fit_seconds": round(fit_s, 1), "train_items_per_s": round(student.epochs_run_ * len(train) / fit_s, 1),
+            "data": args.data.name,
+            "train": len(train),
+            "held_out": len(held),
+            "overrides": args.overrides,
+            "epochs": student.epochs_run_,
+            "fit_seconds": round(fit_s, 1),
+            "train_items_per_s": round(student.epochs_run_ * len(train) / fit_s, 1),
             "predict_items_per_s": round(len(held) / pred_s, 1),
-            "accuracy": round(accuracy_score(gold, pred), 4), "macro_f1": round(f1_score(gold, pred, average="macro"), 4),
+            "accuracy": round(accuracy_score(gold, pred), 4),
+            "macro_f1": round(f1_score(gold, pred, average="macro"), 4),
         }
         emit(row, args.out)
     return 0

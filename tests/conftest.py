@@ -59,6 +59,18 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture
+def tiny_data(tmp_path) -> dict[str, Path]:
+    """A made-up pool (12 items, 4 per label) and test file (6 items) in the shared format, for the quick tests that
+    need data files but no real sentences: nothing is read from the shared datasets."""
+    d = tmp_path / "tiny-data"
+    d.mkdir()
+    labels = ("neutral", "positive", "negative")
+    pool = [{"id": f"p{i}", "text": f"pool sentence number {i}", "label": labels[i % 3]} for i in range(12)]
+    test = [{"id": f"t{i}", "text": f"held-out sentence number {i}", "label": labels[i % 3]} for i in range(6)]
+    return {"pool": write_jsonl(d / "pool.jsonl", pool), "test": write_jsonl(d / "test.jsonl", test)}
+
+
 @pytest.fixture(scope="session")
 def fpb_rows() -> dict[str, list[dict]]:
     return {"pool": read_jsonl(SHARED_DATA / "fpb" / "pool.jsonl"), "test": read_jsonl(SHARED_DATA / "fpb" / "test.jsonl")}
@@ -103,4 +115,6 @@ def imfl(*args, env=None, timeout=900):
 
 def cells(results: Path) -> dict[str, dict]:
     """The cell JSONs of an `imfl bench` results folder, by cell id."""
-    return {json.loads(p.read_text())["cell"]["id"]: json.loads(p.read_text()) for p in sorted((results / "cells").glob("*.json"))}
+    return {
+        json.loads(p.read_text())["cell"]["id"]: json.loads(p.read_text()) for p in sorted((results / "cells").glob("*.json"))
+    }

@@ -15,23 +15,39 @@ def text_completion(text: str, top_logprobs: dict[str, float]) -> dict:
     """A legacy ``/v1/completions`` answer with its first token's alternatives (OpenAI's old format)."""
     first = max(top_logprobs, key=top_logprobs.get)
     logprobs = {"tokens": [first], "token_logprobs": [top_logprobs[first]], "top_logprobs": [top_logprobs], "text_offset": [0]}
-    return {"id": "x", "object": "text_completion", "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 40, "completion_tokens": 1}}
+    return {
+        "id": "x",
+        "object": "text_completion",
+        "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 40, "completion_tokens": 1},
+    }
 
 
-def completion(content: str | list[str], top_logprobs: dict[str, float] | None = None, prompt_tokens: int = 50,
-               completion_tokens: int = 2) -> dict:
+def completion(
+    content: str | list[str], top_logprobs: dict[str, float] | None = None, prompt_tokens: int = 50, completion_tokens: int = 2
+) -> dict:
     contents = [content] if isinstance(content, str) else content
     choices = []
     for i, c in enumerate(contents):
         choice = {"index": i, "message": {"role": "assistant", "content": c}, "finish_reason": "stop"}
         if top_logprobs is not None:
             first = max(top_logprobs, key=top_logprobs.get)
-            choice["logprobs"] = {"content": [{"token": first, "logprob": top_logprobs[first],
-                                               "top_logprobs": [{"token": t, "logprob": lp} for t, lp in top_logprobs.items()]}]}
+            choice["logprobs"] = {
+                "content": [
+                    {
+                        "token": first,
+                        "logprob": top_logprobs[first],
+                        "top_logprobs": [{"token": t, "logprob": lp} for t, lp in top_logprobs.items()],
+                    }
+                ]
+            }
         choices.append(choice)
-    return {"id": "x", "object": "chat.completion", "choices": choices,
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens * len(choices)}}
+    return {
+        "id": "x",
+        "object": "chat.completion",
+        "choices": choices,
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens * len(choices)},
+    }
 
 
 class FaultServer:
@@ -93,7 +109,7 @@ class FaultServer:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def __enter__(self) -> "FaultServer":
+    def __enter__(self) -> FaultServer:
         self.thread.start()
         return self
 

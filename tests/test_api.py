@@ -44,9 +44,10 @@ report["shape"] = list(vectors.shape)
 report["after a model"] = changed(baseline)
 report["own variables"] = sorted(k for k in os.environ if k.startswith(%r))
 print(json.dumps(report))
-""" % (OWN_PREFIXES,)
+""" % (OWN_PREFIXES,)  # noqa: UP031 - a script template: str.format would need every brace in it doubled
 
 
+@pytest.mark.slow
 def test_import_and_models_leave_the_environment_alone(imfl_cache):
     env = {k: v for k, v in os.environ.items() if not k.startswith(OWN_PREFIXES)}
     env["IMFL_CACHE"] = str(imfl_cache)
@@ -102,13 +103,18 @@ class TeamLabels:
 
     def annotate(self, items, context):
         self.asked += [e.id for e in items]
-        return [imfl.Annotation(e.id, context.round, "human", self.name, self.gold[e.id], confidence=1.0, cost=2.0)
-                for e in items]
+        return [
+            imfl.Annotation(e.id, context.round, "human", self.name, self.gold[e.id], confidence=1.0, cost=2.0) for e in items
+        ]
 
 
 def tiny(small_fpb, out, cache, name="api", **over):
     settings = {
-        "name": name, "seed": 0, "strategy": "imfl", "output_dir": str(out), "cache_dir": str(cache),
+        "name": name,
+        "seed": 0,
+        "strategy": "imfl",
+        "output_dir": str(out),
+        "cache_dir": str(cache),
         "data": {"pool": str(small_fpb["pool"]), "test": str(small_fpb["test"])},
         "budget": {"total": 30, "human": 10, "rounds": 2},
         "student": {"epochs": 1, "min_steps": 0, "max_length": 32, "batch_size": 16},
@@ -124,6 +130,7 @@ def custom_run(tmp_path_factory, small_fpb, imfl_cache):
     return cfg, llm, human, gold, imfl.run(cfg, llm=llm, human=human)
 
 
+@pytest.mark.slow
 def test_a_run_with_annotator_objects_records_their_labels(custom_run, small_fpb):
     cfg, llm, human, gold, result = custom_run
     texts = {r["id"]: r["text"] for r in read_jsonl(small_fpb["pool"])}
@@ -146,6 +153,7 @@ def test_a_run_with_annotator_objects_records_their_labels(custom_run, small_fpb
     assert cfg.llm.annotator == "local"  # the caller's config is left as it was
 
 
+@pytest.mark.slow
 def test_the_result_gives_the_trained_student(custom_run):
     cfg, llm, human, gold, result = custom_run
     texts = ["Operating profit rose to EUR 13.1 mn from EUR 8.7 mn.", "The company will cut 200 jobs.", "It is in Espoo."]
@@ -156,6 +164,7 @@ def test_the_result_gives_the_trained_student(custom_run):
     assert predicted == [result.student.classes_[i] for i in proba.argmax(axis=1)]
 
 
+@pytest.mark.slow
 def test_continuing_needs_the_same_objects_again(custom_run):
     cfg, llm, human, gold, result = custom_run
     with pytest.raises(imfl.ConfigError) as err:  # the configured annotators instead of the objects
@@ -180,12 +189,17 @@ class Answers:
         return self.answer(items)
 
 
-@pytest.mark.parametrize("answer, message", [
-    (lambda items: ["neutral"] * (len(items) - 1), r"Answers\.annotate returned \d+ answers for \d+ items"),
-    (lambda items: ["Positive"] * len(items), r"Answers gave item 'fpb-\d+' the label 'Positive', which is not one of"),
-    (lambda items: [1] * len(items), r"returned int 1 for item 'fpb-\d+'"),
-    (lambda items: "neutral", r"returned str 'neutral' for \d+ items"),
-], ids=["count", "label", "type", "string"])
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "answer, message",
+    [
+        (lambda items: ["neutral"] * (len(items) - 1), r"Answers\.annotate returned \d+ answers for \d+ items"),
+        (lambda items: ["Positive"] * len(items), r"Answers gave item 'fpb-\d+' the label 'Positive', which is not one of"),
+        (lambda items: [1] * len(items), r"returned int 1 for item 'fpb-\d+'"),
+        (lambda items: "neutral", r"returned str 'neutral' for \d+ items"),
+    ],
+    ids=["count", "label", "type", "string"],
+)
 def test_wrong_answers_stop_the_run_with_one_line(answer, message, tmp_path, small_fpb, imfl_cache):
     with pytest.raises(imfl.AnnotatorError, match=message) as err:
         imfl.run(tiny(small_fpb, tmp_path, imfl_cache), llm=Answers(answer))
@@ -194,8 +208,8 @@ def test_wrong_answers_stop_the_run_with_one_line(answer, message, tmp_path, sma
     assert not labels.exists() or all(r["source"] == "human" for r in read_jsonl(labels))
 
 
-def test_an_object_without_annotate_is_refused_at_once(small_fpb, tmp_path, imfl_cache):
-    cfg = tiny(small_fpb, tmp_path, imfl_cache)
+def test_an_object_without_annotate_is_refused_at_once(tiny_data, tmp_path, imfl_cache):
+    cfg = tiny(tiny_data, tmp_path, imfl_cache)
     with pytest.raises(imfl.AnnotatorError, match="got the class KeywordRule, not an object"):
         imfl.run(cfg, llm=KeywordRule)
     with pytest.raises(imfl.AnnotatorError, match="has no method annotate"):

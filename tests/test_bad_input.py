@@ -9,7 +9,9 @@ import pytest
 
 from conftest import write_jsonl
 
-GOOD_POOL = [{"id": f"p{i}", "text": f"sentence number {i}", "label": ["neutral", "positive", "negative"][i % 3]} for i in range(12)]
+GOOD_POOL = [
+    {"id": f"p{i}", "text": f"sentence number {i}", "label": ["neutral", "positive", "negative"][i % 3]} for i in range(12)
+]
 GOOD_TEST = [{"id": f"t{i}", "text": f"held out {i}", "label": ["neutral", "positive", "negative"][i % 3]} for i in range(6)]
 
 
@@ -31,7 +33,7 @@ def write_config(tmp_path, pool_rows=None, test_rows=None, pool_text=None, extra
     cfg = tmp_path / "run.toml"
     cfg.write_text(
         f'name = "bad"\noutput_dir = "out"\n{extra}\n[data]\npool = "pool.jsonl"\ntest = "test.jsonl"\n'
-        '[budget]\ntotal = 6\nhuman = 3\nrounds = 2\n',
+        "[budget]\ntotal = 6\nhuman = 3\nrounds = 2\n",
         encoding="utf-8",
     )
     return cfg
@@ -90,21 +92,31 @@ def test_label_outside_the_configured_set(tmp_path):
     rows = [dict(r) for r in GOOD_POOL]
     rows[5]["label"] = "bullish"
     cfg = write_config(tmp_path, rows)
-    check_fails(tmp_path, cfg, "pool.jsonl:6:", "label 'bullish'", "not in the label set",
-                args=["--set", 'data.labels=["neutral", "positive", "negative"]'])
+    check_fails(
+        tmp_path,
+        cfg,
+        "pool.jsonl:6:",
+        "label 'bullish'",
+        "not in the label set",
+        args=["--set", 'data.labels=["neutral", "positive", "negative"]'],
+    )
 
 
 def test_test_label_outside_the_configured_set(tmp_path):
     test = [dict(r) for r in GOOD_TEST]
     test[1]["label"] = "meh"
     cfg = write_config(tmp_path, GOOD_POOL, test)
-    check_fails(tmp_path, cfg, "test.jsonl:2:", "label 'meh'",
-                args=["--set", 'data.labels=["neutral", "positive", "negative"]'])
+    check_fails(tmp_path, cfg, "test.jsonl:2:", "label 'meh'", args=["--set", 'data.labels=["neutral", "positive", "negative"]'])
 
 
 def test_budget_larger_than_the_pool(tmp_path):
     cfg = write_config(tmp_path, GOOD_POOL)
-    check_fails(tmp_path, cfg, "budget.total (50) is larger than the pool (12 items", args=["--set", "budget.total=50", "--set", "budget.human=10"])
+    check_fails(
+        tmp_path,
+        cfg,
+        "budget.total (50) is larger than the pool (12 items",
+        args=["--set", "budget.total=50", "--set", "budget.human=10"],
+    )
 
 
 def test_zero_rounds(tmp_path):
@@ -139,6 +151,7 @@ def test_csv_pool_with_missing_text_names_its_line(tmp_path):
     check_fails(tmp_path, cfg, "pool.csv:3:", "field 'text'", args=["--set", 'data.pool="pool.csv"'])
 
 
+@pytest.mark.slow
 def test_pool_changed_since_the_run_started(tmp_path):
     cfg = write_config(tmp_path, GOOD_POOL)
     r = imfl("init", str(cfg))
@@ -146,6 +159,13 @@ def test_pool_changed_since_the_run_started(tmp_path):
     store = tmp_path / "out" / "bad" / "store.sqlite"
     before = digest([store])
     write_jsonl(tmp_path / "pool.jsonl", GOOD_POOL[:5] + [{"id": "new", "text": "a new row", "label": "neutral"}] + GOOD_POOL[5:])
-    check_fails(tmp_path, cfg, "pool.jsonl:6:", "the pool file changed since the run", "item 6: id 'new' now, id 'p5' then",
-                "put the file back", started=True)
+    check_fails(
+        tmp_path,
+        cfg,
+        "pool.jsonl:6:",
+        "the pool file changed since the run",
+        "item 6: id 'new' now, id 'p5' then",
+        "put the file back",
+        started=True,
+    )
     assert digest([store]) == before  # the run was not touched

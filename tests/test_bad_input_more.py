@@ -30,9 +30,20 @@ def variant_pool():
 
 def test_label_variants_are_refused_with_the_first_line_of_each(tmp_path):
     cfg = write_config(tmp_path, variant_pool())
-    err = check_fails(tmp_path, cfg, "differ only in case or spaces", "'NEGATIVE' (", "pool.jsonl:8)", "'negative' (",
-                      "test.jsonl:3)", "'Positive' (", "pool.jsonl:5)", "'positive' (", "test.jsonl:2)",
-                      args=["--set", 'human.annotator="people"'])  # a regression stops at round 1, untrained
+    err = check_fails(
+        tmp_path,
+        cfg,
+        "differ only in case or spaces",
+        "'NEGATIVE' (",
+        "pool.jsonl:8)",
+        "'negative' (",
+        "test.jsonl:3)",
+        "'Positive' (",
+        "pool.jsonl:5)",
+        "'positive' (",
+        "test.jsonl:2)",
+        args=["--set", 'human.annotator="people"'],
+    )  # a regression stops at round 1, untrained
     assert "'neutral'" not in err  # only the labels with a variant are named
 
 
@@ -68,8 +79,10 @@ def test_files_with_a_single_label_are_refused(tmp_path):
     test = write_jsonl(tmp_path / "test.jsonl", [dict(r, label="neutral") for r in GOOD_TEST])
     with pytest.raises(DataError) as e:
         load_dataset(DataConfig(pool=pool, test=test))
-    assert (f"{pool} and {test}: only one label ('neutral') in field 'label'; a classifier needs at least two: check "
-            "data.label_field, or list the label set in data.labels") == str(e.value)
+    assert (
+        f"{pool} and {test}: only one label ('neutral') in field 'label'; a classifier needs at least two: check "
+        "data.label_field, or list the label set in data.labels"
+    ) == str(e.value)
 
 
 # -- encodings -------------------------------------------------------------------------------------------------------
@@ -82,8 +95,15 @@ def test_non_utf8_jsonl_names_line_and_byte_offset(tmp_path):
     after = "".join(json.dumps(r) + "\n" for r in GOOD_POOL[3:]).encode()
     (tmp_path / "pool.jsonl").write_bytes(before + bad + after)
     column = bad.index(b"\xe9")
-    check_fails(tmp_path, cfg, "pool.jsonl:3:", "byte 0xe9", f"byte offset {len(before) + column}", f"(column {column + 1} ",
-                "save the file as UTF-8")
+    check_fails(
+        tmp_path,
+        cfg,
+        "pool.jsonl:3:",
+        "byte 0xe9",
+        f"byte offset {len(before) + column}",
+        f"(column {column + 1} ",
+        "save the file as UTF-8",
+    )
 
 
 def test_non_utf8_csv_names_line_and_byte_offset(tmp_path):
@@ -118,14 +138,17 @@ def test_non_utf8_config_names_line_and_byte_offset(tmp_path):
 # -- settings --------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("override, where, wanted", [
-    ("student.epochs=true", "student.epochs", "integer (got True)"),
-    ("budget.rounds=2.0", "budget.rounds", "integer (got 2.0)"),
-    ('seed="2"', "seed", "integer (got '2')"),
-    ("human.show_guesses=1", "human.show_guesses", "boolean (got 1)"),
-    ("llm.temperature=false", "llm.temperature", "number (got False)"),
-    ("student.weights.llm=true", "student.weights.llm", "number (got True)"),
-])
+@pytest.mark.parametrize(
+    "override, where, wanted",
+    [
+        ("student.epochs=true", "student.epochs", "integer (got True)"),
+        ("budget.rounds=2.0", "budget.rounds", "integer (got 2.0)"),
+        ('seed="2"', "seed", "integer (got '2')"),
+        ("human.show_guesses=1", "human.show_guesses", "boolean (got 1)"),
+        ("llm.temperature=false", "llm.temperature", "number (got False)"),
+        ("student.weights.llm=true", "student.weights.llm", "number (got True)"),
+    ],
+)
 def test_settings_are_strictly_typed(override, where, wanted):
     with pytest.raises(ConfigError) as e:
         config_from_dict({"data": {"pool": "p.jsonl"}}, [override])
@@ -138,9 +161,17 @@ def test_a_boolean_for_a_number_is_refused_on_the_command_line(tmp_path):
 
 
 def test_set_values_are_read_as_toml_literals_and_whole_numbers_fit_decimal_settings(tmp_path):
-    cfg = config_from_dict({"data": {"pool": "p.jsonl"}, "budget": {"decay": 1}},
-                           ["budget.total=500", "llm.temperature=1", "human.show_guesses=true", "data.pool=other.csv",
-                            'data.labels=["a", "b"]', "fidelity.route_threshold=0.7"])
+    cfg = config_from_dict(
+        {"data": {"pool": "p.jsonl"}, "budget": {"decay": 1}},
+        [
+            "budget.total=500",
+            "llm.temperature=1",
+            "human.show_guesses=true",
+            "data.pool=other.csv",
+            'data.labels=["a", "b"]',
+            "fidelity.route_threshold=0.7",
+        ],
+    )
     assert cfg.budget.total == 500 and cfg.budget.decay == 1.0 and cfg.llm.temperature == 1.0
     assert cfg.human.show_guesses is True and str(cfg.data.pool) == "other.csv" and cfg.data.labels == ["a", "b"]
     assert cfg.fidelity.route_threshold == 0.7
@@ -148,8 +179,13 @@ def test_set_values_are_read_as_toml_literals_and_whole_numbers_fit_decimal_sett
 
 def test_every_unknown_setting_is_named(tmp_path):
     cfg = write_config(tmp_path, GOOD_POOL, extra="bogus = 1")
-    err = check_fails(tmp_path, cfg, "bogus, budget.totl, llm.modle are not known settings", "check the spelling",
-                      args=["--set", "budget.totl=5", "--set", 'llm.modle="x"'])
+    err = check_fails(
+        tmp_path,
+        cfg,
+        "bogus, budget.totl, llm.modle are not known settings",
+        "check the spelling",
+        args=["--set", "budget.totl=5", "--set", 'llm.modle="x"'],
+    )
     assert err.count("imfl: error:") == 1
 
 
@@ -172,8 +208,13 @@ def test_a_test_sample_larger_than_the_test_file_is_refused(tmp_path):
 
 def test_budget_larger_than_a_pool_sample_names_sample_and_file(tmp_path):
     cfg = write_config(tmp_path, GOOD_POOL)
-    check_fails(tmp_path, cfg, "budget.total (6) is larger than the pool (5 items: a sample (data.pool_sample) of the 12 rows",
-                "pool.jsonl", args=["--set", "data.pool_sample=5"])
+    check_fails(
+        tmp_path,
+        cfg,
+        "budget.total (6) is larger than the pool (5 items: a sample (data.pool_sample) of the 12 rows",
+        "pool.jsonl",
+        args=["--set", "data.pool_sample=5"],
+    )
 
 
 # -- progress lines --------------------------------------------------------------------------------------------------

@@ -8,7 +8,12 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
 from conftest import REPO, cells, imfl, read_jsonl
+
+# slow: every test runs `imfl bench` grids: the student, the embedder and the LLM.
+pytestmark = pytest.mark.slow
 
 
 def tiny_grid(tmp_path: Path, seeds: str = "[3]", strategies: str = "too-big = { total = 20, human = 20 }") -> Path:
@@ -24,10 +29,10 @@ set = {{ "data.pool_sample" = 60, "data.test_sample" = 30, "budget.rounds" = 1, 
 small = {{ total = 1, human = 1 }}
 {strategies}
 [datasets.fpb]
-config = "{REPO / 'configs' / 'fpb.toml'}"
+config = "{REPO / "configs" / "fpb.toml"}"
 H = 4
 annotators.smollm2 = {{}}
-""")
+""")  # noqa: E501 - a TOML inline table (the `set` line) must stay on one line
     return grid
 
 
@@ -103,8 +108,18 @@ def test_fidelity_sweep_quick_grid_and_its_chart(tmp_path, imfl_cache):
 
     grid = REPO / "benchmarks" / "sweep.toml"
     results = tmp_path / "results"
-    r = imfl("bench", str(grid), "--quick", "--workers", "2", "--results", str(results), "--work", str(tmp_path / "work"),
-             env={"IMFL_CACHE": str(imfl_cache)})
+    r = imfl(
+        "bench",
+        str(grid),
+        "--quick",
+        "--workers",
+        "2",
+        "--results",
+        str(results),
+        "--work",
+        str(tmp_path / "work"),
+        env={"IMFL_CACHE": str(imfl_cache)},
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     got = cells(results)
     assert len(got) == 7
@@ -143,8 +158,13 @@ def test_a_ladder_cell_reproduces_exactly_from_its_json(tmp_path, imfl_cache):
     r = imfl("bench", str(grid), "--quick", "--workers", "2", *where, env=env)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     got = cells(tmp_path / "results")
-    assert set(got) == {"fpb-recorded/none/human-1x/seed0", "fpb-recorded/llama2-7b/imfl/seed0",
-                        "fpb-recorded/llama2-7b/fidelity/seed0", "fpb-recorded/sim60/imfl/seed0", "fpb-recorded/sim60/fidelity/seed0"}
+    assert set(got) == {
+        "fpb-recorded/none/human-1x/seed0",
+        "fpb-recorded/llama2-7b/imfl/seed0",
+        "fpb-recorded/llama2-7b/fidelity/seed0",
+        "fpb-recorded/sim60/imfl/seed0",
+        "fpb-recorded/sim60/fidelity/seed0",
+    }
     assert got["fpb-recorded/llama2-7b/imfl/seed0"]["llm_accuracy"] < 0.6  # Llama-2-7b says "positive" to most
     # Its real accuracy over the whole pool (896 items, as the data README states) goes into every cell it labels.
     assert got["fpb-recorded/llama2-7b/imfl/seed0"]["annotator_accuracy"] == 0.4007

@@ -1,6 +1,7 @@
 """End to end in a real browser (Debian's chromium, driven by Playwright): `imfl serve` on loopback, log in
-with the shared token and a name (nobody registered: tests/test_people_access.py has personal tokens), label a round with the keyboard, undo one, finish the batch, and watch the run continue to
-its next round. The screenshot in the README is made here."""
+with the shared token and a name (nobody registered: tests/test_people_access.py has personal tokens), label a
+round with the keyboard, undo one, finish the batch, and watch the run continue to its next round. The screenshot
+in the README is made here."""
 
 import os
 import shutil
@@ -15,6 +16,9 @@ import httpx
 import pytest
 
 from conftest import read_jsonl, write_jsonl
+
+# slow: a served run and a real browser.
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -40,7 +44,8 @@ def served(tmp_path, shared_data, imfl_cache):
         r["text"] += INJECTED  # every item carries HTML and script that must show as text
     write_jsonl(tmp_path / "pool.jsonl", rows)
     write_jsonl(tmp_path / "test.jsonl", read_jsonl(shared_data / "fpb_recorded" / "test.jsonl")[:20])
-    (tmp_path / "project.toml").write_text(f"""
+    (tmp_path / "project.toml").write_text(
+        f"""
 name = "browser"
 output_dir = "runs"
 cache_dir = "{imfl_cache}"
@@ -61,12 +66,18 @@ column = "llm_gpt4"
 epochs = 1
 min_steps = 0
 max_length = 32
-""".replace("'", '"'), encoding="utf-8")
+""".replace("'", '"'),
+        encoding="utf-8",
+    )
     port = free_port()
     env = {**os.environ, "IMFL_TOKEN": "browser-token"}
     log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "imfl", "serve", str(tmp_path / "project.toml"), "--port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "imfl", "serve", str(tmp_path / "project.toml"), "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180
     while True:
@@ -101,8 +112,10 @@ def test_label_a_round_in_the_browser_with_the_keyboard(served):
         # Chromium reports what the page's Content-Security-Policy blocks on the console, and as an event
         blocked = []
         page.on("console", lambda m: "Content Security Policy" in m.text and blocked.append(m.text))
-        page.add_init_script("document.addEventListener('securitypolicyviolation', e => console.error("
-                             "'Content Security Policy violation: ' + e.violatedDirective + ' ' + e.blockedURI))")
+        page.add_init_script(
+            "document.addEventListener('securitypolicyviolation', e => console.error("
+            "'Content Security Policy violation: ' + e.violatedDirective + ' ' + e.blockedURI))"
+        )
         response = page.goto(url)
         assert "script-src 'nonce-" in response.headers["content-security-policy"]
         page.fill("#token", "wrong")
@@ -153,7 +166,9 @@ def test_label_a_round_in_the_browser_with_the_keyboard(served):
         assert blocked == []  # the whole session ran under the policy without tripping it
         # and the policy is enforced: a script put into the page is refused, and that is reported
         with page.expect_console_message(lambda m: "Content Security Policy" in m.text, timeout=10_000):
-            page.evaluate("document.body.append(Object.assign(document.createElement('script'), {textContent: 'window.pwned = 3'}))")
+            page.evaluate(
+                "document.body.append(Object.assign(document.createElement('script'), {textContent: 'window.pwned = 3'}))"
+            )
         assert page.evaluate("window.pwned") is None
         browser.close()
 

@@ -2,13 +2,34 @@
 
 import json
 
+import pytest
+
 from conftest import REPO, imfl
 
 
+@pytest.mark.slow
 def test_demo_runs_on_any_folder_in_the_shared_format(tmp_path, small_fpb, imfl_cache):
     env = {"IMFL_CACHE": str(imfl_cache)}
-    r = imfl("demo", "--data", str(small_fpb["pool"].parent), "--output-dir", str(tmp_path), "--budget", "12",
-             "--human", "6", "--rounds", "2", "--set", "student.epochs=1", "--set", "student.min_steps=0", "--set", "student.max_length=32", env=env)
+    r = imfl(
+        "demo",
+        "--data",
+        str(small_fpb["pool"].parent),
+        "--output-dir",
+        str(tmp_path),
+        "--budget",
+        "12",
+        "--human",
+        "6",
+        "--rounds",
+        "2",
+        "--set",
+        "student.epochs=1",
+        "--set",
+        "student.min_steps=0",
+        "--set",
+        "student.max_length=32",
+        env=env,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "per-round results" in r.stdout and "outputs in" in r.stdout
     assert "time by phase" in r.stdout

@@ -19,6 +19,9 @@ from conftest import cells, imfl, read_jsonl, small_config, write_jsonl
 from fault_server import FaultServer, completion
 from imfl import run
 
+# slow: runs with the real student and embedder (one of them through `imfl bench`).
+pytestmark = pytest.mark.slow
+
 LABELS = ("neutral", "positive", "negative")
 HUMAN_COST = 2.5
 LLM_COST, PROMPT_PRICE, COMPLETION_PRICE = 0.25, 1000.0, 5000.0  # per call; per million tokens
@@ -50,7 +53,9 @@ class Billing:
 
     def milli(self) -> int:
         """What the server's answers cost, in thousandths."""
-        return sum(MILLI_PER_CALL * first + MILLI_PER_PROMPT_TOKEN * p + MILLI_PER_COMPLETION_TOKEN * c for first, p, c in self.bill)
+        return sum(
+            MILLI_PER_CALL * first + MILLI_PER_PROMPT_TOKEN * p + MILLI_PER_COMPLETION_TOKEN * c for first, p, c in self.bill
+        )
 
 
 def store_rows(run_dir, source: str) -> list[sqlite3.Row]:
@@ -63,25 +68,43 @@ def store_rows(run_dir, source: str) -> list[sqlite3.Row]:
 def test_a_run_s_metrics_are_what_its_store_recorded_and_the_server_billed(tmp_path, small_fpb, imfl_cache, calibrate):
     billing = Billing()
     with FaultServer(billing) as server:
-        cfg = small_config({
-            "name": "costs", "seed": 1, "strategy": "imfl", "output_dir": str(tmp_path), "cache_dir": str(imfl_cache),
-            "data": {"pool": str(small_fpb["pool"])},
-            "budget": {"total": 18, "human": 6, "rounds": 2},
-            "human": {"cost": HUMAN_COST},
-            # no answer cache: an answer kept by an earlier run of this test would be charged without being billed
-            "llm": {"annotator": "openai", "base_url": server.url, "model": "billing-test", "api_key": "k", "k": 2,
-                    "cache": False, "calibrate": calibrate, "eval_sample": 3, "cost": LLM_COST, "prompt_price": PROMPT_PRICE,
-                    "completion_price": COMPLETION_PRICE},
-            "student": {"epochs": 1, "min_steps": 0, "max_length": 32, "batch_size": 16},
-        })
+        cfg = small_config(
+            {
+                "name": "costs",
+                "seed": 1,
+                "strategy": "imfl",
+                "output_dir": str(tmp_path),
+                "cache_dir": str(imfl_cache),
+                "data": {"pool": str(small_fpb["pool"])},
+                "budget": {"total": 18, "human": 6, "rounds": 2},
+                "human": {"cost": HUMAN_COST},
+                # no answer cache: an answer kept by an earlier run of this test would be charged without being billed
+                "llm": {
+                    "annotator": "openai",
+                    "base_url": server.url,
+                    "model": "billing-test",
+                    "api_key": "k",
+                    "k": 2,
+                    "cache": False,
+                    "calibrate": calibrate,
+                    "eval_sample": 3,
+                    "cost": LLM_COST,
+                    "prompt_price": PROMPT_PRICE,
+                    "completion_price": COMPLETION_PRICE,
+                },
+                "student": {"epochs": 1, "min_steps": 0, "max_length": 32, "batch_size": 16},
+            }
+        )
         result = run(cfg)
     human, llm = store_rows(result.run_dir, "human"), store_rows(result.run_dir, "llm")
     assert any(r["label"] is None for r in llm) and any(r["label"] for r in llm)  # unparsed answers are paid too
     assert all(r["prompt_tokens"] for r in llm)
 
     def milli(rows) -> int:
-        return sum(MILLI_PER_CALL + MILLI_PER_PROMPT_TOKEN * r["prompt_tokens"] + MILLI_PER_COMPLETION_TOKEN * r["completion_tokens"]
-                   for r in rows)
+        return sum(
+            MILLI_PER_CALL + MILLI_PER_PROMPT_TOKEN * r["prompt_tokens"] + MILLI_PER_COMPLETION_TOKEN * r["completion_tokens"]
+            for r in rows
+        )
 
     for m in result.metrics:
         t = m["round"]
@@ -116,19 +139,23 @@ def test_the_report_s_cost_axis_is_what_the_cells_stores_recorded(tmp_path, shar
     data.mkdir()
     write_jsonl(data / "pool.jsonl", read_jsonl(shared_data / "fpb_recorded" / "pool.jsonl")[:80])
     write_jsonl(data / "test.jsonl", read_jsonl(shared_data / "fpb_recorded" / "test.jsonl")[:20])
-    (tmp_path / "dataset.toml").write_text(f"""
+    (tmp_path / "dataset.toml").write_text(
+        f"""
 name = "fpb-recorded"
 strategy = "imfl"
 [data]
-pool = "{data / 'pool.jsonl'}"
-test = "{data / 'test.jsonl'}"
+pool = "{data / "pool.jsonl"}"
+test = "{data / "test.jsonl"}"
 labels = {json.dumps(list(LABELS))}
 [llm]
 annotator = "recorded"
 column = "llm_llama2_7b"
-""", encoding="utf-8")
+""",
+        encoding="utf-8",
+    )
     grid = tmp_path / "grid.toml"
-    grid.write_text(f"""
+    grid.write_text(
+        f"""
 results = "results"
 work = "work"
 seeds = [0]
@@ -137,10 +164,12 @@ set = {{ "budget.rounds" = 2, "student.epochs" = 1, "student.min_steps" = 0, "st
 human = {{ total = 1, human = 1 }}
 imfl = {{ total = 4, human = 1 }}
 [datasets.fpb-recorded]
-config = "{tmp_path / 'dataset.toml'}"
+config = "{tmp_path / "dataset.toml"}"
 H = 4
 annotators.llama2-7b = {{}}
-""", encoding="utf-8")
+""",  # noqa: E501 - a TOML inline table (the `set` line) must stay on one line
+        encoding="utf-8",
+    )
     r = imfl("bench", str(grid), env={"IMFL_CACHE": str(imfl_cache)})
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert set(cells(tmp_path / "results")) == {"fpb-recorded/none/human/seed0", "fpb-recorded/llama2-7b/imfl/seed0"}
@@ -148,7 +177,9 @@ annotators.llama2-7b = {{}}
     recorded = {}  # cell label -> the cost its store recorded
     for cell in cells(tmp_path / "results").values():
         with sqlite3.connect(tmp_path / "work" / cell["cell"]["id"].replace("/", "__") / "store.sqlite") as c:
-            recorded[cell["cell"]["label"]] = c.execute("SELECT SUM(cost) FROM annotations WHERE retracted_at IS NULL").fetchone()[0]
+            recorded[cell["cell"]["label"]] = c.execute(
+                "SELECT SUM(cost) FROM annotations WHERE retracted_at IS NULL"
+            ).fetchone()[0]
     assert recorded["human"] == HUMAN_COST * 4 and recorded["imfl"] > recorded["human"]
 
     drawn: dict[str, dict[str, list[float]]] = {}  # figure file -> line label -> its x values

@@ -12,13 +12,19 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from conftest import read_jsonl
+
+# slow: kills and continues a real run.
+pytestmark = pytest.mark.slow
 
 LLM_ITEMS = 8  # per round: two batches of 4 prompts for the bundled model, cached batch by batch; a kill lands between
 
 
 def write_config(path, small_fpb, cache, name, llm_cache):
-    path.write_text(f"""
+    path.write_text(
+        f"""
 name = "{name}"
 seed = 5
 strategy = "imfl"
@@ -26,8 +32,8 @@ compare_human_only = false  # tests/test_export.py checks the comparison after a
 output_dir = "runs"
 cache_dir = "{cache}"
 [data]
-pool = "{small_fpb['pool']}"
-test = "{small_fpb['test']}"
+pool = "{small_fpb["pool"]}"
+test = "{small_fpb["test"]}"
 [budget]
 total = {2 * (LLM_ITEMS + 6)}
 human = 12
@@ -42,7 +48,9 @@ epochs = 1
 min_steps = 30  # a few seconds of training, which the second kill interrupts
 max_length = 32
 batch_size = 8
-""", encoding="utf-8")
+""",
+        encoding="utf-8",
+    )
     return path
 
 
@@ -117,7 +125,9 @@ def test_killed_twice_then_continued_equals_an_uninterrupted_run(tmp_path, small
     assert r.returncode == 0, r.stderr[-2000:]
 
     def labels(name):
-        return sorted((x["id"], x["label"], x["source"], x["round"]) for x in read_jsonl(tmp_path / "runs" / name / "labels.jsonl"))
+        return sorted(
+            (x["id"], x["label"], x["source"], x["round"]) for x in read_jsonl(tmp_path / "runs" / name / "labels.jsonl")
+        )
 
     assert labels("killed") == labels("ref")
     assert len(labels("ref")) == 2 * (LLM_ITEMS + 6)

@@ -27,9 +27,25 @@ def test_jsonl_csv_and_parquet_read_the_same(tmp_path):
     assert got[0] == got[1] == got[2]
 
 
-def test_two_input_task_is_detected(shared_data):
-    ds = load_dataset(DataConfig(pool=shared_data / "pubmedqa" / "pool.jsonl", test=shared_data / "pubmedqa" / "test.jsonl"))
-    assert ds.task.has_pair and len(ds.pool) == 500 and len(ds.test) == 500
+def qa_rows(prefix: str, n: int) -> list[dict]:
+    """Rows in the shared PubMedQA format: a question, its context as text_pair, a label and a recorded LLM label."""
+    labels = ["yes", "no", "maybe"]
+    return [
+        {
+            "id": f"{prefix}{i}",
+            "text": f"{prefix} question {i}?",
+            "text_pair": f"{prefix} context {i}",
+            "label": labels[i % 3],
+            "llm_gpt4_medrag": labels[(i + 1) % 3],
+        }
+        for i in range(n)
+    ]
+
+
+def test_two_input_task_is_detected(tmp_path):
+    pool, test = write_jsonl(tmp_path / "pool.jsonl", qa_rows("p", 12)), write_jsonl(tmp_path / "test.jsonl", qa_rows("t", 6))
+    ds = load_dataset(DataConfig(pool=pool, test=test))
+    assert ds.task.has_pair and len(ds.pool) == 12 and len(ds.test) == 6
     assert set(ds.task.labels) == {"yes", "no", "maybe"}
     assert "llm_gpt4_medrag" in next(iter(ds.pool)).extra
 
@@ -69,11 +85,16 @@ def test_config_errors_are_one_line():
         config_from_dict({"data": {"pool": "p"}}, ["budget.total"])
 
 
-def test_pool_and_test_samples_are_fixed_subsets_in_file_order(shared_data):
-    full = load_dataset(DataConfig(pool=shared_data / "fpb" / "pool.jsonl", test=shared_data / "fpb" / "test.jsonl"))
-    cfg = DataConfig(pool=shared_data / "fpb" / "pool.jsonl", test=shared_data / "fpb" / "test.jsonl", pool_sample=300, test_sample=50)
+def test_pool_and_test_samples_are_fixed_subsets_in_file_order(tmp_path):
+    labels = ["neutral", "positive", "negative"]
+    pool = write_jsonl(
+        tmp_path / "pool.jsonl", [{"id": f"p{i}", "text": f"pool {i}", "label": labels[i % 3]} for i in range(120)]
+    )
+    test = write_jsonl(tmp_path / "test.jsonl", [{"id": f"t{i}", "text": f"test {i}", "label": labels[i % 3]} for i in range(40)])
+    full = load_dataset(DataConfig(pool=pool, test=test))
+    cfg = DataConfig(pool=pool, test=test, pool_sample=30, test_sample=10)
     a, b = load_dataset(cfg), load_dataset(cfg)
-    assert len(a.pool) == 300 and len(a.test) == 50
+    assert len(a.pool) == 30 and len(a.test) == 10
     assert [e.id for e in a.pool] == [e.id for e in b.pool]  # the same sample every time (every seed)
     position = {e.id: i for i, e in enumerate(full.pool)}
     assert [position[e.id] for e in a.pool] == sorted(position[e.id] for e in a.pool)

@@ -48,6 +48,7 @@ def test_the_readme_has_python_blocks_to_run():
     assert "result.student.predict(" in code and "llm=" in code  # the API the README promises is the API it runs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("doc", [d for d in DOCS if python_blocks(d)], ids=lambda d: str(d.relative_to(REPO)))
 def test_python_blocks_run_in_order(doc, imfl_cache, tmp_path):
     blocks = python_blocks(doc)
@@ -55,8 +56,9 @@ def test_python_blocks_run_in_order(doc, imfl_cache, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_", "TOKENIZERS_"))}
     env["IMFL_CACHE"] = str(imfl_cache)
     env["TMPDIR"] = str(tmp_path)  # where the examples' tempfile folders go, removed with the test's
-    proc = subprocess.run([sys.executable, "-c", HARNESS], input=json.dumps(blocks), capture_output=True, text=True,
-                          cwd=REPO, env=env, timeout=1500)
+    proc = subprocess.run(
+        [sys.executable, "-c", HARNESS], input=json.dumps(blocks), capture_output=True, text=True, cwd=REPO, env=env, timeout=1500
+    )
     assert proc.returncode == 0, f"{doc.name}: a Python block failed\n{proc.stderr[-3000:]}"
     [line] = [ln for ln in proc.stdout.splitlines() if ln.startswith("RUN_DIRS ")]
     for run_dir in map(Path, json.loads(line.removeprefix("RUN_DIRS "))):

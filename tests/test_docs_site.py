@@ -15,11 +15,32 @@ import pytest
 from conftest import REPO
 
 PAGES = [
-    "index.html", "concepts/index.html", "quickstarts/index.html", "architecture/index.html", "reliability/index.html",
-    *(f"guides/{g}/index.html" for g in ("your-data", "llm-backends", "people", "fidelity", "money", "experiments", "ray", "model")),
+    "index.html",
+    "concepts/index.html",
+    "quickstarts/index.html",
+    "architecture/index.html",
+    "reliability/index.html",
+    "contributing/index.html",
+    *(
+        f"guides/{g}/index.html"
+        for g in ("your-data", "llm-backends", "people", "fidelity", "money", "experiments", "ray", "model")
+    ),
     *(f"reference/{r}/index.html" for r in ("configuration", "cli", "api")),
-    *(f"benchmarks/{b}/index.html" for b in ("paper-grid", "ablations", "fidelity", "sweep", "ladders", "llm-label-value",
-                                               "embedded-llm", "reading", "student", "speed")),
+    *(
+        f"benchmarks/{b}/index.html"
+        for b in (
+            "paper-grid",
+            "ablations",
+            "fidelity",
+            "sweep",
+            "ladders",
+            "llm-label-value",
+            "embedded-llm",
+            "reading",
+            "student",
+            "speed",
+        )
+    ),
     "benchmarks/index.html",
 ]
 
@@ -29,8 +50,14 @@ def site(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("docs") / "site"
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}  # mkdocs-material's banner about MkDocs 2 (not a build warning)
     # From the repository root: the snippets (--8<-- "README.md:...") are read relative to it.
-    proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(REPO / "mkdocs.yml"),
-                           "--site-dir", str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(REPO / "mkdocs.yml"), "--site-dir", str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, f"mkdocs build --strict failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return out
 
@@ -47,8 +74,13 @@ def test_the_pages_carry_what_they_promise(site):
     assert "`llm.eval_sample`" not in page("reference/configuration/index.html")  # rendered as code, not raw markdown
     assert "<code>llm.eval_sample</code>" in page("reference/configuration/index.html")
     api = page("reference/api/index.html")
-    for name in ("imfl.loop.run", "imfl.student.Student", "imfl.config.load_config", "imfl.report.make_report",
-                 "imfl.annotators.llm.LLMAnnotator"):
+    for name in (
+        "imfl.loop.run",
+        "imfl.student.Student",
+        "imfl.config.load_config",
+        "imfl.report.make_report",
+        "imfl.annotators.llm.LLMAnnotator",
+    ):
         assert f'id="{name}"' in api, f"the API reference lost {name}"
     assert 'class="mermaid"' in page("concepts/index.html")  # the diagram of one round
     quick = page("quickstarts/index.html")

@@ -2,9 +2,13 @@
 texts were given, and the cache gives back what was computed."""
 
 import numpy as np
+import pytest
 
 from conftest import read_jsonl
 from imfl.embeddings import Embedder
+
+# slow: the real embedder.
+pytestmark = pytest.mark.slow
 
 
 def test_each_row_is_its_texts_embedding(small_fpb, tmp_path):

@@ -61,12 +61,22 @@ def _store(run_dir, sql):
 def test_a_run_on_ray_equals_the_run_in_process(local_ray, tmp_path, small_fpb, imfl_cache):
     def config(engine):
         return small_config(
-            {"name": engine, "seed": 0, "strategy": "imfl", "output_dir": str(tmp_path), "cache_dir": str(imfl_cache), "engine": engine,
-             "data": {"pool": str(small_fpb["pool"]), "test": str(small_fpb["test"])},
-             "budget": {"total": 12, "human": 6, "rounds": 2},
-             "student": {"epochs": 1, "min_steps": 0, "max_length": 32, "predict_dtype": "float32"},
-             "llm": {"k": 2, "max_length": 512, "dtype": "float32", "cache": False}},
-            ray__batch_size=16, ray__llm_batch_size=3, compare_human_only=True)
+            {
+                "name": engine,
+                "seed": 0,
+                "strategy": "imfl",
+                "output_dir": str(tmp_path),
+                "cache_dir": str(imfl_cache),
+                "engine": engine,
+                "data": {"pool": str(small_fpb["pool"]), "test": str(small_fpb["test"])},
+                "budget": {"total": 12, "human": 6, "rounds": 2},
+                "student": {"epochs": 1, "min_steps": 0, "max_length": 32, "predict_dtype": "float32"},
+                "llm": {"k": 2, "max_length": 512, "dtype": "float32", "cache": False},
+            },
+            ray__batch_size=16,
+            ray__llm_batch_size=3,
+            compare_human_only=True,
+        )
 
     runs = {}
     for engine in ("local", "ray"):
@@ -82,13 +92,16 @@ def test_a_run_on_ray_equals_the_run_in_process(local_ray, tmp_path, small_fpb, 
     assert sorted(per_round) == [2, 4]
     assert runs["ray"].engine.actors["llm"] == 1 + 2
     assert runs["ray"].engine.actors["predict"] == 4 * 2  # test set three times, the free pool once: 2+ batches each
-    assert _store(a, "SELECT round, item_id, target FROM selections ORDER BY round, rank") == \
-        _store(b, "SELECT round, item_id, target FROM selections ORDER BY round, rank")
+    assert _store(a, "SELECT round, item_id, target FROM selections ORDER BY round, rank") == _store(
+        b, "SELECT round, item_id, target FROM selections ORDER BY round, rank"
+    )
     query = "SELECT item_id, source, label, demo_ids, confidence FROM annotations ORDER BY round, source, item_id"
     here, there = _store(a, query), _store(b, query)
     assert [r[:4] for r in here] == [r[:4] for r in there]
     assert np.allclose([r[4] or 0 for r in here], [r[4] or 0 for r in there], atol=1e-5, rtol=0)
     p, q = np.load(a / "state" / "proba_round1.npz"), np.load(b / "state" / "proba_round1.npz")
     assert p["ids"].tolist() == q["ids"].tolist() and np.abs(p["proba"] - q["proba"]).max() < 1e-5
-    assert [m["test_accuracy"] for m in read_json(a / "metrics.json")] == [m["test_accuracy"] for m in read_json(b / "metrics.json")]
+    assert [m["test_accuracy"] for m in read_json(a / "metrics.json")] == [
+        m["test_accuracy"] for m in read_json(b / "metrics.json")
+    ]
     assert read_json(a / "metrics.json")[-1]["human_only"] == read_json(b / "metrics.json")[-1]["human_only"]

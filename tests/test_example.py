@@ -5,6 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+# slow: examples/api_parts.py: real runs.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -12,7 +17,10 @@ def test_api_example_runs_a_hand_made_round_and_a_whole_run(small_fpb, imfl_cach
     env = {**os.environ, "IMFL_CACHE": str(imfl_cache)}
     proc = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "api_parts.py"), str(small_fpb["pool"].parent), "4", "4"],
-        capture_output=True, text=True, env=env, timeout=900,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.splitlines()

@@ -12,10 +12,17 @@ import pytest
 
 from conftest import imfl, read_jsonl, small_config, write_jsonl
 
+# slow: every test needs a finished run (real student and embedder).
+pytestmark = pytest.mark.slow
+
 
 def settings(pool, test, out, cache, **over):
     base = {
-        "name": "rec", "seed": 0, "strategy": "imfl", "output_dir": str(out), "cache_dir": str(cache),
+        "name": "rec",
+        "seed": 0,
+        "strategy": "imfl",
+        "output_dir": str(out),
+        "cache_dir": str(cache),
         "data": {"pool": str(pool), "test": str(test), "labels": ["neutral", "positive", "negative"]},
         "budget": {"total": 60, "human": 20, "rounds": 2},
         "llm": {"annotator": "recorded", "column": "llm_gpt4"},
@@ -61,7 +68,9 @@ def test_a_run_ends_with_what_its_llm_labels_bought(finished):
     assert comparison["gain_accuracy"] == pytest.approx(last["test_accuracy"] - comparison["test_accuracy"], abs=1e-3)
     # The verdict follows the numbers, and the command prints it.
     helped = comparison["gain_accuracy"] > 0.005
-    assert comparison["summary"].startswith(f"The {comparison['llm_labels']} LLM labels " + ("bought" if helped else "did not help"))
+    assert comparison["summary"].startswith(
+        f"The {comparison['llm_labels']} LLM labels " + ("bought" if helped else "did not help")
+    )
     if not helped:
         assert "another LLM" in comparison["summary"] and "llm.eval_sample" in comparison["summary"]
     assert comparison["summary"] in " ".join(stdout.split())
@@ -137,8 +146,12 @@ def test_the_export_loads_without_imfl_and_predicts_what_imfl_predict_predicts(f
     # be imported.
     test = write_jsonl(tmp_path / "fpb-test.jsonl", read_jsonl(shared_data / "fpb" / "test.jsonl")[:200])
     loaded = tmp_path / "pipeline.jsonl"
-    p = subprocess.run([sys.executable, "-c", LOAD_WITHOUT_IMFL, str(exported), str(test), str(loaded)],
-                       capture_output=True, text=True, timeout=600)
+    p = subprocess.run(
+        [sys.executable, "-c", LOAD_WITHOUT_IMFL, str(exported), str(test), str(loaded)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert p.returncode == 0, p.stderr
     by_pipeline = read_jsonl(loaded)
 
@@ -151,7 +164,6 @@ def test_the_export_loads_without_imfl_and_predicts_what_imfl_predict_predicts(f
     assert same >= len(by_imfl) - 1  # 99.9% of them: a tie within float rounding may fall either way
     worst = max(abs(a[label] - b["probs"][label]) for a, b in zip(by_pipeline, by_imfl) for label in b["probs"])
     assert worst < 1e-4, worst
-
 
     # The model card tells what the model is, what it learned from and how it did.
     card = (exported / "README.md").read_text()

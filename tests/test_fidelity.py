@@ -169,8 +169,8 @@ def test_simulated_llm_is_right_as_often_as_told_and_spreads_its_errors(fpb_rows
     assert [a.label for a in other] != [a.label for a in annotations[:100]]
 
 
-def test_fidelity_settings_are_checked(small_fpb):
-    base = {"data": {"pool": str(small_fpb["pool"])}}
+def test_fidelity_settings_are_checked(tiny_data):
+    base = {"data": {"pool": str(tiny_data["pool"])}}
     with pytest.raises(ConfigError, match="llm.accuracy is empty"):
         config_from_dict(base | {"llm": {"annotator": "simulated"}})
     with pytest.raises(ConfigError, match="set llm.eval_sample"):
@@ -181,10 +181,10 @@ def test_fidelity_settings_are_checked(small_fpb):
         config_from_dict(base | {"llm": {"annotator": "simulated", "accuracy": 1.5}})
 
 
-def test_the_fidelity_preset_turns_on_every_switch_the_config_does_not_set(small_fpb):
+def test_the_fidelity_preset_turns_on_every_switch_the_config_does_not_set(tiny_data):
     from imfl.config import resolve_strategy
 
-    base = {"data": {"pool": str(small_fpb["pool"])}, "strategy": "fidelity"}
+    base = {"data": {"pool": str(tiny_data["pool"])}, "strategy": "fidelity"}
     full = resolve_strategy(config_from_dict(base))
     assert (full.fidelity.weighting, full.fidelity.routing, full.fidelity.filter, full.fidelity.adaptive) == (True,) * 4
     assert full.llm.eval_sample == 50 and resolve_strategy(full) == full
@@ -197,9 +197,16 @@ def test_the_fidelity_preset_turns_on_every_switch_the_config_does_not_set(small
 
 
 def fidelity_run(small_fpb, imfl_cache, out, accuracy, **fid):
-    cfg = tiny(small_fpb["pool"], small_fpb["test"], out, imfl_cache, name=f"fid-{accuracy}",
-               budget={"total": 45, "human": 24, "rounds": 3}, llm={"annotator": "simulated", "accuracy": accuracy, "eval_sample": 30},
-               fidelity=fid)
+    cfg = tiny(
+        small_fpb["pool"],
+        small_fpb["test"],
+        out,
+        imfl_cache,
+        name=f"fid-{accuracy}",
+        budget={"total": 45, "human": 24, "rounds": 3},
+        llm={"annotator": "simulated", "accuracy": accuracy, "eval_sample": 30},
+        fidelity=fid,
+    )
     return run(cfg)
 
 
@@ -209,10 +216,10 @@ def state(result, t):
 
 @pytest.fixture(scope="module")
 def bad_llm_run(small_fpb, imfl_cache, tmp_path_factory):
-    return fidelity_run(small_fpb, imfl_cache, tmp_path_factory.mktemp("fid"), 0.1, adaptive=True, weighting=True,
-                        human_max=30)
+    return fidelity_run(small_fpb, imfl_cache, tmp_path_factory.mktemp("fid"), 0.1, adaptive=True, weighting=True, human_max=30)
 
 
+@pytest.mark.slow
 def test_a_bad_llm_is_measured_and_no_longer_paid(bad_llm_run):
     result = bad_llm_run
     m = result.metrics
@@ -226,13 +233,16 @@ def test_a_bad_llm_is_measured_and_no_longer_paid(bad_llm_run):
     assert result.budget_used["human"] == 30 and first["human_moved"] == 6
     # The round metrics keep the confusion matrix sparse: the non-zero cells of the full one in the state.
     full = state(result, 1)["llm"]["confusion"]
-    assert first["fidelity"]["llm"]["confusion_nonzero"] == [[g, p, n] for g, row in enumerate(full) for p, n in enumerate(row) if n]
+    assert first["fidelity"]["llm"]["confusion_nonzero"] == [
+        [g, p, n] for g, row in enumerate(full) for p, n in enumerate(row) if n
+    ]
     assert sum(n for _, _, n in first["fidelity"]["llm"]["confusion_nonzero"]) == first["llm_self_n"]
     assert first["fidelity"]["student"]["calibration"]
     labels = read_jsonl(result.run_dir / "labels.jsonl")
     assert {r["source"] for r in labels} == {"human"}
 
 
+@pytest.mark.slow
 def test_probes_never_repeat_an_item_and_metrics_keep_the_nested_estimates_out_of_the_csv(bad_llm_run):
     result = bad_llm_run
     probed = [r["id"] for t in (1, 2, 3) for r in state(result, t)["probe"]]
@@ -242,6 +252,7 @@ def test_probes_never_repeat_an_item_and_metrics_keep_the_nested_estimates_out_o
     assert saved[0]["fidelity"]["llm"]["n"] == saved[0]["llm_self_n"]
 
 
+@pytest.mark.slow
 def test_weights_follow_the_calibration_map_and_routing_and_filtering_drop_what_they_say(small_fpb, imfl_cache, tmp_path):
     result = fidelity_run(small_fpb, imfl_cache, tmp_path, 0.6, weighting=True, routing=True, route_to_human=True, filter=True)
     store_labels = read_jsonl(result.run_dir / "labels.jsonl")
@@ -273,6 +284,7 @@ def test_weights_follow_the_calibration_map_and_routing_and_filtering_drop_what_
     assert routed and round2_human[: min(len(routed), len(round2_human))] == routed[: len(round2_human)]
 
 
+@pytest.mark.slow
 def test_a_good_llm_keeps_being_bought(small_fpb, imfl_cache, tmp_path):
     result = fidelity_run(small_fpb, imfl_cache, tmp_path, 0.95, adaptive=True)
     assert all(m["buy_llm"] for m in result.metrics)
@@ -281,10 +293,12 @@ def test_a_good_llm_keeps_being_bought(small_fpb, imfl_cache, tmp_path):
 
 def benchmark_script(name: str, *args) -> subprocess.CompletedProcess:
     """benchmarks/NAME run as a script, as a user runs it."""
-    return subprocess.run([sys.executable, str(REPO / "benchmarks" / name), *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / name), *map(str, args)], capture_output=True, text=True, timeout=300
+    )
 
 
+@pytest.mark.slow
 def test_the_prequential_script_sets_the_real_student_beside_the_llm_on_the_same_items(bad_llm_run):
     result = bad_llm_run
     r = benchmark_script("prequential.py", result.run_dir)
@@ -309,7 +323,10 @@ def table(stdout: str) -> list[list[str]]:
     return [[c.strip() for c in line.strip("|").split("|")] for line in stdout.splitlines()[2:]]
 
 
-def test_the_ceiling_script_probes_the_frozen_embeddings_with_gold_labels_and_never_the_test_set(bad_llm_run, small_fpb, tmp_path):
+@pytest.mark.slow
+def test_the_ceiling_script_probes_the_frozen_embeddings_with_gold_labels_and_never_the_test_set(
+    bad_llm_run, small_fpb, tmp_path
+):
     config = bad_llm_run.run_dir / "config.toml"
     r = benchmark_script("ceiling.py", config)
     assert r.returncode == 0, r.stderr
@@ -317,7 +334,9 @@ def test_the_ceiling_script_probes_the_frozen_embeddings_with_gold_labels_and_ne
     # Always answering the majority label: its test share.
     gold = Counter(row["label"] for row in read_jsonl(small_fpb["test"]))
     majority = rows[0][1].removeprefix("always ")
-    assert gold[majority] == max(gold.values()) and float(rows[0][2]) == pytest.approx(gold[majority] / sum(gold.values()), abs=5e-4)
+    assert gold[majority] == max(gold.values()) and float(rows[0][2]) == pytest.approx(
+        gold[majority] / sum(gold.values()), abs=5e-4
+    )
     # Probes with H (24) and budget-sized (45) gold subsets over three seeds, and with the whole pool (60) once.
     probes = [row[1] for row in rows[1:4]]
     assert [p.split(",")[1].split()[0] for p in probes] == ["24", "45", "60"]
@@ -327,7 +346,10 @@ def test_the_ceiling_script_probes_the_frozen_embeddings_with_gold_labels_and_ne
     # The test set only scores: with its labels rotated, C and the out-of-fold row stay as they were.
     rotated = tmp_path / "test.jsonl"
     labels = sorted(gold)
-    write_jsonl(rotated, [{**row, "label": labels[(labels.index(row["label"]) + 1) % len(labels)]} for row in read_jsonl(small_fpb["test"])])
+    write_jsonl(
+        rotated,
+        [{**row, "label": labels[(labels.index(row["label"]) + 1) % len(labels)]} for row in read_jsonl(small_fpb["test"])],
+    )
     other = tmp_path / "rotated.toml"
     other.write_text(config.read_text().replace(str(small_fpb["test"]), str(rotated)))
     r = benchmark_script("ceiling.py", other)
@@ -345,6 +367,7 @@ def test_the_ceiling_script_probes_the_frozen_embeddings_with_gold_labels_and_ne
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and str(bad) in r.stderr and unlabeled.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_the_guessing_script_scores_the_saved_student_against_chance_at_its_own_shares(bad_llm_run, small_fpb, tmp_path):
     result = bad_llm_run
     r = benchmark_script("guessing.py", result.run_dir)

@@ -16,18 +16,27 @@ import pytest
 from conftest import read_jsonl, small_config
 from imfl import run
 
+# slow: a real run.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def filtered_run(tmp_path_factory, shared_data, imfl_cache):
     out = tmp_path_factory.mktemp("filter")
-    cfg = small_config({
-        "name": "filter", "seed": 0, "strategy": "imfl", "output_dir": str(out), "cache_dir": str(imfl_cache),
-        "data": {"pool": str(shared_data / "fpb_recorded" / "pool.jsonl"), "labels": ["neutral", "positive", "negative"]},
-        "budget": {"total": 120, "human": 60, "rounds": 2},
-        "llm": {"annotator": "recorded", "column": "llm_llama2_7b", "eval_sample": 20},
-        "fidelity": {"filter": True},
-        "student": {"epochs": 1, "min_steps": 0, "max_length": 32, "batch_size": 16},
-    })
+    cfg = small_config(
+        {
+            "name": "filter",
+            "seed": 0,
+            "strategy": "imfl",
+            "output_dir": str(out),
+            "cache_dir": str(imfl_cache),
+            "data": {"pool": str(shared_data / "fpb_recorded" / "pool.jsonl"), "labels": ["neutral", "positive", "negative"]},
+            "budget": {"total": 120, "human": 60, "rounds": 2},
+            "llm": {"annotator": "recorded", "column": "llm_llama2_7b", "eval_sample": 20},
+            "fidelity": {"filter": True},
+            "student": {"epochs": 1, "min_steps": 0, "max_length": 32, "batch_size": 16},
+        }
+    )
     return run(cfg)
 
 

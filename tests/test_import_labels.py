@@ -18,6 +18,9 @@ from imfl import run
 from imfl.errors import ConfigError
 from imfl.people import Labeling
 
+# slow: every test needs a run's project (its pool embedded by the real embedder).
+pytestmark = pytest.mark.slow
+
 LABELS = ("negative", "neutral", "positive")
 
 
@@ -26,14 +29,20 @@ def project_config(tmp_path, shared_data, cache):
     rows = read_jsonl(shared_data / "fpb_recorded" / "pool.jsonl")[:80]
     pool = write_jsonl(tmp_path / "pool.jsonl", [{**r, "id": str(5000 + n)} for n, r in enumerate(rows)])
     test = write_jsonl(tmp_path / "test.jsonl", read_jsonl(shared_data / "fpb_recorded" / "test.jsonl")[:20])
-    return small_config({
-        "name": "files", "seed": 0, "strategy": "imfl", "output_dir": str(tmp_path / "runs"), "cache_dir": str(cache),
-        "data": {"pool": str(pool), "test": str(test), "labels": list(LABELS)},
-        "budget": {"total": 24, "human": 9, "rounds": 2},
-        "human": {"annotator": "people"},
-        "llm": {"annotator": "recorded", "column": "llm_gpt4"},
-        "student": {"epochs": 1, "min_steps": 0, "max_length": 32, "batch_size": 16},
-    })
+    return small_config(
+        {
+            "name": "files",
+            "seed": 0,
+            "strategy": "imfl",
+            "output_dir": str(tmp_path / "runs"),
+            "cache_dir": str(cache),
+            "data": {"pool": str(pool), "test": str(test), "labels": list(LABELS)},
+            "budget": {"total": 24, "human": 9, "rounds": 2},
+            "human": {"annotator": "people"},
+            "llm": {"annotator": "recorded", "column": "llm_gpt4"},
+            "student": {"epochs": 1, "min_steps": 0, "max_length": 32, "batch_size": 16},
+        }
+    )
 
 
 @pytest.fixture
@@ -112,7 +121,8 @@ def test_web_page_and_terminal_refuse_the_same_names(project):
             assert httpx.get(f"{url}/api/next", params={"annotator": name}, headers=auth).status_code == 422, name
             body = {"annotator": name, "item_id": pending[0], "label": "neutral"}
             assert httpx.post(f"{url}/api/label", json=body, headers=auth).status_code == 422, name
-            for call in (lambda: people.next(name), lambda: people.label(name, pending[0], "neutral")):
+            # B023: each lambda is called at once, in this iteration of the loop over names
+            for call in (lambda: people.next(name), lambda: people.label(name, pending[0], "neutral")):  # noqa: B023
                 with pytest.raises(ConfigError, match=r"letters, digits") as err:
                     call()
                 assert repr(name) in str(err.value) and "\n" not in str(err.value)
@@ -129,13 +139,19 @@ def test_web_page_and_terminal_refuse_the_same_names(project):
 
 # -- what each rejected row says -------------------------------------------------------------------------------------
 
+
 def test_an_integer_id_is_read_as_the_pool_id_it_spells(project, tmp_path):
     """The pool loader reads a number id as its text, and tools that round-trip the batch (spreadsheets, pandas)
     turn digit ids into numbers; so 5001 means item '5001'. Other non-text ids are refused for what they are."""
     run_dir, people, pending = project
-    file, _ = jsonl_file(tmp_path / "ids.jsonl", {"id": int(pending[0]), "label": "neutral"},
-                         {"id": 99999, "label": "neutral"}, {"id": float(pending[1]), "label": "neutral"},
-                         {"id": True, "label": "neutral"}, {"label": "neutral"})
+    file, _ = jsonl_file(
+        tmp_path / "ids.jsonl",
+        {"id": int(pending[0]), "label": "neutral"},
+        {"id": 99999, "label": "neutral"},
+        {"id": float(pending[1]), "label": "neutral"},
+        {"id": True, "label": "neutral"},
+        {"label": "neutral"},
+    )
     r = imfl("import-labels", str(run_dir), str(file))
     assert r.returncode == 0 and "imported 1 labels, rejected 4" in r.stdout, r.stdout + r.stderr
     assert human_labels(run_dir) == [(pending[0], "neutral", "import")]
@@ -147,9 +163,14 @@ def test_an_integer_id_is_read_as_the_pool_id_it_spells(project, tmp_path):
 
 def test_a_second_row_for_an_item_is_a_duplicate_of_the_first(project, tmp_path):
     run_dir, people, pending = project
-    file, _ = jsonl_file(tmp_path / "twice.jsonl", {"id": pending[0], "label": "neutral"},
-                         {"id": pending[1], "label": "bullish"}, {"id": pending[0], "label": "positive"},
-                         {"id": pending[1], "label": "negative"}, {"id": f" {pending[0]} ", "label": "neutral"})
+    file, _ = jsonl_file(
+        tmp_path / "twice.jsonl",
+        {"id": pending[0], "label": "neutral"},
+        {"id": pending[1], "label": "bullish"},
+        {"id": pending[0], "label": "positive"},
+        {"id": pending[1], "label": "negative"},
+        {"id": f" {pending[0]} ", "label": "neutral"},
+    )
     r = imfl("import-labels", str(run_dir), str(file))
     assert r.returncode == 0 and "imported 2 labels, rejected 3" in r.stdout, r.stdout + r.stderr
     assert rejected(r.stderr, file, 3).startswith("duplicate of line 1")
@@ -160,9 +181,13 @@ def test_a_second_row_for_an_item_is_a_duplicate_of_the_first(project, tmp_path)
 
 def test_values_are_reported_as_the_file_has_them(project, tmp_path):
     run_dir, people, pending = project
-    file, before = jsonl_file(tmp_path / "labels.jsonl", {"id": pending[0], "label": " Neutral "},
-                              {"id": pending[1], "label": 1}, {"id": pending[2], "label": " neutral "},
-                              {"id": " no-such-item ", "label": "neutral"})
+    file, before = jsonl_file(
+        tmp_path / "labels.jsonl",
+        {"id": pending[0], "label": " Neutral "},
+        {"id": pending[1], "label": 1},
+        {"id": pending[2], "label": " neutral "},
+        {"id": " no-such-item ", "label": "neutral"},
+    )
     r = imfl("import-labels", str(run_dir), str(file))
     assert r.returncode == 0 and "imported 1 labels, rejected 3" in r.stdout, r.stdout + r.stderr
     assert rejected(r.stderr, file, 1) == "label ' Neutral ' is not one of negative, neutral, positive"
@@ -174,8 +199,17 @@ def test_values_are_reported_as_the_file_has_them(project, tmp_path):
 
 # -- files that cannot be used ---------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name, content", [("empty.jsonl", ""), ("blank.jsonl", "\n  \n"), ("empty.csv", ""),
-                                           ("header.csv", "id,text,text_pair,label\n"), ("tasks.json", "[]")])
+
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("empty.jsonl", ""),
+        ("blank.jsonl", "\n  \n"),
+        ("empty.csv", ""),
+        ("header.csv", "id,text,text_pair,label\n"),
+        ("tasks.json", "[]"),
+    ],
+)
 def test_a_file_without_rows_is_an_error(project, tmp_path, name, content):
     run_dir, _, _ = project
     (tmp_path / name).write_text(content, encoding="utf-8")
@@ -222,6 +256,7 @@ def test_import_needs_a_round_that_waits_for_people(tmp_path, shared_data, imfl_
 
 
 # -- a spreadsheet's CSV ---------------------------------------------------------------------------------------------
+
 
 def test_a_csv_from_a_spreadsheet_is_reported_by_its_lines(project, tmp_path):
     """Excel's "CSV UTF-8" starts with a byte-order mark; a text cell may hold line breaks; blank lines may stay."""

@@ -9,6 +9,9 @@ from imfl.data import Example, Task
 from imfl.llm.local import LocalBackend
 from imfl.llm.prompts import build_messages
 
+# slow: the bundled LLM.
+pytestmark = pytest.mark.slow
+
 TASK = Task(("neutral", "positive", "negative"), "Classify the sentiment of the financial news sentence.")
 HUMAN = [
     (Example("h1", "Net sales fell sharply in the quarter ."), "negative"),

@@ -1,4 +1,5 @@
-"""The prompt builder, the local LLM backend and `benchmarks/llm_annotator.py`, with the real bundled SmolLM2-135M-Instruct (no mocks).
+"""The prompt builder, the local LLM backend and `benchmarks/llm_annotator.py`, with the real bundled
+SmolLM2-135M-Instruct (no mocks).
 
 The model is converted once per session into the session cache (see ``imfl_cache`` in conftest.py)."""
 
@@ -20,7 +21,7 @@ from imfl.llm import local
 from imfl.llm.local import LocalBackend, bundled_llm_path
 from imfl.llm.prompts import Demo, build_messages, prompt_hash
 
-pytestmark = pytest.mark.slow
+# The tests that load or convert the model are marked slow; the prompt builder's and the refusals are quick.
 
 LABELS = ["neutral", "positive", "negative"]
 INSTRUCTION = "Classify the sentiment of the financial news sentence."
@@ -79,8 +80,13 @@ def test_build_messages_shortens_only_the_pair():
     long_context = " ".join(f"word{i}" for i in range(2000))
     question = "Does the long question stay whole? " * 20
     messages = build_messages(
-        "Answer the question.", ["yes", "no", "maybe"], question, long_context,
-        [Demo("p1", "A demo question?", "maybe", long_context)], pair_names=("Question", "Context"), max_pair_chars=300,
+        "Answer the question.",
+        ["yes", "no", "maybe"],
+        question,
+        long_context,
+        [Demo("p1", "A demo question?", "maybe", long_context)],
+        pair_names=("Question", "Context"),
+        max_pair_chars=300,
         repeat_instruction=False,
     )
     item = messages[-1]["content"]
@@ -115,6 +121,7 @@ def test_missing_model_dir_is_a_model_error(tmp_path):
         b.score([build_messages(INSTRUCTION, LABELS, "x")], LABELS)
 
 
+@pytest.mark.slow
 def test_conversion_is_cached(backend, imfl_cache, monkeypatch):
     path = bundled_llm_path(imfl_cache)
     stamp = (path / "imfl_conversion.json").read_text()
@@ -150,6 +157,7 @@ def test_interrupted_conversion_leaves_no_checkpoint(tmp_path, monkeypatch):
 # ------------------------------------------------------------------ scoring
 
 
+@pytest.mark.slow
 def test_scores_every_label_and_rows_sum_to_one(backend):
     prompts = [build_messages(INSTRUCTION, LABELS, text, demos=DEMOS) for text in ITEMS]
     calls = []
@@ -176,6 +184,7 @@ def naive_reference(backend):
     return prompts, backend.score_one_by_one(prompts, MIXED_LABELS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch_size", [1, 3])
 def test_kv_cache_scoring_matches_naive_per_label_scoring(naive_reference, imfl_cache, batch_size):
     prompts, slow = naive_reference
@@ -183,6 +192,7 @@ def test_kv_cache_scoring_matches_naive_per_label_scoring(naive_reference, imfl_
     np.testing.assert_allclose(fast, slow, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_long_prompts_lose_their_oldest_demos_not_the_item(backend, imfl_cache):
     full = build_messages(INSTRUCTION, LABELS, ITEMS[0], demos=DEMOS)
     without_first = build_messages(INSTRUCTION, LABELS, ITEMS[0], demos=DEMOS[1:])
@@ -194,26 +204,48 @@ def test_long_prompts_lose_their_oldest_demos_not_the_item(backend, imfl_cache):
         tiny.score([full], LABELS)
 
 
+@pytest.mark.slow
 def test_the_annotator_benchmark_labels_the_same_items_from_a_growing_human_pool(small_fpb, imfl_cache, tmp_path):
     """benchmarks/llm_annotator.py with nested human pools (--humans 4,8): one row per size and demonstration mode,
     all on the same pool items outside the larger pool: the zero-shot prompts of the second size are all answered
     from the answer cache of the first, while retrieval from 8 human labels asks new questions."""
+
     def script(*args):
-        return subprocess.run([sys.executable, str(REPO / "benchmarks" / "llm_annotator.py"), "--data", str(small_fpb["pool"].parent),
-                               *args], capture_output=True, text=True, timeout=600, env={**os.environ, "IMFL_CACHE": str(imfl_cache)})
+        return subprocess.run(
+            [sys.executable, str(REPO / "benchmarks" / "llm_annotator.py"), "--data", str(small_fpb["pool"].parent), *args],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env={**os.environ, "IMFL_CACHE": str(imfl_cache)},
+        )
 
     before = small_fpb["pool"].read_bytes()
-    r = script("--humans", "8,4", "--n", "4", "--demos", "none,retrieved,nearest", "--set", "llm.max_length=512", "--out", tmp_path / "rows.jsonl")
+    r = script(
+        "--humans",
+        "8,4",
+        "--n",
+        "4",
+        "--demos",
+        "none,retrieved,nearest",
+        "--set",
+        "llm.max_length=512",
+        "--out",
+        tmp_path / "rows.jsonl",
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
-    assert [(row["humans"], row["demos"]) for row in rows] == [(n, mode) for n in (4, 8) for mode in ("none", "retrieved", "nearest")]
+    assert [(row["humans"], row["demos"]) for row in rows] == [
+        (n, mode) for n in (4, 8) for mode in ("none", "retrieved", "nearest")
+    ]
     assert {row["n"] for row in rows} == {4} and all(row["labeled"] + row["failed"] == 4 for row in rows)
     fresh = {(row["humans"], row["demos"]): row["fresh_calls"] for row in rows}
     assert fresh[4, "none"] == 4 and fresh[8, "none"] == 0 and fresh[8, "retrieved"] >= 1
     assert rows[0]["accuracy"] == rows[3]["accuracy"]
     # the 1-nearest-neighbour rows ask the LLM nothing and answer with labels of the human-labeled items
     assert fresh[4, "nearest"] == fresh[8, "nearest"] == 0
-    assert all(sum(row["predicted"].values()) == 4 and set(row["predicted"]) <= set(LABELS) for row in rows if row["demos"] == "nearest")
+    assert all(
+        sum(row["predicted"].values()) == 4 and set(row["predicted"]) <= set(LABELS) for row in rows if row["demos"] == "nearest"
+    )
     for bad, words in (("4,x", "sizes of at least 1"), ("60", "has 60 items")):
         r = script("--humans", bad)
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and words in r.stderr, (bad, r.stderr)

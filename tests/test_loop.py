@@ -11,10 +11,17 @@ import pytest
 from conftest import REPO, read_jsonl, small_config, write_jsonl
 from imfl import run
 
+# slow: every test runs the loop with real models.
+pytestmark = pytest.mark.slow
+
 
 def tiny(pool, test, out, cache, **over):
     settings = {
-        "name": "tiny", "seed": 0, "strategy": "imfl", "output_dir": str(out), "cache_dir": str(cache),
+        "name": "tiny",
+        "seed": 0,
+        "strategy": "imfl",
+        "output_dir": str(out),
+        "cache_dir": str(cache),
         "data": {"pool": str(pool), "test": str(test)},
         "budget": {"total": 24, "human": 8, "rounds": 3},
         "student": {"epochs": 1, "min_steps": 0, "max_length": 32, "batch_size": 16},
@@ -91,14 +98,20 @@ def test_the_copying_script_sets_the_llm_beside_its_most_similar_demonstration(i
     from imfl.embeddings import Embedder
 
     cfg, result = imfl_run
-    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "copying.py"), str(result.run_dir)], capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "copying.py"), str(result.run_dir)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     [row] = [[c.strip() for c in line.strip("|").split("|")] for line in r.stdout.splitlines() if result.run_dir.name in line]
     pool = {x["id"]: x for x in read_jsonl(small_fpb["pool"])}
     # The LLM's accuracy as an exact count of its right labels (which items SmolLM2 gets right differs by CPU; the
     # script prints three decimals, so compare within half of the last one).
-    llm_right = sum(x["label"] == pool[x["id"]]["label"] for x in read_jsonl(result.run_dir / "labels.jsonl") if x["source"] == "llm")
+    llm_right = sum(
+        x["label"] == pool[x["id"]]["label"] for x in read_jsonl(result.run_dir / "labels.jsonl") if x["source"] == "llm"
+    )
     assert row[1:3] == ["retrieved", "16"] and abs(float(row[5]) - llm_right / 16) <= 0.0005 + 1e-9
     human = {x["id"]: x["label"] for x in read_jsonl(result.run_dir / "labels.jsonl") if x["source"] == "human"}
     with sqlite3.connect(result.run_dir / "store.sqlite") as c:
@@ -184,8 +197,17 @@ def test_same_seed_same_selections(tmp_path, recorded_pool, imfl_cache):
     pool, test = recorded_pool
     runs = {}
     for name, seed in (("a", 3), ("b", 3), ("c", 4)):
-        cfg = tiny(pool, test, tmp_path, imfl_cache, name=name, seed=seed, llm__annotator="recorded", llm__column="llm_llama2_7b",
-                   budget={"total": 30, "human": 10, "rounds": 2})
+        cfg = tiny(
+            pool,
+            test,
+            tmp_path,
+            imfl_cache,
+            name=name,
+            seed=seed,
+            llm__annotator="recorded",
+            llm__column="llm_llama2_7b",
+            budget={"total": 30, "human": 10, "rounds": 2},
+        )
         runs[name] = (run(cfg), selections(tmp_path / name))
     assert runs["a"][1] == runs["b"][1]
     strip = lambda ms: [{k: v for k, v in m.items() if k != "seconds"} for m in ms]  # noqa: E731
@@ -195,8 +217,15 @@ def test_same_seed_same_selections(tmp_path, recorded_pool, imfl_cache):
 
 def test_recorded_nulls_are_failed_calls_carried_over(tmp_path, recorded_pool, imfl_cache):
     pool, test = recorded_pool
-    cfg = tiny(pool, test, tmp_path, imfl_cache, llm__annotator="recorded", llm__column="llm_llama2_7b",
-               budget={"total": 60, "human": 12, "rounds": 3})
+    cfg = tiny(
+        pool,
+        test,
+        tmp_path,
+        imfl_cache,
+        llm__annotator="recorded",
+        llm__column="llm_llama2_7b",
+        budget={"total": 60, "human": 12, "rounds": 3},
+    )
     result = run(cfg)
     with sqlite3.connect(result.run_dir / "store.sqlite") as c:
         failed = c.execute("SELECT item_id FROM annotations WHERE label IS NULL").fetchall()
@@ -220,8 +249,16 @@ def test_failed_llm_items_go_to_the_next_rounds_humans(tmp_path, shared_data, im
         r["llm_llama2_7b"] = None  # a third of the LLM's answers are missing
     pool = write_jsonl(tmp_path / "pool.jsonl", rows)
     test = write_jsonl(tmp_path / "test.jsonl", read_jsonl(shared_data / "fpb_recorded" / "test.jsonl")[:40])
-    cfg = tiny(pool, test, tmp_path, imfl_cache, llm__annotator="recorded", llm__column="llm_llama2_7b",
-               llm__on_failure="human", budget={"total": 60, "human": 24, "rounds": 3})
+    cfg = tiny(
+        pool,
+        test,
+        tmp_path,
+        imfl_cache,
+        llm__annotator="recorded",
+        llm__column="llm_llama2_7b",
+        llm__on_failure="human",
+        budget={"total": 60, "human": 24, "rounds": 3},
+    )
     result = run(cfg)
     with sqlite3.connect(result.run_dir / "store.sqlite") as c:
         ann = c.execute("SELECT round, item_id, source, label FROM annotations").fetchall()
@@ -237,8 +274,16 @@ def test_failed_llm_items_go_to_the_next_rounds_humans(tmp_path, shared_data, im
 @pytest.mark.parametrize("strategy", ["human-only", "llm-only"])
 def test_single_fidelity_strategies(tmp_path, recorded_pool, imfl_cache, strategy):
     pool, test = recorded_pool
-    cfg = tiny(pool, test, tmp_path, imfl_cache, strategy=strategy, llm__annotator="recorded", llm__column="llm_llama2_7b",
-               budget={"total": 30, "human": 10, "rounds": 2})
+    cfg = tiny(
+        pool,
+        test,
+        tmp_path,
+        imfl_cache,
+        strategy=strategy,
+        llm__annotator="recorded",
+        llm__column="llm_llama2_7b",
+        budget={"total": 30, "human": 10, "rounds": 2},
+    )
     result = run(cfg)
     if strategy == "human-only":
         assert result.budget_used == {"human": 30, "llm": 0}
@@ -252,10 +297,25 @@ def test_recorded_answers_from_a_file_keep_their_probabilities(tmp_path, recorde
 
     pool, test = recorded_pool
     rows = read_jsonl(pool)
-    answers = [{"id": r["id"], "label": r["llm_gpt4"], "probs": {r["llm_gpt4"]: 0.8, "neutral" if r["llm_gpt4"] != "neutral" else "positive": 0.2}}
-               for r in rows[:90] if r["llm_gpt4"]]
+    answers = [
+        {
+            "id": r["id"],
+            "label": r["llm_gpt4"],
+            "probs": {r["llm_gpt4"]: 0.8, "neutral" if r["llm_gpt4"] != "neutral" else "positive": 0.2},
+        }
+        for r in rows[:90]
+        if r["llm_gpt4"]
+    ]
     path = write_jsonl(tmp_path / "batch-results.jsonl", answers)
-    cfg = tiny(pool, test, tmp_path, imfl_cache, llm__annotator="recorded", llm__file=str(path), budget={"total": 30, "human": 10, "rounds": 2})
+    cfg = tiny(
+        pool,
+        test,
+        tmp_path,
+        imfl_cache,
+        llm__annotator="recorded",
+        llm__file=str(path),
+        budget={"total": 30, "human": 10, "rounds": 2},
+    )
     result = run(cfg)
     with sqlite3.connect(result.run_dir / "store.sqlite") as c:
         got = c.execute("SELECT item_id, label, probs, confidence, method, error FROM annotations WHERE source='llm'").fetchall()

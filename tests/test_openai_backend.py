@@ -12,10 +12,14 @@ from imfl.llm.base import parse_label, vote_probs
 from imfl.llm.openai_backend import OpenAIBackend, render_completion_prompt
 
 LABELS = ["neutral", "positive", "negative"]
-PROMPT = [{"role": "system", "content": "Classify."},
-          {"role": "user", "content": "Text: up 5%"}, {"role": "assistant", "content": "positive"},
-          {"role": "user", "content": "Text: flat"}, {"role": "assistant", "content": "neutral"},
-          {"role": "user", "content": "Text: profits fell"}]
+PROMPT = [
+    {"role": "system", "content": "Classify."},
+    {"role": "user", "content": "Text: up 5%"},
+    {"role": "assistant", "content": "positive"},
+    {"role": "user", "content": "Text: flat"},
+    {"role": "assistant", "content": "neutral"},
+    {"role": "user", "content": "Text: profits fell"},
+]
 
 
 def backend(url, **kw):
@@ -23,11 +27,21 @@ def backend(url, **kw):
     return OpenAIBackend(url, "test-model", **kw)
 
 
-@pytest.mark.parametrize("answer,label", [
-    ("negative", "negative"), ("Negative", "negative"), (" NEGATIVE.\n", "negative"), ("Answer: positive", "positive"),
-    ('"neutral"', "neutral"), ("The sentiment is negative", "negative"), ("negative - profits fell", "negative"),
-    ("bullish", None), ("positive or negative", None), ("", None),
-])
+@pytest.mark.parametrize(
+    "answer,label",
+    [
+        ("negative", "negative"),
+        ("Negative", "negative"),
+        (" NEGATIVE.\n", "negative"),
+        ("Answer: positive", "positive"),
+        ('"neutral"', "neutral"),
+        ("The sentiment is negative", "negative"),
+        ("negative - profits fell", "negative"),
+        ("bullish", None),
+        ("positive or negative", None),
+        ("", None),
+    ],
+)
 def test_parse_label(answer, label):
     assert parse_label(answer, LABELS) == label
 
@@ -66,8 +80,9 @@ def test_the_completions_endpoint_gets_a_text_prompt_and_gives_probabilities():
     body = srv.bodies[0]
     assert "messages" not in body and body["logprobs"] == 5 and "top_logprobs" not in body and body["stop"] == ["\n"]
     assert body["prompt"] == render_completion_prompt(PROMPT)
-    assert body["prompt"] == ("Classify.\n\nText: up 5%\nAnswer: positive\n\nText: flat\nAnswer: neutral\n\n"
-                              "Text: profits fell\nAnswer:")
+    assert body["prompt"] == (
+        "Classify.\n\nText: up 5%\nAnswer: positive\n\nText: flat\nAnswer: neutral\n\nText: profits fell\nAnswer:"
+    )
     assert backend(srv.url, endpoint="completions").cache_key() != backend(srv.url).cache_key()
 
 
@@ -102,13 +117,16 @@ def test_unparsed_answers_are_recorded_not_mapped():
     assert not s.ok and s.unparsed and "bullish" in s.error and s.answer == "bullish, I think"
 
 
-@pytest.mark.parametrize("fault,expect", [
-    ((500, {"error": "boom"}, 0), "HTTP 500"),
-    ((429, {"error": "slow down"}, 0), "HTTP 429"),
-    ((200, b"<html>not json</html>", 0), "malformed response body"),
-    ((200, {"choices": []}, 0), "empty choice list"),
-    ((200, completion("neutral"), 1.0), "timed out"),
-])
+@pytest.mark.parametrize(
+    "fault,expect",
+    [
+        ((500, {"error": "boom"}, 0), "HTTP 500"),
+        ((429, {"error": "slow down"}, 0), "HTTP 429"),
+        ((200, b"<html>not json</html>", 0), "malformed response body"),
+        ((200, {"choices": []}, 0), "empty choice list"),
+        ((200, completion("neutral"), 1.0), "timed out"),
+    ],
+)
 def test_faults_are_retried_then_the_item_fails_without_crashing(fault, expect):
     with FaultServer(lambda n, body: fault) as srv:
         [s] = backend(srv.url, timeout=0.3).score_items([PROMPT], LABELS)
@@ -183,8 +201,9 @@ def test_every_llm_label_records_its_tokens_and_their_price():
 
     top = {"negative": math.log(0.9), "neutral": math.log(0.1)}
     with FaultServer(lambda n, body: (200, completion("negative", top, prompt_tokens=120, completion_tokens=3), 0)) as srv:
-        annotator = LLMAnnotator(backend(srv.url), Task(tuple(LABELS), "Classify."), k=0, cost_per_label=0.001,
-                                 prompt_price=2.0, completion_price=10.0)
+        annotator = LLMAnnotator(
+            backend(srv.url), Task(tuple(LABELS), "Classify."), k=0, cost_per_label=0.001, prompt_price=2.0, completion_price=10.0
+        )
         [a] = annotator.annotate([Example("x1", "profits fell")], AnnotationContext(1))
     assert (a.label, a.prompt_tokens, a.completion_tokens, a.method) == ("negative", 120, 3, "logprobs")
     assert a.cost == pytest.approx(0.001 + (120 * 2.0 + 3 * 10.0) / 1e6)  # prices are per million tokens

@@ -14,10 +14,14 @@ from fault_server import FaultServer
 from imfl.llm.openai_backend import OpenAIBackend
 
 LABELS = ["neutral", "positive", "negative"]
-PROMPT = [{"role": "system", "content": "Classify the sentiment."},
-          {"role": "user", "content": "Text: sales rose 5%"}, {"role": "assistant", "content": "positive"},
-          {"role": "user", "content": "Text: the meeting is on Monday"}, {"role": "assistant", "content": "neutral"},
-          {"role": "user", "content": "Text: operating profit fell to EUR 2m"}]
+PROMPT = [
+    {"role": "system", "content": "Classify the sentiment."},
+    {"role": "user", "content": "Text: sales rose 5%"},
+    {"role": "assistant", "content": "positive"},
+    {"role": "user", "content": "Text: the meeting is on Monday"},
+    {"role": "assistant", "content": "neutral"},
+    {"role": "user", "content": "Text: operating profit fell to EUR 2m"},
+]
 
 
 def backend(url, **kw):
@@ -34,19 +38,39 @@ def openai_chat(answer: str, top: dict[str, float]) -> dict:
     object": https://developers.openai.com/api/reference/python/resources/chat/subresources/completions/ — a choice's
     ``logprobs`` is ``{content: [ChatCompletionTokenLogprob], refusal}``, each token ``{token, logprob, bytes,
     top_logprobs: [{token, logprob, bytes}]}``; the message carries ``refusal`` and ``annotations``)."""
-    first = {"token": answer, "logprob": top[answer], "bytes": _bytes(answer),
-             "top_logprobs": [{"token": t, "logprob": lp, "bytes": _bytes(t)} for t, lp in top.items()]}
+    first = {
+        "token": answer,
+        "logprob": top[answer],
+        "bytes": _bytes(answer),
+        "top_logprobs": [{"token": t, "logprob": lp, "bytes": _bytes(t)} for t, lp in top.items()],
+    }
     return {
-        "id": "chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG", "object": "chat.completion", "created": 1741570283,
+        "id": "chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG",
+        "object": "chat.completion",
+        "created": 1741570283,
         "model": "gpt-4o-mini-2024-07-18",
-        "choices": [{"index": 0,
-                     "message": {"role": "assistant", "content": answer, "refusal": None, "annotations": []},
-                     "logprobs": {"content": [first], "refusal": None}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 61, "completion_tokens": 1, "total_tokens": 62,
-                  "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
-                  "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
-                                                "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0}},
-        "service_tier": "default", "system_fingerprint": "fp_06737a9306",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": answer, "refusal": None, "annotations": []},
+                "logprobs": {"content": [first], "refusal": None},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {
+            "prompt_tokens": 61,
+            "completion_tokens": 1,
+            "total_tokens": 62,
+            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "completion_tokens_details": {
+                "reasoning_tokens": 0,
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            },
+        },
+        "service_tier": "default",
+        "system_fingerprint": "fp_06737a9306",
     }
 
 
@@ -56,11 +80,23 @@ def openai_completion(text: str, top: dict[str, float], prompt_chars: int) -> di
     token_logprobs, tokens, top_logprobs}``, one entry per generated token, ``top_logprobs`` a token → logprob map of up
     to k + 1 entries, the sampled token included)."""
     return {
-        "id": "cmpl-uqkvlQyYK7bGYrRHQ0eXlWi7", "object": "text_completion", "created": 1589478378,
+        "id": "cmpl-uqkvlQyYK7bGYrRHQ0eXlWi7",
+        "object": "text_completion",
+        "created": 1589478378,
         "model": "gpt-3.5-turbo-instruct",
-        "choices": [{"text": text, "index": 0, "finish_reason": "stop",
-                     "logprobs": {"tokens": [text], "token_logprobs": [top[text]], "top_logprobs": [top],
-                                  "text_offset": [prompt_chars]}}],
+        "choices": [
+            {
+                "text": text,
+                "index": 0,
+                "finish_reason": "stop",
+                "logprobs": {
+                    "tokens": [text],
+                    "token_logprobs": [top[text]],
+                    "top_logprobs": [top],
+                    "text_offset": [prompt_chars],
+                },
+            }
+        ],
         "usage": {"prompt_tokens": 58, "completion_tokens": 1, "total_tokens": 59},
     }
 
@@ -73,18 +109,44 @@ def vllm_chat(answer: str, top: dict[str, float], tokens_as_ids: dict[str, int] 
     ``kv_transfer_params``), impossible tokens' logprob clamped to -9999.0, and with ``--return-tokens-as-token-ids``
     every token written ``token_id:<id>``."""
     name = (lambda t: f"token_id:{tokens_as_ids[t]}") if tokens_as_ids else (lambda t: t)
-    content = [{"token": name(answer), "logprob": top[answer], "bytes": _bytes(name(answer)),
-                "top_logprobs": [{"token": name(t), "logprob": lp, "bytes": _bytes(name(t))} for t, lp in top.items()]}]
+    content = [
+        {
+            "token": name(answer),
+            "logprob": top[answer],
+            "bytes": _bytes(name(answer)),
+            "top_logprobs": [{"token": name(t), "logprob": lp, "bytes": _bytes(name(t))} for t, lp in top.items()],
+        }
+    ]
     return {
-        "id": "chatcmpl-5d0f2a7e0b2c4c1f9d3e", "object": "chat.completion", "created": 1735000000,
+        "id": "chatcmpl-5d0f2a7e0b2c4c1f9d3e",
+        "object": "chat.completion",
+        "created": 1735000000,
         "model": "Qwen/Qwen2.5-1.5B-Instruct",
-        "choices": [{"index": 0,
-                     "message": {"role": "assistant", "content": answer, "refusal": None, "annotations": None,
-                                 "audio": None, "function_call": None, "tool_calls": [], "reasoning_content": None},
-                     "logprobs": {"content": content}, "finish_reason": "stop", "stop_reason": None, "token_ids": None}],
-        "service_tier": None, "system_fingerprint": None,
+        "choices": [
+            {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": answer,
+                    "refusal": None,
+                    "annotations": None,
+                    "audio": None,
+                    "function_call": None,
+                    "tool_calls": [],
+                    "reasoning_content": None,
+                },
+                "logprobs": {"content": content},
+                "finish_reason": "stop",
+                "stop_reason": None,
+                "token_ids": None,
+            }
+        ],
+        "service_tier": None,
+        "system_fingerprint": None,
         "usage": {"prompt_tokens": 70, "total_tokens": 72, "completion_tokens": 2, "prompt_tokens_details": None},
-        "prompt_logprobs": None, "prompt_token_ids": None, "kv_transfer_params": None,
+        "prompt_logprobs": None,
+        "prompt_token_ids": None,
+        "kv_transfer_params": None,
     }
 
 
@@ -94,12 +156,25 @@ def vllm_completion(text: str, top: dict[str, float], prompt_chars: int) -> dict
     vllm/entrypoints/openai/serving_completion.py, later completion/serving.py, ``_create_completion_logprobs``:
     decoded tokens, ``logprobs`` + 1 alternatives, -9999.0 for -inf), with ``stop_reason`` naming the stop string."""
     return {
-        "id": "cmpl-8b1c7a0d64e44f6c9a1b", "object": "text_completion", "created": 1735000000,
+        "id": "cmpl-8b1c7a0d64e44f6c9a1b",
+        "object": "text_completion",
+        "created": 1735000000,
         "model": "meta-llama/Llama-3.2-1B",
-        "choices": [{"index": 0, "text": text,
-                     "logprobs": {"text_offset": [prompt_chars], "token_logprobs": [top[text]], "tokens": [text],
-                                  "top_logprobs": [top]},
-                     "finish_reason": "stop", "stop_reason": "\n", "prompt_logprobs": None}],
+        "choices": [
+            {
+                "index": 0,
+                "text": text,
+                "logprobs": {
+                    "text_offset": [prompt_chars],
+                    "token_logprobs": [top[text]],
+                    "tokens": [text],
+                    "top_logprobs": [top],
+                },
+                "finish_reason": "stop",
+                "stop_reason": "\n",
+                "prompt_logprobs": None,
+            }
+        ],
         "usage": {"prompt_tokens": 66, "total_tokens": 67, "completion_tokens": 1, "prompt_tokens_details": None},
         "kv_transfer_params": None,
     }
@@ -118,8 +193,11 @@ def test_openai_chat_logprobs_give_every_label_a_probability():
     assert s.ok and s.method == "logprobs" and s.answer == "negative"
     assert (s.prompt_tokens, s.completion_tokens) == (61, 1)
     p = np.exp(s.logprobs)
-    np.testing.assert_allclose(p, expected(top, {"neutral": ["neutral"], "positive": ["positive"],
-                                                 "negative": ["negative", "Negative", "neg"]}), rtol=1e-6)
+    np.testing.assert_allclose(
+        p,
+        expected(top, {"neutral": ["neutral"], "positive": ["positive"], "negative": ["negative", "Negative", "neg"]}),
+        rtol=1e-6,
+    )
     assert srv.paths == ["/v1/chat/completions"]  # one greedy request was enough
 
 
@@ -129,8 +207,11 @@ def test_openai_legacy_completion_logprobs_give_every_label_a_probability():
     with FaultServer(lambda n, body: (200, openai_completion(" negative", top, prompt_chars), 0)) as srv:
         [s] = backend(srv.url, endpoint="completions").score_items([PROMPT], LABELS)
     assert s.ok and s.method == "logprobs" and (s.prompt_tokens, s.completion_tokens) == (58, 1)
-    np.testing.assert_allclose(np.exp(s.logprobs), expected(top, {"neutral": [" neutral"], "positive": [" positive"],
-                                                                  "negative": [" negative", " Negative"]}), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.exp(s.logprobs),
+        expected(top, {"neutral": [" neutral"], "positive": [" positive"], "negative": [" negative", " Negative"]}),
+        rtol=1e-6,
+    )
     assert srv.paths == ["/v1/completions"] and srv.bodies[0]["logprobs"] == 5  # the legacy API's maximum
 
 
@@ -139,8 +220,11 @@ def test_vllm_chat_logprobs_with_clamped_impossible_tokens():
     with FaultServer(lambda n, body: (200, vllm_chat("positive", top), 0)) as srv:
         [s] = backend(srv.url).score_items([PROMPT], LABELS)
     assert s.ok and s.method == "logprobs" and (s.prompt_tokens, s.completion_tokens) == (70, 2)
-    np.testing.assert_allclose(np.exp(s.logprobs), expected(top, {"neutral": ["neutral"], "negative": ["negative"],
-                                                                  "positive": ["positive", "Positive"]}), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.exp(s.logprobs),
+        expected(top, {"neutral": ["neutral"], "negative": ["negative"], "positive": ["positive", "Positive"]}),
+        rtol=1e-6,
+    )
 
 
 def test_vllm_legacy_completion_logprobs():
@@ -148,8 +232,11 @@ def test_vllm_legacy_completion_logprobs():
     with FaultServer(lambda n, body: (200, vllm_completion(" positive", top, 150), 0)) as srv:
         [s] = backend(srv.url, endpoint="completions").score_items([PROMPT], LABELS)
     assert s.ok and s.method == "logprobs"
-    np.testing.assert_allclose(np.exp(s.logprobs), expected(top, {"neutral": [" neutral"], "negative": [" negative"],
-                                                                  "positive": [" positive", " Pos"]}), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.exp(s.logprobs),
+        expected(top, {"neutral": [" neutral"], "negative": [" negative"], "positive": [" positive", " Pos"]}),
+        rtol=1e-6,
+    )
 
 
 def test_vllm_tokens_as_ids_cannot_be_read_so_the_answer_is_voted():
@@ -162,8 +249,10 @@ def test_vllm_tokens_as_ids_cannot_be_read_so_the_answer_is_voted():
         reply = vllm_chat("negative", top, ids)
         if body.get("n"):  # three sampled answers
             one = reply["choices"][0]
-            reply["choices"] = [dict(one, index=i, message=dict(one["message"], content=a))
-                                for i, a in enumerate(["negative", "neutral", "negative"])]
+            reply["choices"] = [
+                dict(one, index=i, message=dict(one["message"], content=a))
+                for i, a in enumerate(["negative", "neutral", "negative"])
+            ]
         return 200, reply, 0
 
     with FaultServer(handler) as srv:
@@ -183,6 +272,7 @@ def rate_limited_once(headers: dict[str, str] | None):
         if n == 0:
             return 429, {"error": {"message": "Rate limit reached", "type": "requests"}}, 0, headers or {}
         return 200, openai_chat("negative", {"negative": -0.1, "neutral": -2.4}), 0
+
     return handler
 
 

@@ -19,6 +19,9 @@ from imfl import run
 from imfl.people import Labeling, Rejected
 from imfl.store import Store
 
+# slow: every test needs a run waiting for people (real student and embedder).
+pytestmark = pytest.mark.slow
+
 LABELS = ("negative", "neutral", "positive")
 
 
@@ -27,7 +30,11 @@ def people_config(tmp_path, shared_data, cache, name="people", **over):
     pool = write_jsonl(tmp_path / "pool.jsonl", rows)
     test = write_jsonl(tmp_path / "test.jsonl", read_jsonl(shared_data / "fpb_recorded" / "test.jsonl")[:20])
     settings = {
-        "name": name, "seed": 0, "strategy": "imfl", "output_dir": str(tmp_path / "runs"), "cache_dir": str(cache),
+        "name": name,
+        "seed": 0,
+        "strategy": "imfl",
+        "output_dir": str(tmp_path / "runs"),
+        "cache_dir": str(cache),
         "data": {"pool": str(pool), "test": str(test), "labels": list(LABELS)},
         "budget": {"total": 24, "human": 9, "rounds": 2},
         "human": {"annotator": "people"},
@@ -212,8 +219,12 @@ def test_the_worker_carries_the_run_on_when_a_batch_is_complete(waiting):
     for round_ in (1, 2):
         deadline = time.time() + 120
         # the worker has said that this round waits (its message counts the labels pending at that moment)
-        while len(events) < round_ or people.status() != {"state": "labeling", "round": round_, "done": 0,
-                                                          "total": people.status()["total"]}:
+        while len(events) < round_ or people.status() != {
+            "state": "labeling",
+            "round": round_,
+            "done": 0,
+            "total": people.status()["total"],
+        }:
             assert time.time() < deadline and not worker.error
             time.sleep(0.1)
         while "item" in (got := people.next("ann")):
@@ -227,7 +238,7 @@ def test_label_files_round_trip_and_bad_rows_are_reported(waiting, tmp_path):
     cfg, run_dir, people = waiting
     truth = gold(cfg)
     imfl = [sys.executable, "-m", "imfl"]
-    for fmt, name in (("csv", "batch.csv"), ("jsonl", "batch.jsonl"), ("labelstudio", "tasks.json")):
+    for _fmt, name in (("csv", "batch.csv"), ("jsonl", "batch.jsonl"), ("labelstudio", "tasks.json")):
         r = subprocess.run(imfl + ["export-batch", str(run_dir), "--out", str(tmp_path / name)], capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
     pending = [r["id"] for r in read_jsonl(tmp_path / "batch.jsonl")]
@@ -237,12 +248,22 @@ def test_label_files_round_trip_and_bad_rows_are_reported(waiting, tmp_path):
 
     # A Label Studio export of the first two tasks, as Label Studio writes it
     for t in tasks[:2]:
-        t["annotations"] = [{"id": 1, "was_cancelled": False, "result": [
-            {"from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": [truth[t["data"]["id"]]]}}]}]
+        t["annotations"] = [
+            {
+                "id": 1,
+                "was_cancelled": False,
+                "result": [
+                    {"from_name": "label", "to_name": "text", "type": "choices", "value": {"choices": [truth[t["data"]["id"]]]}}
+                ],
+            }
+        ]
     tasks[2]["annotations"] = [{"result": [{"value": {"choices": []}}]}]  # nothing chosen
     (tmp_path / "done.json").write_text(json.dumps(tasks[:3]))
-    r = subprocess.run(imfl + ["import-labels", str(run_dir), str(tmp_path / "done.json"), "--annotator", "studio"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        imfl + ["import-labels", str(run_dir), str(tmp_path / "done.json"), "--annotator", "studio"],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0 and "imported 2 labels, rejected 1" in r.stdout, r.stdout + r.stderr
     assert "task 3" in r.stderr
 
@@ -259,8 +280,13 @@ def test_label_files_round_trip_and_bad_rows_are_reported(waiting, tmp_path):
     before = (tmp_path / "mine.jsonl").read_bytes()
     r = subprocess.run(imfl + ["import-labels", str(run_dir), str(tmp_path / "mine.jsonl")], capture_output=True, text=True)
     assert r.returncode == 0 and "imported 2 labels, rejected 5" in r.stdout, r.stdout + r.stderr
-    for lineno, why in ((2, "not valid JSON"), (3, "label 'bullish' is not one of"), (4, "not waiting for a human label"),
-                        (5, "not waiting for a human label"), (6, "has no label")):
+    for lineno, why in (
+        (2, "not valid JSON"),
+        (3, "label 'bullish' is not one of"),
+        (4, "not waiting for a human label"),
+        (5, "not waiting for a human label"),
+        (6, "has no label"),
+    ):
         assert re.search(rf"mine\.jsonl:{lineno}: [^\n]*{why}", r.stderr), r.stderr
     assert "Traceback" not in r.stderr and (tmp_path / "mine.jsonl").read_bytes() == before
     assert people.status()["done"] == 4
@@ -337,7 +363,9 @@ def test_continue_partial_moves_the_missing_human_budget_to_the_next_round(waiti
 
 
 def test_guesses_are_hidden_unless_asked_for(tmp_path, shared_data, imfl_cache):
-    cfg = people_config(tmp_path, shared_data, imfl_cache, budget={"total": 24, "human": 9, "rounds": 2}, human__show_guesses=True)
+    cfg = people_config(
+        tmp_path, shared_data, imfl_cache, budget={"total": 24, "human": 9, "rounds": 2}, human__show_guesses=True
+    )
     run_dir = run(cfg).run_dir
     truth = gold(cfg)
     people = Labeling(run_dir)
@@ -355,8 +383,9 @@ def test_guesses_are_hidden_unless_asked_for(tmp_path, shared_data, imfl_cache):
 def test_serve_never_prints_a_new_token_into_a_log(waiting):
     _, run_dir, _ = waiting
     env = {k: v for k, v in os.environ.items() if k != "IMFL_TOKEN"}
-    r = subprocess.run([sys.executable, "-m", "imfl", "serve", str(run_dir), "--port", "0"],
-                       capture_output=True, text=True, env=env, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "imfl", "serve", str(run_dir), "--port", "0"], capture_output=True, text=True, env=env, timeout=120
+    )
     assert r.returncode == 2 and "set $IMFL_TOKEN" in r.stderr and "Traceback" not in r.stderr
 
 

@@ -22,6 +22,9 @@ from conftest import read_jsonl, small_config, write_jsonl
 from imfl import run
 from imfl.people import Labeling, People
 
+# slow: every test needs a run waiting for people (real student and embedder).
+pytestmark = pytest.mark.slow
+
 LABELS = ["negative", "neutral", "positive"]
 SHARED = "shared-s3cret"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -31,9 +34,16 @@ def settings(tmp_path, shared_data, cache) -> dict:
     """A project of 40 real FPB sentences; its round 1 (of 2) waits for 3 human labels."""
     rows = read_jsonl(shared_data / "fpb_recorded" / "pool.jsonl")[:40]
     return {
-        "name": "access", "seed": 0, "strategy": "imfl", "output_dir": str(tmp_path / "runs"), "cache_dir": str(cache),
-        "data": {"pool": str(write_jsonl(tmp_path / "pool.jsonl", rows)), "labels": LABELS,
-                 "test": str(write_jsonl(tmp_path / "test.jsonl", read_jsonl(shared_data / "fpb_recorded" / "test.jsonl")[:20]))},
+        "name": "access",
+        "seed": 0,
+        "strategy": "imfl",
+        "output_dir": str(tmp_path / "runs"),
+        "cache_dir": str(cache),
+        "data": {
+            "pool": str(write_jsonl(tmp_path / "pool.jsonl", rows)),
+            "labels": LABELS,
+            "test": str(write_jsonl(tmp_path / "test.jsonl", read_jsonl(shared_data / "fpb_recorded" / "test.jsonl")[:20])),
+        },
         "budget": {"total": 12, "human": 4, "rounds": 2},
         "human": {"annotator": "people"},
         "llm": {"annotator": "recorded", "column": "llm_gpt4"},
@@ -51,8 +61,9 @@ def waiting(tmp_path, shared_data, imfl_cache):
 
 
 def imfl(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "imfl", *args], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "COLUMNS": "200"})
+    return subprocess.run(
+        [sys.executable, "-m", "imfl", *args], capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "200"}
+    )
 
 
 def query(run_dir: Path, sql: str, args=()) -> list[tuple]:
@@ -72,8 +83,9 @@ def serving(run_dir: Path):
 
     from imfl.server import create_app
 
-    config = uvicorn.Config(create_app(Labeling(run_dir, lease_seconds=600), SHARED), host="127.0.0.1", port=0,
-                            log_level="warning")
+    config = uvicorn.Config(
+        create_app(Labeling(run_dir, lease_seconds=600), SHARED), host="127.0.0.1", port=0, log_level="warning"
+    )
     sock = config.bind_socket()
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -97,8 +109,9 @@ def client(url: str, token: str) -> httpx.Client:
 
 def human_labels(run_dir: Path) -> list[tuple]:
     """(annotator, item, label, retracted) of every human label, in order."""
-    return query(run_dir, "SELECT annotator, item_id, label, retracted_at IS NOT NULL FROM annotations"
-                          " WHERE source='human' ORDER BY id")
+    return query(
+        run_dir, "SELECT annotator, item_id, label, retracted_at IS NOT NULL FROM annotations WHERE source='human' ORDER BY id"
+    )
 
 
 # -- the command line ---------------------------------------------------------------------------------------------
@@ -206,8 +219,13 @@ def test_the_token_says_who_labels_and_roles_are_checked(waiting):
 
         # annotators: 403 on every admin endpoint, and nothing written
         people_before = query(run_dir, "SELECT * FROM people ORDER BY name")
-        for request in (a.get("/api/people"), a.get("/api/export"), a.post("/api/people", json={"name": "mallory", "role": "admin"}),
-                        a.delete("/api/people/dr-b"), a.delete("/api/people/boss")):
+        for request in (
+            a.get("/api/people"),
+            a.get("/api/export"),
+            a.post("/api/people", json={"name": "mallory", "role": "admin"}),
+            a.delete("/api/people/dr-b"),
+            a.delete("/api/people/boss"),
+        ):
             assert request.status_code == 403, (request.request.url, request.text)
             assert request.json()["detail"] == "only admins may do this; dr-a is annotator"
         assert query(run_dir, "SELECT * FROM people ORDER BY name") == people_before
@@ -215,8 +233,11 @@ def test_the_token_says_who_labels_and_roles_are_checked(waiting):
         # admins: what annotators do, and the admin endpoints
         assert boss.get("/api/status").json()["state"] == "labeling"
         listed = boss.get("/api/people").json()["people"]
-        assert [(p["name"], p["role"], p["labels"]) for p in listed] == [("dr-a", "annotator", 1), ("dr-b", "annotator", 1),
-                                                                           ("boss", "admin", 0)]
+        assert [(p["name"], p["role"], p["labels"]) for p in listed] == [
+            ("dr-a", "annotator", 1),
+            ("dr-b", "annotator", 1),
+            ("boss", "admin", 0),
+        ]
         assert not {"token", "token_sha256"} & set(listed[0])
         exported = boss.get("/api/export").json()["labels"]
         assert [(r["annotator"], r["id"]) for r in exported if r["source"] == "human"] == [("dr-a", item), ("dr-b", second)]
@@ -237,8 +258,12 @@ def test_the_token_says_who_labels_and_roles_are_checked(waiting):
         held = a.get("/api/next").json()["item"]["id"]
         r = imfl("people", "remove", str(run_dir), "dr-a")
         assert r.returncode == 0 and "their 1 label(s) stay" in r.stdout, r.stderr
-        for request in (a.get("/api/me"), a.get("/api/next"), a.post("/api/label", json={"item_id": held, "label": gold[held]}),
-                        a.post("/api/undo", json={})):
+        for request in (
+            a.get("/api/me"),
+            a.get("/api/next"),
+            a.post("/api/label", json={"item_id": held, "label": gold[held]}),
+            a.post("/api/undo", json={}),
+        ):
             assert request.status_code == 401 and request.headers["www-authenticate"] == "Bearer", request.text
         assert human_labels(run_dir) == [("dr-a", item, gold[item], 0), ("dr-b", second, gold[second], 0)]
         assert query(run_dir, "SELECT annotator FROM leases WHERE item_id=?", (held,)) == []  # what dr-a held is free
@@ -270,8 +295,11 @@ def test_the_shared_token_works_as_before_until_someone_is_registered(waiting):
         # the first person registered (here from the terminal, while the page is in use) ends the shared mode at once
         token, _ = People(run_dir).add("dr-a")
         before = human_labels(run_dir)
-        for request in (shared.get("/api/status"), shared.get("/api/next", params={"annotator": "dr-a"}),
-                        shared.post("/api/label", json={"annotator": "dr-a", "item_id": item, "label": gold[item]})):
+        for request in (
+            shared.get("/api/status"),
+            shared.get("/api/next", params={"annotator": "dr-a"}),
+            shared.post("/api/label", json={"annotator": "dr-a", "item_id": item, "label": gold[item]}),
+        ):
             assert request.status_code == 401 and "shared token is refused" in request.json()["detail"], request.text
         assert human_labels(run_dir) == before
         with client(url, token) as a:
@@ -285,8 +313,13 @@ def test_serve_with_people_registered_needs_no_shared_token(waiting):
     _, run_dir = waiting
     People(run_dir).add("dr-a")
     env = {k: v for k, v in os.environ.items() if k != "IMFL_TOKEN"} | {"COLUMNS": "200"}
-    proc = subprocess.Popen([sys.executable, "-m", "imfl", "serve", str(run_dir), "--port", "0", "--no-loop"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "imfl", "serve", str(run_dir), "--port", "0", "--no-loop"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     try:  # the output is not a terminal: without people this exits at once asking for $IMFL_TOKEN
         first = proc.stdout.readline()
         second = proc.stdout.readline()
@@ -306,8 +339,12 @@ def served(waiting, tmp_path):
     port = free_port()
     env = {**os.environ, "IMFL_TOKEN": SHARED}
     log = (tmp_path / "serve.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "imfl", "serve", str(run_dir), "--port", str(port), "--no-loop"],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "imfl", "serve", str(run_dir), "--port", str(port), "--no-loop"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:

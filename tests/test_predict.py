@@ -43,12 +43,19 @@ def trained(tmp_path_factory, fpb_rows):
     student.save(base / "student")
     run = base / "run"
     student.save(run / "adapter")
-    (run / "config.toml").write_text('name = "run"\n\n[data]\npool = "pool.jsonl"\nid_field = "uid"\ntext_field = "sentence"\n',
-                                     encoding="utf-8")
+    (run / "config.toml").write_text(
+        'name = "run"\n\n[data]\npool = "pool.jsonl"\nid_field = "uid"\ntext_field = "sentence"\n', encoding="utf-8"
+    )
     rows = fpb_rows["test"][:40]
     proba = student.predict_proba([r["text"] for r in rows])
-    return {"student": base / "student", "run": run, "labels": labels, "rows": rows,
-            "expected": {r["id"]: p for r, p in zip(rows, proba)}, "base": base}
+    return {
+        "student": base / "student",
+        "run": run,
+        "labels": labels,
+        "rows": rows,
+        "expected": {r["id"]: p for r, p in zip(rows, proba)},
+        "base": base,
+    }
 
 
 def check_records(records: list[dict], trained, ids: list[str]) -> None:
@@ -71,11 +78,11 @@ def bad_lines(stderr: str) -> list[str]:
 def test_jsonl_to_stdout_predicts_the_good_rows_and_names_the_bad_ones(tmp_path, trained):
     rows = trained["rows"][:12]
     lines = [json.dumps({"id": r["id"], "text": r["text"]}) for r in rows]
-    lines[2] = json.dumps({"id": "no-text"})                                     # line 3: no text
-    lines[4] = json.dumps({"text": rows[4]["text"]})                             # line 5: no id
-    lines[6] = '{"id": "broken", "text": "unterminated'                           # line 7: not JSON
-    lines[8] = json.dumps({"id": "blank", "text": "   "})                        # line 9: empty text
-    lines[10] = json.dumps([rows[10]["id"], rows[10]["text"]])                   # line 11: not an object
+    lines[2] = json.dumps({"id": "no-text"})  # line 3: no text
+    lines[4] = json.dumps({"text": rows[4]["text"]})  # line 5: no id
+    lines[6] = '{"id": "broken", "text": "unterminated'  # line 7: not JSON
+    lines[8] = json.dumps({"id": "blank", "text": "   "})  # line 9: empty text
+    lines[10] = json.dumps([rows[10]["id"], rows[10]["text"]])  # line 11: not an object
     src = tmp_path / "new.jsonl"
     src.write_text("\n".join(lines) + "\n", encoding="utf-8")
     before = src.read_bytes()
@@ -190,8 +197,13 @@ def test_progress_bar_on_a_terminal_leaves_the_predictions_on_stdout(tmp_path, t
     reader = threading.Thread(target=read_screen, daemon=True)
     reader.start()
     try:
-        r = subprocess.run([sys.executable, "-m", "imfl", "predict", str(trained["student"]), str(src)], stdout=subprocess.PIPE,
-                           stderr=slave, env=dict(os.environ, TERM="xterm", COLUMNS="120"), timeout=900)
+        r = subprocess.run(
+            [sys.executable, "-m", "imfl", "predict", str(trained["student"]), str(src)],
+            stdout=subprocess.PIPE,
+            stderr=slave,
+            env=dict(os.environ, TERM="xterm", COLUMNS="120"),
+            timeout=900,
+        )
     finally:
         os.close(slave)
         reader.join(5)
@@ -210,8 +222,9 @@ def test_predict_file_streams_a_chunk_at_a_time(tmp_path, trained):
 
     rows = trained["rows"]
     src = tmp_path / "new.jsonl"
-    src.write_text("".join(json.dumps({"id": f"{r['id']}-{k}", "text": r["text"]}) + "\n" for k in range(3) for r in rows),
-                   encoding="utf-8")  # 120 rows
+    src.write_text(
+        "".join(json.dumps({"id": f"{r['id']}-{k}", "text": r["text"]}) + "\n" for k in range(3) for r in rows), encoding="utf-8"
+    )  # 120 rows
     sink = io.StringIO()
     seen: list[tuple[int, int]] = []
     predictor = load_predictor(trained["student"])
@@ -274,8 +287,9 @@ def _unusable(tmp_path: Path, trained, case: str) -> tuple[list[str], Path | Non
     raise AssertionError(case)
 
 
-@pytest.mark.parametrize("case", ["missing file", "unknown suffix", "no text field", "out is the input", "unknown output type",
-                                  "not UTF-8"])
+@pytest.mark.parametrize(
+    "case", ["missing file", "unknown suffix", "no text field", "out is the input", "unknown output type", "not UTF-8"]
+)
 def test_unusable_input_exits_2_with_one_line(tmp_path, trained, case):
     args, src, words = _unusable(tmp_path, trained, case)
     before = src.read_bytes() if src else None

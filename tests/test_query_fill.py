@@ -57,6 +57,7 @@ def test_a_batch_as_large_as_the_pool_takes_every_item():
     assert sorted(no_convergence_warning(eeq, x, unc, len(x), 0).tolist()) == list(range(len(x)))
 
 
+@pytest.mark.slow
 def test_a_run_on_a_pool_with_many_repeated_sentences_spends_its_whole_budget(tmp_path, shared_data, imfl_cache):
     """The reported case (100 items, 30 the same sentence, budget 90 in 2 rounds: round 2 got 27 of its 45 items and
     the run used 72 of its 90 labels) at a smaller scale: 40 items, 12 the same sentence, budget 36 (6 human) in 2
@@ -66,7 +67,8 @@ def test_a_run_on_a_pool_with_many_repeated_sentences_spends_its_whole_budget(tm
         r["text"] = rows[0]["text"]
     write_jsonl(tmp_path / "pool.jsonl", rows)
     write_jsonl(tmp_path / "test.jsonl", read_jsonl(shared_data / "fpb_recorded" / "test.jsonl")[:10])
-    (tmp_path / "run.toml").write_text(f"""
+    (tmp_path / "run.toml").write_text(
+        f"""
 name = "dups"
 strategy = "imfl"
 compare_human_only = false
@@ -88,7 +90,9 @@ epochs = 1
 min_steps = 0
 max_length = 32
 batch_size = 16
-""", encoding="utf-8")
+""",
+        encoding="utf-8",
+    )
     r = imfl("run", str(tmp_path / "run.toml"))
     assert r.returncode == 0, r.stderr[-3000:]
     assert "ConvergenceWarning" not in r.stderr
@@ -100,8 +104,9 @@ batch_size = 16
 
 
 @pytest.mark.parametrize("schedule", ["geometric", "linear", "fixed"])
-@pytest.mark.parametrize("total,human,rounds", [(100, 0, 5), (100, 0, 1), (100, 30, 1), (100, 100, 1), (7, 0, 3),
-                                                (1, 0, 1), (1, 1, 1), (5, 5, 5)])
+@pytest.mark.parametrize(
+    "total,human,rounds", [(100, 0, 5), (100, 0, 1), (100, 30, 1), (100, 100, 1), (7, 0, 3), (1, 0, 1), (1, 1, 1), (5, 5, 5)]
+)
 def test_round_plan_without_humans_or_with_one_round_sums_to_the_budget(schedule, total, human, rounds):
     plan = round_plan(total, human, rounds, schedule)
     assert len(plan) == rounds and all(h >= 0 and l >= 0 for h, l in plan)

@@ -14,16 +14,18 @@ from imfl.pseudo import pseudo_label_pick
 
 
 def test_the_most_confident_rows_of_each_predicted_class_are_picked():
-    proba = np.array([
-        [0.90, 0.05, 0.05],  # 0: class 0, very sure
-        [0.60, 0.30, 0.10],  # 1: class 0
-        [0.50, 0.40, 0.10],  # 2: class 0, least sure
-        [0.70, 0.20, 0.10],  # 3: class 0
-        [0.10, 0.80, 0.10],  # 4: class 1
-        [0.20, 0.45, 0.35],  # 5: class 1, unsure
-        [0.10, 0.10, 0.80],  # 6: class 2
-        [0.05, 0.05, 0.90],  # 7: class 2, very sure
-    ])
+    proba = np.array(
+        [
+            [0.90, 0.05, 0.05],  # 0: class 0, very sure
+            [0.60, 0.30, 0.10],  # 1: class 0
+            [0.50, 0.40, 0.10],  # 2: class 0, least sure
+            [0.70, 0.20, 0.10],  # 3: class 0
+            [0.10, 0.80, 0.10],  # 4: class 1
+            [0.20, 0.45, 0.35],  # 5: class 1, unsure
+            [0.10, 0.10, 0.80],  # 6: class 2
+            [0.05, 0.05, 0.90],  # 7: class 2, very sure
+        ]
+    )
     # proportional, 4 of 8: class shares 4/8, 2/8, 2/8 of 4 -> 2, 1, 1.
     assert sorted(pseudo_label_pick(proba, 4, "proportional").tolist()) == [0, 3, 4, 7]
     # balanced, 6: 2 of each class.
@@ -37,15 +39,22 @@ def test_the_most_confident_rows_of_each_predicted_class_are_picked():
         pseudo_label_pick(proba, 2, "odd")
 
 
+@pytest.mark.slow
 def test_a_self_training_run_learns_from_unlabeled_items_and_says_which(tmp_path, small_fpb, imfl_cache):
-    cfg = small_config({
-        "name": "self", "seed": 2, "strategy": "imfl", "output_dir": str(tmp_path), "cache_dir": str(imfl_cache),
-        "data": {"pool": str(small_fpb["pool"]), "test": str(small_fpb["test"])},
-        "budget": {"total": 16, "human": 8, "rounds": 2},
-        "llm": {"annotator": "simulated", "accuracy": 0.9},
-        "self_training": {"items": 10, "weight": 0.5},
-        "student": {"epochs": 1, "min_steps": 0, "max_length": 32, "batch_size": 16},
-    })
+    cfg = small_config(
+        {
+            "name": "self",
+            "seed": 2,
+            "strategy": "imfl",
+            "output_dir": str(tmp_path),
+            "cache_dir": str(imfl_cache),
+            "data": {"pool": str(small_fpb["pool"]), "test": str(small_fpb["test"])},
+            "budget": {"total": 16, "human": 8, "rounds": 2},
+            "llm": {"annotator": "simulated", "accuracy": 0.9},
+            "self_training": {"items": 10, "weight": 0.5},
+            "student": {"epochs": 1, "min_steps": 0, "max_length": 32, "batch_size": 16},
+        }
+    )
     result = run(cfg)
     first, second = result.metrics
     assert "pseudo_labels" not in first  # round 1 has no earlier predictions

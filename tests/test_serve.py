@@ -90,18 +90,27 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 120.0) -> "Server":
-        env = os.environ | {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-                            "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+    def start(self, timeout: float = 120.0) -> Server:
+        env = os.environ | {
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONUNBUFFERED": "1",
+        }
         cmd = serve_command() + ["serve", "--host", "127.0.0.1", "--port", str(self.port), "--device", "cpu", self.model]
         with open(self.log, "ab") as fh:
-            self.proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                         preexec_fn=_die_with_parent)
+            self.proc = subprocess.Popen(
+                cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, preexec_fn=_die_with_parent
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                pytest.fail(f"`{' '.join(cmd)}` exited with code {self.proc.returncode} before answering /health; "
-                            f"log tail:\n{self.tail()}")
+                pytest.fail(
+                    f"`{' '.join(cmd)}` exited with code {self.proc.returncode} before answering /health; "
+                    f"log tail:\n{self.tail()}"
+                )
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
                     return self
@@ -161,12 +170,24 @@ def server(served_model, tmp_path_factory):
 
 def serve_cfg(pool, test, out, cache, server, **over):
     settings = {
-        "name": "serve", "seed": 0, "strategy": "imfl", "output_dir": str(out), "cache_dir": str(cache),
+        "name": "serve",
+        "seed": 0,
+        "strategy": "imfl",
+        "output_dir": str(out),
+        "cache_dir": str(cache),
         "data": {"pool": str(pool), "test": str(test)},
         "budget": {"total": 12, "human": 4, "rounds": 2},
         "student": {"epochs": 1, "min_steps": 0, "max_length": 32, "batch_size": 16},
-        "llm": {"annotator": "openai", "base_url": f"{server.url}/v1", "model": server.model,
-                "samples": 3, "max_concurrency": 2, "k": 2, "max_tokens": 8, "timeout": 60.0},
+        "llm": {
+            "annotator": "openai",
+            "base_url": f"{server.url}/v1",
+            "model": server.model,
+            "samples": 3,
+            "max_concurrency": 2,
+            "k": 2,
+            "max_tokens": 8,
+            "timeout": 60.0,
+        },
     }
     return small_config(settings, **over)
 
@@ -179,14 +200,21 @@ def rows(db: Path, sql: str, args=()) -> list[tuple]:
 
 def llm_annotations(db: Path) -> dict[int, tuple]:
     """annotation id -> (item_id, round, label, probs, method, prompt_hash, error)"""
-    return {r[0]: r[1:] for r in rows(db, "SELECT id, item_id, round, label, probs, method, prompt_hash, error"
-                                          " FROM annotations WHERE source='llm' ORDER BY id")}
+    return {
+        r[0]: r[1:]
+        for r in rows(
+            db,
+            "SELECT id, item_id, round, label, probs, method, prompt_hash, error FROM annotations WHERE source='llm' ORDER BY id",
+        )
+    }
 
 
 # -- what the server does with our requests ---------------------------------------------------------------
 def test_what_the_server_does_with_our_requests(server):
-    msgs = [{"role": "system", "content": "Answer with exactly one of: negative, neutral, positive."},
-            {"role": "user", "content": "Text: Operating profit fell sharply."}]
+    msgs = [
+        {"role": "system", "content": "Answer with exactly one of: negative, neutral, positive."},
+        {"role": "user", "content": "Text: Operating profit fell sharply."},
+    ]
 
     def post(body):
         return httpx.post(f"{server.url}/v1/chat/completions", json={"messages": msgs, "max_tokens": 2, **body}, timeout=60)
@@ -201,11 +229,18 @@ def test_what_the_server_does_with_our_requests(server):
 
 
 def test_answers_at_a_positive_temperature_are_samples(server):
-    msgs = [{"role": "system", "content": "Answer with exactly one of: negative, neutral, positive."},
-            {"role": "user", "content": "Text: The company said its quarterly results were in line with expectations."}]
-    answers = {httpx.post(f"{server.url}/v1/chat/completions", timeout=60,
-                          json={"model": server.model, "messages": msgs, "max_tokens": 6, "temperature": 1.0}
-                          ).json()["choices"][0]["message"]["content"] for _ in range(5)}
+    msgs = [
+        {"role": "system", "content": "Answer with exactly one of: negative, neutral, positive."},
+        {"role": "user", "content": "Text: The company said its quarterly results were in line with expectations."},
+    ]
+    answers = {
+        httpx.post(
+            f"{server.url}/v1/chat/completions",
+            timeout=60,
+            json={"model": server.model, "messages": msgs, "max_tokens": 6, "temperature": 1.0},
+        ).json()["choices"][0]["message"]["content"]
+        for _ in range(5)
+    }
     assert len(answers) > 1, answers
 
 
@@ -218,8 +253,13 @@ def first_run(server, small_fpb, tmp_path_factory):
     run = Run(cfg)
     result = run.execute()
     sent = run.llm.backend.requests_sent
-    return {"cfg": cfg, "result": result, "sent": sent, "stats": dict(run.llm.stats),
-            "logged": server.chat_requests(expect=before + sent) - before}
+    return {
+        "cfg": cfg,
+        "result": result,
+        "sent": sent,
+        "stats": dict(run.llm.stats),
+        "logged": server.chat_requests(expect=before + sent) - before,
+    }
 
 
 def test_a_run_over_http_labels_every_llm_item(first_run, server):
@@ -231,8 +271,9 @@ def test_a_run_over_http_labels_every_llm_item(first_run, server):
     assert sum(m["llm_labels"] for m in result.metrics) == 8
     assert all(m["llm_failed"] == 0 and m["llm_unparsed"] == 0 for m in result.metrics)
     selected = rows(db, "SELECT item_id FROM selections WHERE target='llm'")
-    found = rows(db, "SELECT item_id, label, probs, confidence, method, prompt_hash, annotator, error FROM annotations"
-                     " WHERE source='llm'")
+    found = rows(
+        db, "SELECT item_id, label, probs, confidence, method, prompt_hash, annotator, error FROM annotations WHERE source='llm'"
+    )
     assert sorted(r[0] for r in found) == sorted(r[0] for r in selected)  # every LLM-assigned item, once
     for item, label, probs, confidence, method, phash, annotator, error in found:
         p = json.loads(probs)
@@ -290,9 +331,19 @@ def test_a_server_killed_mid_run_loses_nothing(served_model, fpb_rows, small_fpb
     pool = write_jsonl(tmp_path / "pool.jsonl", fpb_rows["pool"][:100])
     server = Server(served_model, free_port(), tmp_path / "serve.log").start()
     try:
-        cfg = serve_cfg(pool, small_fpb["test"], tmp_path / "runs", tmp_path / "cache", server,
-                        budget={"total": total, "human": human, "rounds": rounds},
-                        llm__samples=0, llm__k=1, llm__max_tokens=4, llm__max_retries=1, llm__timeout=30.0)
+        cfg = serve_cfg(
+            pool,
+            small_fpb["test"],
+            tmp_path / "runs",
+            tmp_path / "cache",
+            server,
+            budget={"total": total, "human": human, "rounds": rounds},
+            llm__samples=0,
+            llm__k=1,
+            llm__max_tokens=4,
+            llm__max_retries=1,
+            llm__timeout=30.0,
+        )
         db = tmp_path / "runs" / cfg.name / "store.sqlite"
 
         outcome: dict = {}
@@ -323,7 +374,7 @@ def test_a_server_killed_mid_run_loses_nothing(served_model, fpb_rows, small_fpb
         after_kill = llm_annotations(db)
         failed = {i: r for i, r in after_kill.items() if r[2] is None and not r[6].startswith("unparsed")}
         assert failed, "every LLM call of round 1 finished before the kill: nothing was tested"
-        for item, rnd, label, probs, method, phash, error in failed.values():
+        for _item, rnd, _label, probs, _method, _phash, error in failed.values():
             assert rnd == 1 and probs is None and "connection failed" in error, error
         assert all(after_kill[i] == r for i, r in committed.items())  # nothing committed before the kill is lost
         metrics1 = json.loads(rows(db, "SELECT metrics FROM rounds WHERE round=1")[0][0])

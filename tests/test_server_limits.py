@@ -18,6 +18,9 @@ from conftest import read_jsonl, small_config, write_jsonl
 from imfl import run
 from imfl.people import Labeling, Rejected
 
+# slow: every test needs a run waiting for people, most a served one.
+pytestmark = pytest.mark.slow
+
 LABELS = ("negative", "neutral", "positive")
 TOKEN = "s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -29,9 +32,16 @@ def project(tmp_path, shared_data, cache, rounds=2):
     """A project of 80 real FPB sentences whose first round waits for people (6 of 9 human labels with 2 rounds)."""
     rows = read_jsonl(shared_data / "fpb_recorded" / "pool.jsonl")[:80]
     settings = {
-        "name": "limits", "seed": 0, "strategy": "imfl", "output_dir": str(tmp_path / "runs"), "cache_dir": str(cache),
-        "data": {"pool": str(write_jsonl(tmp_path / "pool.jsonl", rows)), "labels": list(LABELS),
-                 "test": str(write_jsonl(tmp_path / "test.jsonl", read_jsonl(shared_data / "fpb_recorded" / "test.jsonl")[:20]))},
+        "name": "limits",
+        "seed": 0,
+        "strategy": "imfl",
+        "output_dir": str(tmp_path / "runs"),
+        "cache_dir": str(cache),
+        "data": {
+            "pool": str(write_jsonl(tmp_path / "pool.jsonl", rows)),
+            "labels": list(LABELS),
+            "test": str(write_jsonl(tmp_path / "test.jsonl", read_jsonl(shared_data / "fpb_recorded" / "test.jsonl")[:20])),
+        },
         "budget": {"total": 24, "human": 9, "rounds": rounds},
         "human": {"annotator": "people"},
         "llm": {"annotator": "recorded", "column": "llm_gpt4"},
@@ -97,8 +107,10 @@ def raw_request(url: str, head: str, body_parts: list[bytes]) -> tuple[http.clie
 def test_a_body_announced_as_too_large_is_refused_before_it_arrives(served):
     url, run_dir = served
     before = standing_labels(run_dir)
-    head = (f"POST /api/label HTTP/1.1\nHost: 127.0.0.1\nAuthorization: Bearer {TOKEN}\n"
-            f"Content-Type: application/json\nContent-Length: 100000000\n")
+    head = (
+        f"POST /api/label HTTP/1.1\nHost: 127.0.0.1\nAuthorization: Bearer {TOKEN}\n"
+        f"Content-Type: application/json\nContent-Length: 100000000\n"
+    )
     r, body = raw_request(url, head, [b'{"annotator": "a", "item_id": "x", "label": "neutral", "pad": "'])
     assert r.status == 413 and body == b"Content Too Large", body
     assert {k.lower(): v for k, v in r.getheaders()}.items() >= HEADERS.items()
@@ -108,8 +120,10 @@ def test_a_body_announced_as_too_large_is_refused_before_it_arrives(served):
 def test_a_chunked_body_is_counted_while_it_streams(served):
     url, run_dir = served
     before = standing_labels(run_dir)
-    head = (f"POST /api/label HTTP/1.1\nHost: 127.0.0.1\nAuthorization: Bearer {TOKEN}\n"
-            "Content-Type: application/json\nTransfer-Encoding: chunked\n")
+    head = (
+        f"POST /api/label HTTP/1.1\nHost: 127.0.0.1\nAuthorization: Bearer {TOKEN}\n"
+        "Content-Type: application/json\nTransfer-Encoding: chunked\n"
+    )
     chunk = 8 * 1024
     parts = [f"{chunk:x}\r\n".encode() + b"x" * chunk + b"\r\n" for _ in range(LIMIT // chunk + 1)]  # never ends
     r, body = raw_request(url, head, parts)
@@ -158,7 +172,9 @@ def test_validation_errors_name_the_field_and_never_echo_large_input(served):
             detail = r.json()["detail"]
             assert r.status_code == 422 and isinstance(detail, str) and re.search(why, detail), (why, r.text[:300])
             assert len(r.content) < 400 and not re.search(r"(.)\1{80}", detail), r.text[:600]
-        r = client.post("/api/label", content=b'{"annotator": "v", ' + b"x" * 50_000, headers={"Content-Type": "application/json"})
+        r = client.post(
+            "/api/label", content=b'{"annotator": "v", ' + b"x" * 50_000, headers={"Content-Type": "application/json"}
+        )
         assert r.status_code == 422 and "JSON" in r.json()["detail"] and len(r.content) < 400, r.text[:300]
         r = client.get("/api/next", params={"annotator": "<script>" * 500})
         assert r.status_code == 422 and r.json()["detail"].startswith("annotator") and len(r.content) < 400, r.text[:300]
@@ -169,10 +185,16 @@ def test_every_response_carries_the_security_headers(served):
     url, _ = served
     with httpx.Client(base_url=url, timeout=60) as client:
         pages = [client.get("/"), client.get("/")]
-        answers = [client.get("/api/status"), client.get("/api/status", headers=AUTH),
-                   client.post("/api/label", json={}, headers=AUTH), client.get("/no-such-page")]
+        answers = [
+            client.get("/api/status"),
+            client.get("/api/status", headers=AUTH),
+            client.post("/api/label", json={}, headers=AUTH),
+            client.get("/no-such-page"),
+        ]
     for r in pages + answers:
-        assert r.headers.items() >= HEADERS.items() and "frame-ancestors 'none'" in r.headers["content-security-policy"], r.headers
+        assert r.headers.items() >= HEADERS.items() and "frame-ancestors 'none'" in r.headers["content-security-policy"], (
+            r.headers
+        )
     assert [r.status_code for r in answers] == [401, 200, 422, 404]
     for r in answers:
         assert r.headers["content-security-policy"].startswith("default-src 'none'")
@@ -213,7 +235,9 @@ def test_skip_hands_the_item_to_others_and_back_to_the_skipper_last(fresh):
     order = []
     while "item" in (got := client.get("/api/next", params={"annotator": "a"}).json()):
         order.append(got["item"]["id"])
-        assert client.post("/api/label", json={"annotator": "a", "item_id": order[-1], "label": gold[order[-1]]}).status_code == 200
+        assert (
+            client.post("/api/label", json={"annotator": "a", "item_id": order[-1], "label": gold[order[-1]]}).status_code == 200
+        )
     assert len(order) == len(set(order)) == 6 and order[-1] == skipped  # a got it back only when nothing else was left
     assert standing_labels(run_dir) == 6
     # the checks every request gets
@@ -246,7 +270,9 @@ def test_undo_is_refused_once_the_round_has_moved_on_and_the_finished_worker_can
             labeled = []
             while "item" in (got := client.get("/api/next", params={"annotator": "a"}).json()):
                 labeled.append(got["item"]["id"])
-                client.post("/api/label", json={"annotator": "a", "item_id": labeled[-1], "label": gold[labeled[-1]]}).raise_for_status()
+                client.post(
+                    "/api/label", json={"annotator": "a", "item_id": labeled[-1], "label": gold[labeled[-1]]}
+                ).raise_for_status()
             return labeled
 
         def undo():
@@ -258,7 +284,13 @@ def test_undo_is_refused_once_the_round_has_moved_on_and_the_finished_worker_can
         worker = LoopWorker(lambda: run(cfg), people, poll_seconds=0.05)
         worker.start()
         deadline = time.monotonic() + 600
-        while client.get("/api/status").json() != {"state": "labeling", "round": 2, "done": 0, "total": 3, "labels": list(LABELS)}:
+        while client.get("/api/status").json() != {
+            "state": "labeling",
+            "round": 2,
+            "done": 0,
+            "total": 3,
+            "labels": list(LABELS),
+        }:
             assert time.monotonic() < deadline and not worker.error, ("round 2 never came", worker.error)
             time.sleep(0.1)
         r = undo()  # round 1 has moved on: its labels stay, whoever asks

@@ -13,16 +13,23 @@ from imfl.errors import ConfigError
 
 
 def _config(tmp_path, small_fpb, imfl_cache, **fidelity):
-    return small_config({
-        "name": "small-loss", "seed": 4, "strategy": "label-all", "output_dir": str(tmp_path), "cache_dir": str(imfl_cache),
-        "data": {"pool": str(small_fpb["pool"]), "test": str(small_fpb["test"])},
-        "budget": {"total": 48, "human": 8},
-        "llm": {"annotator": "simulated", "accuracy": 0.6, "eval_sample": 8},
-        "fidelity": fidelity,
-        "student": {"epochs": 1, "min_steps": 0, "max_length": 32, "batch_size": 16},
-    })
+    return small_config(
+        {
+            "name": "small-loss",
+            "seed": 4,
+            "strategy": "label-all",
+            "output_dir": str(tmp_path),
+            "cache_dir": str(imfl_cache),
+            "data": {"pool": str(small_fpb["pool"]), "test": str(small_fpb["test"])},
+            "budget": {"total": 48, "human": 8},
+            "llm": {"annotator": "simulated", "accuracy": 0.6, "eval_sample": 8},
+            "fidelity": fidelity,
+            "student": {"epochs": 1, "min_steps": 0, "max_length": 32, "batch_size": 16},
+        }
+    )
 
 
+@pytest.mark.slow
 def test_the_worst_fitting_share_of_llm_labels_is_left_out(tmp_path, small_fpb, imfl_cache):
     result = run(_config(tmp_path, small_fpb, imfl_cache, small_loss=True, small_loss_share=0.25))
     (metrics,) = result.metrics
@@ -34,6 +41,7 @@ def test_the_worst_fitting_share_of_llm_labels_is_left_out(tmp_path, small_fpb, 
     assert all(row["weight"] > 0 for row in training if not row["small_loss"])
 
 
+@pytest.mark.slow
 def test_without_a_share_the_llm_s_measured_error_rate_is_dropped(tmp_path, small_fpb, imfl_cache):
     result = run(_config(tmp_path, small_fpb, imfl_cache, small_loss=True))
     (metrics,) = result.metrics
@@ -42,6 +50,6 @@ def test_without_a_share_the_llm_s_measured_error_rate_is_dropped(tmp_path, smal
     assert metrics["llm_small_loss"] == pytest.approx(error * 40, abs=1)
 
 
-def test_small_loss_needs_the_llm_measured(tmp_path, small_fpb, imfl_cache):
+def test_small_loss_needs_the_llm_measured(tmp_path, tiny_data, imfl_cache):
     with pytest.raises(ConfigError, match="llm.eval_sample"):
-        small_config({"data": {"pool": str(small_fpb["pool"])}, "fidelity": {"small_loss": True}})
+        small_config({"data": {"pool": str(tiny_data["pool"])}, "fidelity": {"small_loss": True}})

@@ -51,12 +51,16 @@ def test_items_come_back_whole_and_stores_from_before_schema_3_are_completed(tmp
         for statement in _statements(MIGRATIONS[version]):
             conn.execute(statement)
     conn.execute("INSERT INTO meta VALUES('schema_version', '2')")
-    conn.executemany("INSERT INTO items(idx, id, text, text_pair, gold) VALUES(?, ?, ?, ?, ?)",
-                     [(0, "a", "alpha", None, "x"), (1, "b", "beta", "ctx", None)])
+    conn.executemany(
+        "INSERT INTO items(idx, id, text, text_pair, gold) VALUES(?, ?, ?, ?, ?)",
+        [(0, "a", "alpha", None, "x"), (1, "b", "beta", "ctx", None)],
+    )
     conn.commit()
     conn.close()
-    pool = [Example("a", "alpha", None, "x", {"llm_gpt4": "x", "score": 0.5}, line=2),
-            Example("b", "beta", "ctx", None, {"llm_gpt4": None}, line=3)]
+    pool = [
+        Example("a", "alpha", None, "x", {"llm_gpt4": "x", "score": 0.5}, line=2),
+        Example("b", "beta", "ctx", None, {"llm_gpt4": None}, line=3),
+    ]
     with Store.open(path) as s:
         assert s.get_meta("schema_version") == str(SCHEMA_VERSION) and not s.items_complete()
         s.add_items(pool)

@@ -12,7 +12,7 @@ import pytest
 from imfl.errors import ModelError
 from imfl.student import Student
 
-pytestmark = pytest.mark.slow
+# The tests that train (load the model) are marked slow; the refusals before any loading are quick.
 
 GOOD = [
     "Profit rose sharply and the company raised its dividend.",
@@ -77,6 +77,7 @@ def test_constructor_only_stores_arguments() -> None:
     assert s.get_params()["epochs"] == 2
 
 
+@pytest.mark.slow
 def test_predict_proba_shape_and_rows_sum_to_one(fitted) -> None:
     student, probs = fitted
     assert probs.shape == (len(TEXTS), 2)
@@ -85,12 +86,14 @@ def test_predict_proba_shape_and_rows_sum_to_one(fitted) -> None:
     assert student.predict_proba([]).shape == (0, 2)
 
 
+@pytest.mark.slow
 def test_learns_a_separable_toy_task(fitted) -> None:
     _, probs = fitted
     accuracy = float((probs.argmax(axis=1) == np.array(LABELS)).mean())
     assert accuracy >= 0.85, accuracy
 
 
+@pytest.mark.slow
 def test_predict_proba_keeps_input_order_whatever_the_batching(fitted) -> None:
     student, probs = fitted
     order = np.random.default_rng(1).permutation(len(TEXTS))
@@ -108,6 +111,7 @@ def quick() -> tuple[np.ndarray, list[int]]:
     return student.predict_proba(TEXTS), seen
 
 
+@pytest.mark.slow
 def test_bfloat16_prediction_is_close_to_float32(fitted) -> None:
     student, _ = fitted
     got = {}
@@ -121,6 +125,7 @@ def test_bfloat16_prediction_is_close_to_float32(fitted) -> None:
     np.testing.assert_allclose(got["bfloat16"], got["float32"], atol=0.05)
 
 
+@pytest.mark.slow
 def test_progress_counts_every_item(fitted, quick) -> None:
     student, _ = fitted
     seen: list[int] = []
@@ -130,12 +135,14 @@ def test_progress_counts_every_item(fitted, quick) -> None:
     assert sum(fit_seen) == 16 and len(fit_seen) == 2  # one epoch, batch_size 8
 
 
+@pytest.mark.slow
 def test_same_seed_same_probabilities(fitted) -> None:
     _, probs = fitted
     again = Student(**FAST).fit(TEXTS, LABELS, 2).predict_proba(TEXTS)
     np.testing.assert_array_equal(again, probs)
 
 
+@pytest.mark.slow
 def test_other_seed_other_probabilities(quick) -> None:
     probs, _ = quick
     data = (TEXTS[::5] + TEXTS[1::5], LABELS[::5] + LABELS[1::5])
@@ -143,6 +150,7 @@ def test_other_seed_other_probabilities(quick) -> None:
     assert not np.array_equal(other, probs)
 
 
+@pytest.mark.slow
 def test_save_load_roundtrip_identical(fitted, tmp_path) -> None:
     student, probs = fitted
     student.save(tmp_path / "student")
@@ -153,10 +161,11 @@ def test_save_load_roundtrip_identical(fitted, tmp_path) -> None:
     assert loaded.n_labels_ == 2
 
 
+@pytest.mark.slow
 def test_zero_weight_items_are_as_if_dropped(quick) -> None:
     probs, _ = quick
     kept_texts, kept_labels = TEXTS[::5] + TEXTS[1::5], LABELS[::5] + LABELS[1::5]
-    noise = ["Completely unrelated filler sentence number %d." % i for i in range(6)]
+    noise = [f"Completely unrelated filler sentence number {i}." for i in range(6)]
     texts = kept_texts[:5] + noise + kept_texts[5:]
     labels = kept_labels[:5] + [1] * len(noise) + kept_labels[5:]
     weights = [1.0] * 5 + [0.0] * len(noise) + [1.0] * (len(kept_texts) - 5)
@@ -164,6 +173,7 @@ def test_zero_weight_items_are_as_if_dropped(quick) -> None:
     np.testing.assert_array_equal(got, probs)
 
 
+@pytest.mark.slow
 def test_weights_steer_the_model(fitted) -> None:
     _, probs = fitted
     # Class 0 items weigh 20x more than class 1 items: the model should lean towards class 0.
@@ -172,6 +182,7 @@ def test_weights_steer_the_model(fitted) -> None:
     assert got[:, 0].mean() > probs[:, 0].mean() + 0.05
 
 
+@pytest.mark.slow
 def test_one_hot_or_nan_target_probs_train_as_the_labels_do(quick) -> None:
     probs, _ = quick
     texts, labels = TEXTS[::5] + TEXTS[1::5], LABELS[::5] + LABELS[1::5]
@@ -182,6 +193,7 @@ def test_one_hot_or_nan_target_probs_train_as_the_labels_do(quick) -> None:
         np.testing.assert_allclose(got, probs, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_soft_targets_teach_the_model_their_uncertainty(fitted) -> None:
     _, hard = fitted
     soft_targets = np.where(np.eye(2)[LABELS] == 1, 0.7, 0.3)
@@ -207,6 +219,7 @@ def test_contrastive_pairs_join_each_item_to_its_class_and_to_others() -> None:
     assert len(set(anchor.tolist())) == 2 and (target == 0).sum() == 2 and len(anchor) in (3, 4)
 
 
+@pytest.mark.slow
 def test_a_contrastive_first_stage_keeps_the_task_learned_and_counts_its_work() -> None:
     seen: list[int] = []
     student = Student(**FAST, contrastive_pairs=40, contrastive_learning_rate=1e-4)
@@ -215,6 +228,7 @@ def test_a_contrastive_first_stage_keeps_the_task_learned_and_counts_its_work() 
     assert sum(seen) == student.fit_work(len(TEXTS)) == 4 * len(TEXTS) + 80
 
 
+@pytest.mark.slow
 def test_text_pairs_are_used() -> None:
     questions = ["Did the company do well?"] * len(TEXTS)
     student = Student(**{**FAST, "epochs": 1}).fit(questions, LABELS, 2, text_pairs=TEXTS)
@@ -227,6 +241,7 @@ def test_text_pairs_are_used() -> None:
         student.predict_proba(questions[:2])
 
 
+@pytest.mark.slow
 def test_one_class_only_is_fine() -> None:
     probs = Student(**{**FAST, "epochs": 1}).fit(TEXTS[:8], [2] * 8, 3).predict_proba(TEXTS[:3])
     assert probs.shape == (3, 3)
@@ -264,6 +279,7 @@ def test_model_dir_without_config_is_a_model_error(tmp_path) -> None:
         Student(str(tmp_path), **FAST).fit(["a"], [0], 2)
 
 
+@pytest.mark.slow
 def test_any_local_encoder_directory_works(tmp_path) -> None:
     """A tiny random DistilBERT (another architecture, other LoRA target names) saved locally."""
     from transformers import AutoTokenizer, DistilBertConfig, DistilBertModel

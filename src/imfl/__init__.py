@@ -19,12 +19,22 @@ from imfl.errors import AnnotatorError, BudgetError, ConfigError, DataError, Imf
 __version__ = "0.1.0"
 
 _LAZY = {
-    "run": "imfl.loop", "Run": "imfl.loop", "RunResult": "imfl.loop",
-    "Student": "imfl.student", "Embedder": "imfl.embeddings",
-    "AnnotationContext": "imfl.annotators", "LLMAnnotator": "imfl.annotators", "OracleAnnotator": "imfl.annotators", "RecordedAnnotator": "imfl.annotators",
-    "PeopleAnnotator": "imfl.annotators", "Labeling": "imfl.people",
+    "run": "imfl.loop",
+    "Run": "imfl.loop",
+    "RunResult": "imfl.loop",
+    "Student": "imfl.student",
+    "Embedder": "imfl.embeddings",
+    "AnnotationContext": "imfl.annotators",
+    "LLMAnnotator": "imfl.annotators",
+    "OracleAnnotator": "imfl.annotators",
+    "RecordedAnnotator": "imfl.annotators",
+    "PeopleAnnotator": "imfl.annotators",
+    "Labeling": "imfl.people",
     "LocalBackend": "imfl.llm.local",
-    "eeq": "imfl.query", "least_confidence": "imfl.query", "round_plan": "imfl.query", "split_by_uncertainty": "imfl.query",
+    "eeq": "imfl.query",
+    "least_confidence": "imfl.query",
+    "round_plan": "imfl.query",
+    "split_by_uncertainty": "imfl.query",
 }
 
 
@@ -37,6 +47,19 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "Annotation", "AnnotatorError", "BudgetError", "ConfigError", "DataError", "Dataset", "Example", "ImflError",
-    "ModelError", "RunConfig", "Task", "config_from_dict", "load_config", "load_dataset", *_LAZY,
+    "Annotation",
+    "AnnotatorError",
+    "BudgetError",
+    "ConfigError",
+    "DataError",
+    "Dataset",
+    "Example",
+    "ImflError",
+    "ModelError",
+    "RunConfig",
+    "Task",
+    "config_from_dict",
+    "load_config",
+    "load_dataset",
+    *_LAZY,
 ]

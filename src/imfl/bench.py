@@ -47,15 +47,19 @@ class _Spec(BaseModel):
 class StrategySpec(_Spec):
     total: float | None = Field(None, gt=0, description="Total labels, as a multiple of the dataset's H.")
     human: float = Field(ge=0, description="Human labels, as a multiple of H (the rest go to the LLM).")
-    cost: float | None = Field(None, gt=0, description="A money budget instead of total: budget.cost = cost × H (the price of "
-                               "cost × H human labels at human.cost = 1); the LLM labels what is left, up to the whole pool.")
+    cost: float | None = Field(
+        None,
+        gt=0,
+        description="A money budget instead of total: budget.cost = cost × H (the price of "
+        "cost × H human labels at human.cost = 1); the LLM labels what is left, up to the whole pool.",
+    )
     group: Literal["main", "ablation"] = "main"
     label: str = ""
     versus: str = Field("imfl", description="ablation: the strategy it changes one thing of (the report's Δ is against it).")
     set: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _check(self) -> "StrategySpec":
+    def _check(self) -> StrategySpec:
         if (self.total is None) == (self.cost is None):
             raise ValueError("give either total (labels) or cost (money), as multiples of H")
         if self.total is not None and self.human > self.total:
@@ -66,7 +70,9 @@ class StrategySpec(_Spec):
 
     @property
     def uses_llm(self) -> bool:
-        return self.human < (self.total if self.total is not None else self.cost)
+        limit = self.total if self.total is not None else self.cost
+        assert limit is not None  # _check: total or cost, exactly one
+        return self.human < limit
 
 
 class AnnotatorSpec(_Spec):
@@ -166,7 +172,9 @@ def load_grid(path: str | Path, quick: bool = False, results: Path | None = None
         keep_strategies = set(q.strategies) or None
         for name in [*q.H, *q.annotators]:
             if name not in spec.datasets:
-                raise ConfigError(f"{path}: quick names dataset {name!r}, which the grid does not have ({', '.join(spec.datasets)})")
+                raise ConfigError(
+                    f"{path}: quick names dataset {name!r}, which the grid does not have ({', '.join(spec.datasets)})"
+                )
     for name in keep_strategies or ():
         if name not in spec.strategies:
             raise ConfigError(f"{path}: quick.strategies names {name!r}, which the grid does not define")
@@ -174,7 +182,9 @@ def load_grid(path: str | Path, quick: bool = False, results: Path | None = None
         for aname, aspec in dspec.annotators.items():
             for sname in [] if aspec.strategies == "all" else aspec.strategies:
                 if sname not in spec.strategies:
-                    raise ConfigError(f"{path}: datasets.{dname}.annotators.{aname}.strategies names {sname!r}, which the grid does not define")
+                    raise ConfigError(
+                        f"{path}: datasets.{dname}.annotators.{aname}.strategies names {sname!r}, which the grid does not define"
+                    )
     suffix = "-quick" if quick else ""
     results = (results or _under(base, spec.results.with_name(spec.results.name + suffix))).resolve()
     work = (work or _under(base, spec.work.with_name(spec.work.name + suffix))).resolve()
@@ -201,20 +211,40 @@ def load_grid(path: str | Path, quick: bool = False, results: Path | None = None
                     if cell_id in seen:
                         continue
                     seen.add(cell_id)
+                    amount: dict[str, float]
+                    if sspec.total is not None:
+                        amount = {"budget.total": round(sspec.total * H)}
+                    else:
+                        assert sspec.cost is not None  # StrategySpec._check: total or cost, exactly one
+                        amount = {"budget.cost": sspec.cost * H}
                     settings = {
-                        "name": _stem(cell_id), "seed": seed, "output_dir": str(work),
+                        "name": _stem(cell_id),
+                        "seed": seed,
+                        "output_dir": str(work),
                         "budget.human": round(sspec.human * H),
-                    } | ({"budget.total": round(sspec.total * H)} if sspec.total is not None else {"budget.cost": sspec.cost * H})
+                    } | amount
                     overrides = [extra, dspec.set, aspec.set, sspec.set, settings]
-                    cells.append(Cell(
-                        dname, aname, sname, seed, H, sspec.group, sspec.label or sname, aspec.label or aname, order,
-                        _cell_config(base_data, overrides, _under(base, dspec.config).parent, f"{path} (cell {cell_id})"),
-                        sspec.versus,
-                    ))
+                    cells.append(
+                        Cell(
+                            dname,
+                            aname,
+                            sname,
+                            seed,
+                            H,
+                            sspec.group,
+                            sspec.label or sname,
+                            aspec.label or aname,
+                            order,
+                            _cell_config(base_data, overrides, _under(base, dspec.config).parent, f"{path} (cell {cell_id})"),
+                            sspec.versus,
+                        )
+                    )
     for cell in cells:
         if cell.config.human.annotator != "oracle":
-            raise ConfigError(f"{path}: cell {cell.id} has human.annotator = {cell.config.human.annotator!r}; a grid needs the "
-                              "simulated expert (oracle), since nobody waits on a benchmark")
+            raise ConfigError(
+                f"{path}: cell {cell.id} has human.annotator = {cell.config.human.annotator!r}; a grid needs the "
+                "simulated expert (oracle), since nobody waits on a benchmark"
+            )
     if not cells:
         raise ConfigError(f"{path}: the grid has no cells (check quick.H, quick.annotators and quick.strategies)")
     return Grid(path.resolve(), results, work, cells)
@@ -311,8 +341,13 @@ def _machine() -> dict:
 
     import imfl
 
-    return {**this_cpu(), "python": platform.python_version(), "torch": torch.__version__, "imfl": imfl.__version__,
-            "threads": torch.get_num_threads()}
+    return {
+        **this_cpu(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "imfl": imfl.__version__,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def run_cell(cell: Cell, grid: Grid) -> dict:
@@ -327,6 +362,7 @@ def run_cell(cell: Cell, grid: Grid) -> dict:
     resumed = store_file.is_file()
     started = time.time()
     with log.open("a", encoding="utf-8") as fh:
+
         def write(line: str) -> None:
             fh.write(f"{time.strftime('%H:%M:%S')} {line}\n")
             fh.flush()
@@ -338,17 +374,31 @@ def run_cell(cell: Cell, grid: Grid) -> dict:
     llm_n = sum(r["llm_labels"] for r in rounds if r.get("llm_accuracy") is not None)
     llm_right = sum(r["llm_accuracy"] * r["llm_labels"] for r in rounds if r.get("llm_accuracy") is not None)
     with Store.open(store_file) as store:
-        selected = [{"round": r["round"], "human": store.selection(r["round"], "human"), "llm": store.selection(r["round"], "llm")}
-                    for r in rounds]
+        selected = [
+            {"round": r["round"], "human": store.selection(r["round"], "human"), "llm": store.selection(r["round"], "llm")}
+            for r in rounds
+        ]
     final = rounds[-1] if rounds else {}
     return {
-        "cell": {"id": cell.id, "dataset": cell.dataset, "annotator": cell.annotator, "annotator_label": cell.annotator_label,
-                 "strategy": cell.strategy, "label": cell.label, "group": cell.group, "order": cell.order, "seed": cell.seed,
-                 "H": cell.H, "versus": cell.versus},
+        "cell": {
+            "id": cell.id,
+            "dataset": cell.dataset,
+            "annotator": cell.annotator,
+            "annotator_label": cell.annotator_label,
+            "strategy": cell.strategy,
+            "label": cell.label,
+            "group": cell.group,
+            "order": cell.order,
+            "seed": cell.seed,
+            "H": cell.H,
+            "versus": cell.versus,
+        },
         "config": comparable_config(cell.config, grid.path.parent),
         "rounds": rounds,
-        "final": {k: final.get(k) for k in ("test_accuracy", "test_macro_f1", "human_total", "llm_total",
-                                            "human_cost_total", "llm_cost_total")},
+        "final": {
+            k: final.get(k)
+            for k in ("test_accuracy", "test_macro_f1", "human_total", "llm_total", "human_cost_total", "llm_cost_total")
+        },
         "labels_used": result.budget_used,
         "llm_accuracy": round(llm_right / llm_n, 4) if llm_n else None,
         "annotator_accuracy": annotator_accuracy(cell.config) if cell.annotator != NO_LLM else None,
@@ -416,13 +466,16 @@ class CellEvent:
 def pending_cells(grid: Grid, only: list[str] | None = None, skip: list[str] | None = None) -> tuple[list[Cell], list[Cell]]:
     """(cells done, cells to run); ``only`` keeps cells whose id matches one of its glob patterns, ``skip`` drops
     those matching one of its own. A result made with a different configuration is an error: the grid changed under it."""
+
     def matches(cell: Cell, patterns: list[str] | None) -> bool:
         return any(fnmatch.fnmatchcase(cell.id, p) for p in patterns or ())
 
     chosen = [c for c in grid.cells if (not only or matches(c, only)) and not matches(c, skip)]
     if (only or skip) and not chosen:
-        raise ConfigError(f"no cell of {grid.path.name} matches {', '.join(only or ['*'])}"
-                          f"{' minus ' + ', '.join(skip) if skip else ''} (ids look like {grid.cells[0].id})")
+        raise ConfigError(
+            f"no cell of {grid.path.name} matches {', '.join(only or ['*'])}"
+            f"{' minus ' + ', '.join(skip) if skip else ''} (ids look like {grid.cells[0].id})"
+        )
     done, todo = [], []
     for cell in chosen:
         path = grid.result_path(cell)
@@ -435,8 +488,10 @@ def pending_cells(grid: Grid, only: list[str] | None = None, skip: list[str] | N
             raise ConfigError(f"{path}: not a cell result (damaged?); delete it to run the cell again") from None
         new = comparable_config(cell.config, grid.path.parent)
         if key := settings_difference(old, new):
-            raise ConfigError(f"{path} was made with a different configuration ({key}); delete it to run the cell again, "
-                              "or restore the grid file")
+            raise ConfigError(
+                f"{path} was made with a different configuration ({key}); delete it to run the cell again, "
+                "or restore the grid file"
+            )
         done.append(cell)
     return done, todo
 
@@ -460,8 +515,14 @@ def estimate_seconds(cell: Cell, records: list[dict], cpu: dict | None = None) -
     return None
 
 
-def run_grid(grid: Grid, workers: int = 1, only: list[str] | None = None, skip: list[str] | None = None,
-             on_event: Callable[[CellEvent], None] = lambda e: None, until: float | None = None) -> list[CellEvent]:
+def run_grid(
+    grid: Grid,
+    workers: int = 1,
+    only: list[str] | None = None,
+    skip: list[str] | None = None,
+    on_event: Callable[[CellEvent], None] = lambda e: None,
+    until: float | None = None,
+) -> list[CellEvent]:
     """Run every cell that has no result yet, ``workers`` at a time (each in a fresh process with
     cores/workers torch threads). Returns the events of the cells run; a failed cell does not stop the others.
 
@@ -514,8 +575,13 @@ def run_grid(grid: Grid, workers: int = 1, only: list[str] | None = None, skip: 
     return events
 
 
-def reproduce(grid: Grid, patterns: list[str], quick: bool, scratch: Path,
-              on_result: Callable[[Cell, str | None], None] = lambda cell, diff: None) -> list[tuple[Cell, str | None]]:
+def reproduce(
+    grid: Grid,
+    patterns: list[str],
+    quick: bool,
+    scratch: Path,
+    on_result: Callable[[Cell, str | None], None] = lambda cell, diff: None,
+) -> list[tuple[Cell, str | None]]:
     """Run the finished cells matching ``patterns`` again from nothing but their grid and JSON, one at a time in a
     fresh process with the thread count the JSON records, into ``scratch``; compare what they select and score.
     Returns (cell, first difference or None) per cell."""
@@ -577,7 +643,9 @@ def load_results(results: Path) -> list[dict]:
     """Every cell result under ``results/cells``."""
     folder = Path(results) / "cells"
     if not folder.is_dir():
-        raise ConfigError(f"{results}: no cells/ folder with results here; run `imfl bench GRID.toml` first, or pass its results folder")
+        raise ConfigError(
+            f"{results}: no cells/ folder with results here; run `imfl bench GRID.toml` first, or pass its results folder"
+        )
     records = []
     for path in sorted(folder.glob("*.json")):
         try:
@@ -587,13 +655,37 @@ def load_results(results: Path) -> list[dict]:
     return records
 
 
-ROUND_COLUMNS = ("round", "human_labels", "llm_labels", "human_total", "llm_total", "test_accuracy", "test_macro_f1",
-                 "llm_accuracy", "llm_failed", "llm_unparsed", "human_cost_total", "llm_cost_total", "prequential_accuracy",
-                 # fidelity-aware runs only (empty otherwise)
-                 "llm_self_n", "llm_self_accuracy", "student_est_accuracy", "buy_llm", "human_moved", "route_threshold",
-                 "llm_routed", "llm_filtered", "llm_filtered_wrong", "llm_small_loss", "llm_small_loss_wrong", "llm_weight_mean",
-                 # self-training runs only
-                 "pseudo_labels", "pseudo_accuracy")
+ROUND_COLUMNS = (
+    "round",
+    "human_labels",
+    "llm_labels",
+    "human_total",
+    "llm_total",
+    "test_accuracy",
+    "test_macro_f1",
+    "llm_accuracy",
+    "llm_failed",
+    "llm_unparsed",
+    "human_cost_total",
+    "llm_cost_total",
+    "prequential_accuracy",
+    # fidelity-aware runs only (empty otherwise)
+    "llm_self_n",
+    "llm_self_accuracy",
+    "student_est_accuracy",
+    "buy_llm",
+    "human_moved",
+    "route_threshold",
+    "llm_routed",
+    "llm_filtered",
+    "llm_filtered_wrong",
+    "llm_small_loss",
+    "llm_small_loss_wrong",
+    "llm_weight_mean",
+    # self-training runs only
+    "pseudo_labels",
+    "pseudo_accuracy",
+)
 CELL_COLUMNS = ("dataset", "annotator", "strategy", "group", "seed", "H")
 
 
@@ -610,10 +702,33 @@ def write_aggregates(results: Path) -> None:
                 w.writerow([r["cell"][k] for k in CELL_COLUMNS] + [m.get(k) for k in ROUND_COLUMNS])
     with (Path(results) / "cells.csv").open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
-        w.writerow([*CELL_COLUMNS, "test_accuracy", "test_macro_f1", "human_labels", "llm_labels", "llm_accuracy",
-                    "llm_failed", "wall_seconds", "loop_seconds", "resumed"])
+        w.writerow(
+            [
+                *CELL_COLUMNS,
+                "test_accuracy",
+                "test_macro_f1",
+                "human_labels",
+                "llm_labels",
+                "llm_accuracy",
+                "llm_failed",
+                "wall_seconds",
+                "loop_seconds",
+                "resumed",
+            ]
+        )
         for r in records:
             f = r["final"]
-            w.writerow([r["cell"][k] for k in CELL_COLUMNS] + [f["test_accuracy"], f["test_macro_f1"], r["labels_used"]["human"],
-                        r["labels_used"]["llm"], r["llm_accuracy"], r["llm_failed"], r["wall_seconds"],
-                        r["loop_seconds"], r["resumed"]])
+            w.writerow(
+                [r["cell"][k] for k in CELL_COLUMNS]
+                + [
+                    f["test_accuracy"],
+                    f["test_macro_f1"],
+                    r["labels_used"]["human"],
+                    r["labels_used"]["llm"],
+                    r["llm_accuracy"],
+                    r["llm_failed"],
+                    r["wall_seconds"],
+                    r["loop_seconds"],
+                    r["resumed"],
+                ]
+            )

@@ -10,9 +10,9 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, NoReturn
 
 # The `imfl` command is the main program of its process, so it (and only it: the library leaves os.environ alone)
 # sets these, here, before anything imports torch or tokenizers:
@@ -26,7 +26,13 @@ import typer  # noqa: E402
 from rich import box
 from rich.console import Console
 from rich.progress import (
-    BarColumn, MofNCompleteColumn, Progress, ProgressColumn, SpinnerColumn, TextColumn, TimeElapsedColumn,
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
     TimeRemainingColumn,
 )
 from rich.table import Table
@@ -35,8 +41,12 @@ from rich.text import Text
 from imfl.errors import ConfigError, ImflError
 from imfl.progress import Lines
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Interactive Multi-Fidelity Learning: few human labels, many LLM labels, one small student model.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Interactive Multi-Fidelity Learning: few human labels, many LLM labels, one small student model.",
+)
 # No console markup: texts printed here carry paths, labels, values and messages from users, in which "[...]" must
 # stay as written; styles are given with Text.
 console = Console(stderr=True, markup=False)
@@ -59,7 +69,9 @@ class RichReporter:
             self.progress.remove_task(task)
         if total:
             spent = time.perf_counter() - start
-            self.progress.console.print(Text(f"{description}: {total} in {spent:.1f} s ({total / max(spent, 1e-9):.1f}/s)", style="dim"))
+            self.progress.console.print(
+                Text(f"{description}: {total} in {spent:.1f} s ({total / max(spent, 1e-9):.1f}/s)", style="dim")
+            )
 
     def log(self, message: str) -> None:
         self.progress.console.print(message)
@@ -80,12 +92,19 @@ def _plain_reporter() -> Lines:
 
 def _progress() -> Progress:
     return Progress(
-        SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), RateColumn(),
-        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console,
+        SpinnerColumn(),
+        TextColumn("{task.description}", markup=False),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console,
     )
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = 2) -> NoReturn:
     console.print(Text.assemble(("imfl: error:", "bold red"), " ", message), highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
@@ -113,17 +132,21 @@ def _execute(cfg, continue_partial: bool = False) -> None:
 
 def _print_result(result, seconds: float) -> None:
     # Headers in two lines and no vertical rules: the widest table (a run that measures its LLM) fits 80 columns.
-    table = Table(title=f"{result.run_dir.name}: per-round results", box=box.SIMPLE_HEAD, show_edge=False,
-                  padding=(0, 1, 0, 0))
+    table = Table(title=f"{result.run_dir.name}: per-round results", box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1, 0, 0))
     fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
     columns = {  # header: value of a round's metrics
-        "round": lambda m: str(m["round"]), "+human": lambda m: str(m["human_labels"]), "+LLM": lambda m: str(m["llm_labels"]),
-        "human\ntotal": lambda m: str(m["human_total"]), "LLM\ntotal": lambda m: str(m["llm_total"]),
+        "round": lambda m: str(m["round"]),
+        "+human": lambda m: str(m["human_labels"]),
+        "+LLM": lambda m: str(m["llm_labels"]),
+        "human\ntotal": lambda m: str(m["human_total"]),
+        "LLM\ntotal": lambda m: str(m["llm_total"]),
         # A run that measures its LLM (llm.eval_sample; strategy fidelity) shows the measurement and what it decided.
-        "LLM\nmeasured": lambda m: fmt(m.get("llm_self_accuracy")), "student\nest.": lambda m: fmt(m.get("student_est_accuracy")),
+        "LLM\nmeasured": lambda m: fmt(m.get("llm_self_accuracy")),
+        "student\nest.": lambda m: fmt(m.get("student_est_accuracy")),
         "buy\nLLM?": lambda m: {True: "yes", False: "no"}.get(m.get("buy_llm"), "–"),
         "LLM\nright": lambda m: fmt(m.get("llm_accuracy")),
-        "test\nacc.": lambda m: fmt(m.get("test_accuracy")), "macro\nF1": lambda m: fmt(m.get("test_macro_f1")),
+        "test\nacc.": lambda m: fmt(m.get("test_accuracy")),
+        "macro\nF1": lambda m: fmt(m.get("test_macro_f1")),
     }
     measured = any(m.get("llm_self_accuracy") is not None for m in result.metrics)
     if not measured:
@@ -137,9 +160,12 @@ def _print_result(result, seconds: float) -> None:
         table.add_row(*(value(m) for value in columns.values()))
     out.print(table)
     if measured:
-        out.print("LLM measured: the LLM's accuracy on human-labeled items (its demonstrations from the other human labels); "
-                  "student est.: a student's out-of-fold accuracy on the same human labels. LLM labels are bought only "
-                  "while the LLM measures at least as accurate.", soft_wrap=True)
+        out.print(
+            "LLM measured: the LLM's accuracy on human-labeled items (its demonstrations from the other human labels); "
+            "student est.: a student's out-of-fold accuracy on the same human labels. LLM labels are bought only "
+            "while the LLM measures at least as accurate.",
+            soft_wrap=True,
+        )
     if "LLM\nright" in columns:
         out.print("LLM right: the share of the round's LLM labels that agree with the pool's gold labels.", soft_wrap=True)
     if result.metrics and result.metrics[-1].get("human_only"):
@@ -149,9 +175,13 @@ def _print_result(result, seconds: float) -> None:
         out.print(f"time by phase: {parts}")
     used = f"labels used: {result.budget_used['human']} human, {result.budget_used['llm']} LLM"
     if result.waiting_round is not None:
-        out.print(f"stopped after {seconds / 60:.1f} min: round {result.waiting_round} waits for {result.pending} human labels ({used})")
-        out.print(f"label them with `imfl serve {result.run_dir}` (web page), `imfl annotate {result.run_dir}` (terminal) or "
-                  f"`imfl export-batch` / `imfl import-labels` (files), then run the same command again")
+        out.print(
+            f"stopped after {seconds / 60:.1f} min: round {result.waiting_round} waits for {result.pending} human labels ({used})"
+        )
+        out.print(
+            f"label them with `imfl serve {result.run_dir}` (web page), `imfl annotate {result.run_dir}` (terminal) or "
+            f"`imfl export-batch` / `imfl import-labels` (files), then run the same command again"
+        )
         return
     out.print(f"finished in {seconds / 60:.1f} min; {used}")
     out.print(f"outputs in {result.run_dir}/: config.toml, metrics.json, metrics.csv, labels.jsonl, adapter/, store.sqlite")
@@ -160,10 +190,15 @@ def _print_result(result, seconds: float) -> None:
 @app.command("run")
 def run_cmd(
     config: Annotated[Path, typer.Argument(help="TOML configuration file (see configs/).")],
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting: --set budget.total=500")] = None,
-    continue_partial: Annotated[bool, typer.Option(
-        "--continue-partial", help="A round waiting for people goes on with the labels given so far; the rest of its "
-        "human budget moves to the next round.")] = False,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a setting: --set budget.total=500")] = None,
+    continue_partial: Annotated[
+        bool,
+        typer.Option(
+            "--continue-partial",
+            help="A round waiting for people goes on with the labels given so far; the rest of its "
+            "human budget moves to the next round.",
+        ),
+    ] = False,
 ) -> None:
     """Run the IMFL loop described by CONFIG (or continue it, if its run folder already holds rounds). With
     human.annotator = "people" it stops when a round waits for human labels; run it again once they are in."""
@@ -186,12 +221,22 @@ def _find_demo_data() -> Path | None:
     return next((c.resolve() for c in candidates if c.is_dir()), None)
 
 
-def demo_config(folder: Path, shared_fpb: bool, *, name: str | None = None, output_dir: Path = Path("runs"), budget: int = 1000,
-                human: int = 200, rounds: int = 5, seed: int = 0, overrides: list[str] = ()):
+def demo_config(
+    folder: Path,
+    shared_fpb: bool,
+    *,
+    name: str | None = None,
+    output_dir: Path = Path("runs"),
+    budget: int = 1000,
+    human: int = 200,
+    rounds: int = 5,
+    seed: int = 0,
+    overrides: Sequence[str] = (),
+):
     """The demo's configuration on ``folder`` (``shared_fpb``: the shared FPB folder, found without --data)."""
     from imfl.config import config_from_dict
 
-    settings = {
+    settings: dict[str, Any] = {
         "name": name or f"demo-{folder.resolve().name}",
         "seed": seed,
         "output_dir": str(output_dir),
@@ -208,34 +253,55 @@ def demo_config(folder: Path, shared_fpb: bool, *, name: str | None = None, outp
 
 @app.command()
 def demo(
-    data: Annotated[Optional[Path], typer.Option(help="Folder with pool.jsonl and test.jsonl (default: ../shared/data/fpb).")] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="Folder with pool.jsonl and test.jsonl (default: ../shared/data/fpb).")
+    ] = None,
     output_dir: Annotated[Path, typer.Option(help="Where the run folder is written.")] = Path("runs"),
-    name: Annotated[Optional[str], typer.Option(help="Run folder name (default: demo-<data folder>).")] = None,
+    name: Annotated[str | None, typer.Option(help="Run folder name (default: demo-<data folder>).")] = None,
     budget: Annotated[int, typer.Option(help="Total labels (human + LLM).")] = 1000,
     human: Annotated[int, typer.Option(help="Of which human labels.")] = 200,
     rounds: Annotated[int, typer.Option(help="Rounds.")] = 5,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override any other setting, e.g. --set student.epochs=5")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override any other setting, e.g. --set student.epochs=5")
+    ] = None,
 ) -> None:
     """The default method (fidelity-aware IMFL) on the embedded defaults: simulated experts (gold labels), the bundled
     SmolLM2 LLM, a MiniLM student. On the shared FPB data it is the benchmark grid's cell fpb/smollm2/fidelity."""
     folder = data or _find_demo_data()
     if folder is None:
-        _fail("no demo data found at ../shared/data/fpb; point --data at a folder holding pool.jsonl and test.jsonl "
-              "(JSON lines with id, text, label)")
+        _fail(
+            "no demo data found at ../shared/data/fpb; point --data at a folder holding pool.jsonl and test.jsonl "
+            "(JSON lines with id, text, label)"
+        )
     if not (folder / "pool.jsonl").is_file() or not (folder / "test.jsonl").is_file():
         _fail(f"{folder}: expected pool.jsonl and test.jsonl in it; point --data at a folder holding both")
     try:
-        cfg = demo_config(folder, data is None, name=name, output_dir=output_dir, budget=budget, human=human, rounds=rounds,
-                          seed=seed, overrides=set_ or [])
+        cfg = demo_config(
+            folder,
+            data is None,
+            name=name,
+            output_dir=output_dir,
+            budget=budget,
+            human=human,
+            rounds=rounds,
+            seed=seed,
+            overrides=set_ or [],
+        )
         llm = budget - human
         if cfg.strategy == "fidelity":
-            out.print(f"imfl demo on {folder}: fidelity-aware IMFL (the default strategy), budget {budget} labels = {human} "
-                      f"human (simulated) + up to {llm} from the bundled SmolLM2, bought only while it measures at least as "
-                      f"accurate as the student; {rounds} rounds", soft_wrap=True)
+            out.print(
+                f"imfl demo on {folder}: fidelity-aware IMFL (the default strategy), budget {budget} labels = {human} "
+                f"human (simulated) + up to {llm} from the bundled SmolLM2, bought only while it measures at least as "
+                f"accurate as the student; {rounds} rounds",
+                soft_wrap=True,
+            )
         else:
-            out.print(f"imfl demo on {folder}: strategy {cfg.strategy}, budget {budget} = {human} human (simulated) + {llm} "
-                      f"LLM (bundled SmolLM2), {rounds} rounds", soft_wrap=True)
+            out.print(
+                f"imfl demo on {folder}: strategy {cfg.strategy}, budget {budget} = {human} human (simulated) + {llm} "
+                f"LLM (bundled SmolLM2), {rounds} rounds",
+                soft_wrap=True,
+            )
         _execute(cfg)
     except ImflError as exc:
         _fail(str(exc))
@@ -296,8 +362,8 @@ def _guarded(fn: Callable[[], None]) -> None:
 @app.command()
 def init(
     config: Annotated[Path, typer.Argument(help="TOML configuration file.")],
-    data: Annotated[Optional[Path], typer.Option(help="The pool file (overrides data.pool).")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting: --set budget.total=500")] = None,
+    data: Annotated[Path | None, typer.Option(help="The pool file (overrides data.pool).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a setting: --set budget.total=500")] = None,
 ) -> None:
     """Create a project: its run folder, store (items, config) and pool embeddings. `imfl run` then starts it."""
     from imfl.loop import Run
@@ -333,12 +399,20 @@ def status(project: Project) -> None:
         for r in rounds:
             m = r["metrics"] or {}
             fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
-            table.add_row(str(r["round"]), r["state"], f"{counts.get((r['round'], 'human'), 0)} ({r['planned_human']})",
-                          f"{counts.get((r['round'], 'llm'), 0)} ({r['planned_llm']})", str(pending[r["round"]]),
-                          fmt(m.get("test_accuracy")), fmt(m.get("test_macro_f1")))
+            table.add_row(
+                str(r["round"]),
+                r["state"],
+                f"{counts.get((r['round'], 'human'), 0)} ({r['planned_human']})",
+                f"{counts.get((r['round'], 'llm'), 0)} ({r['planned_llm']})",
+                str(pending[r["round"]]),
+                fmt(m.get("test_accuracy")),
+                fmt(m.get("test_macro_f1")),
+            )
         out.print(table)
-        out.print(f"budget used: {used['human']} of {cfg.budget.human} human, {used['llm']} of "
-                  f"{total - cfg.budget.human} LLM (total {total})")
+        out.print(
+            f"budget used: {used['human']} of {cfg.budget.human} human, {used['llm']} of "
+            f"{total - cfg.budget.human} LLM (total {total})"
+        )
         if cfg.budget.cost is not None:
             out.print(f"money spent: {spent:g} of budget.cost {cfg.budget.cost:g}")
 
@@ -350,8 +424,15 @@ def serve(
     project: Project,
     host: Annotated[str, typer.Option(help="Address to listen on (127.0.0.1: this machine only).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8765,
-    show_guesses: Annotated[Optional[bool], typer.Option("--show-guesses/--hide-guesses", help="Offer the student's guess on the page (default: human.show_guesses).")] = None,
-    loop: Annotated[bool, typer.Option("--loop/--no-loop", help="Carry the run on by itself whenever a human batch is complete.")] = True,
+    show_guesses: Annotated[
+        bool | None,
+        typer.Option(
+            "--show-guesses/--hide-guesses", help="Offer the student's guess on the page (default: human.show_guesses)."
+        ),
+    ] = None,
+    loop: Annotated[
+        bool, typer.Option("--loop/--no-loop", help="Carry the run on by itself whenever a human batch is complete.")
+    ] = True,
 ) -> None:
     """The annotation web page for people, with the run carried on in the background as batches complete."""
 
@@ -371,13 +452,17 @@ def serve(
         people = People(cfg.run_dir)
         personal = people.registered()
         if not given and not personal and not console.is_terminal:  # a new token would be printed into a log file
-            raise ImflError(f"the output goes to a log, where the access token must not be printed: set ${cfg.human.token_env} "
-                            "(or human.token) to a token of your choice and start again, or register people with "
-                            "`imfl people add` (each gets their own token)")
+            raise ImflError(
+                f"the output goes to a log, where the access token must not be printed: set ${cfg.human.token_env} "
+                "(or human.token) to a token of your choice and start again, or register people with "
+                "`imfl people add` (each gets their own token)"
+            )
         token = given or new_token()  # with people registered it is refused, so a new one is never printed
         app_ = create_app(labeling, token)
         if loop:
-            worker = LoopWorker(lambda: run(cfg, _plain_reporter()), labeling, on_event=lambda m: console.print(Text(m, style="bold")))
+            worker = LoopWorker(
+                lambda: run(cfg, _plain_reporter()), labeling, on_event=lambda m: console.print(Text(m, style="bold"))
+            )
             worker.start()
         console.print(f"annotation page: http://{host}:{port}/  (stop with Ctrl-C)")
         if personal:
@@ -385,16 +470,21 @@ def serve(
             who = f"{active} registered" if active else "nobody registered now: add someone with `imfl people add`"
             console.print(f"access: each person's own token ({who}; `imfl people list {project}`); the shared token is refused")
         else:
-            console.print("access token (shared, for one expert; `imfl people add` gives each person their own): "
-                          + (f"from {'human.token' if cfg.human.token else '$' + cfg.human.token_env}" if given else token))
+            console.print(
+                "access token (shared, for one expert; `imfl people add` gives each person their own): "
+                + (f"from {'human.token' if cfg.human.token else '$' + cfg.human.token_env}" if given else token)
+            )
         uvicorn.run(app_, host=host, port=port, log_level="warning")
 
     _guarded(go)
 
 
-people_app = typer.Typer(no_args_is_help=True, help="Who may use the annotation page of `imfl serve`, each with their own "
-                         "token and role. While nobody is registered the page takes one shared token (one expert); from the "
-                         "first `add` on, only personal tokens.")
+people_app = typer.Typer(
+    no_args_is_help=True,
+    help="Who may use the annotation page of `imfl serve`, each with their own "
+    "token and role. While nobody is registered the page takes one shared token (one expert); from the "
+    "first `add` on, only personal tokens.",
+)
 app.add_typer(people_app, name="people")
 
 
@@ -423,8 +513,12 @@ def _refused(fn: Callable[[], None]) -> None:
 @people_app.command("add")
 def people_add(
     project: Project,
-    name: Annotated[str, typer.Argument(help="The person's name, recorded with their labels (1-80 letters, digits, spaces, . @ - _).")],
-    role: Annotated[str, typer.Option(help="annotator (labels) or admin (also manages people and exports, on the page).")] = "annotator",
+    name: Annotated[
+        str, typer.Argument(help="The person's name, recorded with their labels (1-80 letters, digits, spaces, . @ - _).")
+    ],
+    role: Annotated[
+        str, typer.Option(help="annotator (labels) or admin (also manages people and exports, on the page).")
+    ] = "annotator",
 ) -> None:
     """Register a person and print their new token, on stdout and only this once (the store keeps a hash of it)."""
     from imfl.people import check_name, check_role
@@ -435,13 +529,19 @@ def people_add(
         run_dir, people = _people(project)
         first = not people.registered()
         token, again = people.add(name, role)
-        console.print(f"added {name} {'again ' if again else ''}as {role} to {run_dir}; their token follows, shown only "
-                      "now: give it to them privately (it is kept only as a hash, so it cannot be shown again)",
-                      highlight=False, soft_wrap=True)
+        console.print(
+            f"added {name} {'again ' if again else ''}as {role} to {run_dir}; their token follows, shown only "
+            "now: give it to them privately (it is kept only as a hash, so it cannot be shown again)",
+            highlight=False,
+            soft_wrap=True,
+        )
         out.print(token, highlight=False, soft_wrap=True)
         if first:
-            console.print("from now on the annotation page takes only personal tokens: the shared token is refused",
-                          highlight=False, soft_wrap=True)
+            console.print(
+                "from now on the annotation page takes only personal tokens: the shared token is refused",
+                highlight=False,
+                soft_wrap=True,
+            )
 
     _refused(go)
 
@@ -454,8 +554,11 @@ def people_list(project: Project) -> None:
         run_dir, people = _people(project)
         everyone = people.list()
         if not everyone:
-            out.print(f"nobody is registered for {run_dir}: the annotation page takes the shared token (one expert); "
-                      f"`imfl people add {project} NAME` gives each person their own token", soft_wrap=True)
+            out.print(
+                f"nobody is registered for {run_dir}: the annotation page takes the shared token (one expert); "
+                f"`imfl people add {project} NAME` gives each person their own token",
+                soft_wrap=True,
+            )
             return
         table = Table(title=f"{run_dir.name}: people", box=box.SIMPLE_HEAD, show_edge=False)
         for col in ("name", "role", "access", "added", "labels"):
@@ -500,8 +603,12 @@ def annotate(
         while True:
             got = labeling.next(name)
             if "item" not in got:
-                why = {"finished": "the run is finished", "busy": "no round waits for human labels; `imfl run` carries the run on",
-                       "others": "every remaining item is held by someone else right now", "new": "nothing selected yet; run `imfl run`"}
+                why = {
+                    "finished": "the run is finished",
+                    "busy": "no round waits for human labels; `imfl run` carries the run on",
+                    "others": "every remaining item is held by someone else right now",
+                    "new": "nothing selected yet; run `imfl run`",
+                }
                 out.print(why[got["state"]])
                 return
             item, labels = got["item"], got["labels"]
@@ -534,7 +641,7 @@ def annotate(
 def export_batch_cmd(
     project: Project,
     out_file: Annotated[Path, typer.Option("--out", help="File to write: .csv, .jsonl, or .json (Label Studio tasks).")],
-    fmt: Annotated[Optional[str], typer.Option("--format", help="csv, jsonl or labelstudio (default: from the suffix).")] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="csv, jsonl or labelstudio (default: from the suffix).")] = None,
 ) -> None:
     """Write the waiting round's unlabeled human items to a file, for labeling elsewhere."""
     from imfl.exchange import export_batch
@@ -552,7 +659,7 @@ def import_labels_cmd(
     project: Project,
     file: Annotated[Path, typer.Argument(help="CSV/JSONL with id and label columns, or a Label Studio JSON export.")],
     annotator: Annotated[str, typer.Option(help="Who gave these labels (recorded with each).")] = "import",
-    fmt: Annotated[Optional[str], typer.Option("--format", help="csv, jsonl or labelstudio (default: from the suffix).")] = None,
+    fmt: Annotated[str | None, typer.Option("--format", help="csv, jsonl or labelstudio (default: from the suffix).")] = None,
 ) -> None:
     """Add labels made elsewhere; bad rows are reported and skipped, good rows go in."""
     from imfl.exchange import import_labels
@@ -565,8 +672,10 @@ def import_labels_cmd(
         for where, why in report.rejected:
             console.print(f"rejected {where}: {why}", highlight=False, soft_wrap=True)
         state = labeling.status()
-        out.print(f"imported {report.accepted} labels, rejected {len(report.rejected)}; round {state['round']}: "
-                  f"{state['done']} of {state['total']} labeled")
+        out.print(
+            f"imported {report.accepted} labels, rejected {len(report.rejected)}; round {state['round']}: "
+            f"{state['done']} of {state['total']} labeled"
+        )
         if report.rejected and not report.accepted:
             raise typer.Exit(1)
 
@@ -577,9 +686,15 @@ def import_labels_cmd(
 def export_cmd(
     project: Project,
     out_dir: Annotated[Path, typer.Option("--out", help="Folder to write labels and the student adapter into.")],
-    fmt: Annotated[str, typer.Option("--format", help="jsonl or csv: the labels with their provenance (and the student's "
-                                     "adapter); hf: the trained student as a Hugging Face text classifier, loadable "
-                                     "without imfl, in the new folder --out.")] = "jsonl",
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="jsonl or csv: the labels with their provenance (and the student's "
+            "adapter); hf: the trained student as a Hugging Face text classifier, loadable "
+            "without imfl, in the new folder --out.",
+        ),
+    ] = "jsonl",
 ) -> None:
     """Write the labeled data with full provenance (and the trained student adapter, if any), or, with --format hf,
     the trained student as a standard model folder: transformers.pipeline("text-classification", model=OUT)."""
@@ -595,8 +710,10 @@ def export_cmd(
             run_dir = _project_config(project).run_dir if not project.is_dir() else project
             with console.status("merging the adapter and writing the model"):
                 written = export_hf(run_dir, out_dir)
-            out.print(f"wrote a text classifier to {written} (model card: {written / 'README.md'}); load it with "
-                      f'transformers.pipeline("text-classification", model="{written}") or imfl predict {written} FILE')
+            out.print(
+                f"wrote a text classifier to {written} (model card: {written / 'README.md'}); load it with "
+                f'transformers.pipeline("text-classification", model="{written}") or imfl predict {written} FILE'
+            )
             return
         _, run_dir, store = _project_store(project)
         with store:
@@ -624,18 +741,40 @@ def export_cmd(
 
 @app.command("predict")
 def predict_cmd(
-    model: Annotated[Path, typer.Argument(metavar="MODEL", help="A run folder (config.toml, adapter/), a Student.save directory (student.json) "
-                                          "or an exported Hugging Face classifier (config.json, model.safetensors).")],
+    model: Annotated[
+        Path,
+        typer.Argument(
+            metavar="MODEL",
+            help="A run folder (config.toml, adapter/), a Student.save directory (student.json) "
+            "or an exported Hugging Face classifier (config.json, model.safetensors).",
+        ),
+    ],
     input_file: Annotated[Path, typer.Argument(metavar="INPUT", help="Texts to label: .jsonl, .csv or .parquet.")],
-    out_file: Annotated[Optional[Path], typer.Option("--out", help="File to write: .jsonl (default format) or .csv; "
-                                                     "default: JSON lines on stdout.")] = None,
-    id_field: Annotated[Optional[str], typer.Option(help="Field with each row's id (default: the model's data.id_field, else id).")] = None,
-    text_field: Annotated[Optional[str], typer.Option(help="Field with the text (default: the model's data.text_field, else text).")] = None,
-    text_pair_field: Annotated[Optional[str], typer.Option(help="Field with the second input, for a model trained with text pairs "
-                                                           "(default: the model's setting, else text_pair).")] = None,
+    out_file: Annotated[
+        Path | None,
+        typer.Option("--out", help="File to write: .jsonl (default format) or .csv; default: JSON lines on stdout."),
+    ] = None,
+    id_field: Annotated[
+        str | None, typer.Option(help="Field with each row's id (default: the model's data.id_field, else id).")
+    ] = None,
+    text_field: Annotated[
+        str | None, typer.Option(help="Field with the text (default: the model's data.text_field, else text).")
+    ] = None,
+    text_pair_field: Annotated[
+        str | None,
+        typer.Option(
+            help="Field with the second input, for a model trained with text pairs "
+            "(default: the model's setting, else text_pair)."
+        ),
+    ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Texts per forward pass.")] = 64,
-    dtype: Annotated[str, typer.Option(help="float32 (default: a row's probabilities do not depend on its batch), bfloat16 "
-                                       "(faster on CPUs with bf16 instructions; probabilities move by up to ~0.03) or auto.")] = "float32",
+    dtype: Annotated[
+        str,
+        typer.Option(
+            help="float32 (default: a row's probabilities do not depend on its batch), bfloat16 "
+            "(faster on CPUs with bf16 instructions; probabilities move by up to ~0.03) or auto."
+        ),
+    ] = "float32",
 ) -> None:
     """Label every row of INPUT with MODEL: its id, the predicted label and each label's probability, as JSON lines
     ({"id", "label", "probs"}) or CSV (id, label, p_<label>...). The file is read and written a chunk at a time.
@@ -651,9 +790,19 @@ def predict_cmd(
             printer(Text(f"{message}; skipped"), highlight=False, soft_wrap=True)
 
     def go(printer, on_loaded=None, progress=None):
-        return predict_file(model, input_file, out_file, id_field=id_field, text_field=text_field,
-                            text_pair_field=text_pair_field, batch_size=batch_size, dtype=dtype,
-                            on_bad=lambda m: report_bad(m, printer), progress=progress, on_loaded=on_loaded)
+        return predict_file(
+            model,
+            input_file,
+            out_file,
+            id_field=id_field,
+            text_field=text_field,
+            text_pair_field=text_pair_field,
+            batch_size=batch_size,
+            dtype=dtype,
+            on_bad=lambda m: report_bad(m, printer),
+            progress=progress,
+            on_loaded=on_loaded,
+        )
 
     # A live bar only where someone watches stderr, and not over predictions printed to the same screen. The bar must
     # not redirect stdout (rich's default): that would send the predictions of `imfl predict M IN > out.jsonl` through
@@ -662,12 +811,21 @@ def predict_cmd(
     try:
         _quiet_libraries()
         if bar:
-            columns = (SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn(),
-                       TextColumn("{task.completed} rows"), RateColumn(), TimeElapsedColumn())
+            columns = (
+                SpinnerColumn(),
+                TextColumn("{task.description}", markup=False),
+                BarColumn(),
+                TextColumn("{task.completed} rows"),
+                RateColumn(),
+                TimeElapsedColumn(),
+            )
             with Progress(*columns, console=console, redirect_stdout=False) as progress:
                 task = progress.add_task("loading the model", total=None)
-                summary = go(progress.console.print, lambda _: progress.update(task, description="predicting"),
-                             lambda n: progress.advance(task, n))
+                summary = go(
+                    progress.console.print,
+                    lambda _: progress.update(task, description="predicting"),
+                    lambda n: progress.advance(task, n),
+                )
         else:
             summary = go(console.print)
     except ImflError as exc:
@@ -676,16 +834,19 @@ def predict_cmd(
         _fail("interrupted; " + (f"{out_file} was not written" if out_file else "the rows above were predicted"), 130)
     except BrokenPipeError:  # stdout closed early (e.g. piped into head): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     except OSError as exc:  # e.g. the input unreadable, the disk full: one line, as for the errors above
         where = f"{exc.filename}: " if exc.filename else ""
         _fail(f"{where}{exc.strerror or exc}" + (f"; {out_file} was not written" if out_file else ""))
     if summary.skipped > shown:
         console.print(f"... and {summary.skipped - shown} more bad rows skipped", highlight=False)
     where = f"; wrote {summary.out}" if summary.out else ""
-    console.print(f"predicted {summary.predicted} rows, skipped {summary.skipped} bad rows, in {summary.seconds:.1f} s "
-                  f"(model loaded in {summary.load_seconds:.1f} s, then {summary.rows_per_second:.0f} rows/s){where}",
-                  highlight=False, soft_wrap=True)
+    console.print(
+        f"predicted {summary.predicted} rows, skipped {summary.skipped} bad rows, in {summary.seconds:.1f} s "
+        f"(model loaded in {summary.load_seconds:.1f} s, then {summary.rows_per_second:.0f} rows/s){where}",
+        highlight=False,
+        soft_wrap=True,
+    )
     if summary.skipped:
         raise typer.Exit(1)
 
@@ -696,11 +857,14 @@ def predict_cmd(
 def _cell_line(event, record: dict | None = None) -> Text:
     if event.kind == "failed":
         return Text.assemble(("failed", "red"), f" {event.cell.id}: {event.error}")
+    assert record is not None  # a finished cell has its record
     f = record["final"]
     acc = "–" if f["test_accuracy"] is None else f"{f['test_accuracy']:.3f}"
     llm = f", LLM labels {record['llm_accuracy']:.3f} right" if record.get("llm_accuracy") is not None else ""
-    return Text(f"done {event.cell.id}: test accuracy {acc} with {record['labels_used']['human']} human + "
-                f"{record['labels_used']['llm']} LLM labels{llm}, {_minutes(record)}")
+    return Text(
+        f"done {event.cell.id}: test accuracy {acc} with {record['labels_used']['human']} human + "
+        f"{record['labels_used']['llm']} LLM labels{llm}, {_minutes(record)}"
+    )
 
 
 def _deadline(text: str) -> float:
@@ -715,7 +879,9 @@ def _deadline(text: str) -> float:
             return (when + timedelta(days=1) if when <= now else when).timestamp()
         return datetime.fromisoformat(text).timestamp()
     except ValueError:
-        raise ConfigError(f"--until {text!r}: not a time; give HH:MM (e.g. 07:30) or a date and time (2027-01-31T07:30)") from None
+        raise ConfigError(
+            f"--until {text!r}: not a time; give HH:MM (e.g. 07:30) or a date and time (2027-01-31T07:30)"
+        ) from None
 
 
 def _minutes(record: dict) -> str:
@@ -728,19 +894,38 @@ def _minutes(record: dict) -> str:
 @app.command()
 def bench(
     grid_file: Annotated[Path, typer.Argument(metavar="GRID", help="Grid file (see benchmarks/paper.toml).")],
-    quick: Annotated[bool, typer.Option("--quick", help="Run the grid's \\[quick] table: one seed, small budgets (minutes).")] = False,
-    workers: Annotated[int, typer.Option(min=1, help="Cells run at once, each in its own process with cores/workers threads.")] = 1,
-    only: Annotated[Optional[list[str]], typer.Option("--only", help="Run only cells whose id matches this glob, e.g. 'fpb/*/imfl/*' (repeatable).")] = None,
-    skip: Annotated[Optional[list[str]], typer.Option("--skip", help="Leave out cells whose id matches this glob (repeatable).")] = None,
-    results: Annotated[Optional[Path], typer.Option(help="Results folder (default: the grid's `results`).")] = None,
-    work: Annotated[Optional[Path], typer.Option(help="Folder for run stores and logs (default: the grid's `work`).")] = None,
+    quick: Annotated[
+        bool, typer.Option("--quick", help="Run the grid's \\[quick] table: one seed, small budgets (minutes).")
+    ] = False,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Cells run at once, each in its own process with cores/workers threads.")
+    ] = 1,
+    only: Annotated[
+        list[str] | None,
+        typer.Option("--only", help="Run only cells whose id matches this glob, e.g. 'fpb/*/imfl/*' (repeatable)."),
+    ] = None,
+    skip: Annotated[
+        list[str] | None, typer.Option("--skip", help="Leave out cells whose id matches this glob (repeatable).")
+    ] = None,
+    results: Annotated[Path | None, typer.Option(help="Results folder (default: the grid's `results`).")] = None,
+    work: Annotated[Path | None, typer.Option(help="Folder for run stores and logs (default: the grid's `work`).")] = None,
     list_: Annotated[bool, typer.Option("--list", help="List the cells and whether each is done, run nothing.")] = False,
-    reproduce_: Annotated[Optional[list[str]], typer.Option(
-        "--reproduce", help="Run finished cells matching this glob again from scratch (under WORK/reproduce) and compare "
-        "their selections and scores with their JSON (repeatable).")] = None,
-    until: Annotated[Optional[str], typer.Option(
-        "--until", help="Start only cells that should end by this time (HH:MM, or 2027-01-31T07:30), judged by the "
-        "times of finished cells like them; shorter cells fill the end, the rest wait for the next run.")] = None,
+    reproduce_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--reproduce",
+            help="Run finished cells matching this glob again from scratch (under WORK/reproduce) and compare "
+            "their selections and scores with their JSON (repeatable).",
+        ),
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option(
+            "--until",
+            help="Start only cells that should end by this time (HH:MM, or 2027-01-31T07:30), judged by the "
+            "times of finished cells like them; shorter cells fill the end, the rest wait for the next run.",
+        ),
+    ] = None,
 ) -> None:
     """Run a grid of dataset × annotator × strategy × seed through the loop; finished cells are skipped on a re-run.
     Writes one JSON per cell under RESULTS/cells/ and the aggregates RESULTS/rounds.csv and RESULTS/cells.csv."""
@@ -750,9 +935,17 @@ def bench(
         deadline = _deadline(until) if until else None
         grid = load_grid(grid_file, quick, results, work)
         if reproduce_:
+
             def said(cell, diff) -> None:
-                out.print(f"{cell.id}: " + ("reproduced exactly (same selections, labels and scores every round)"
-                                                if diff is None else f"DIFFERS: {diff}"), highlight=False)
+                out.print(
+                    f"{cell.id}: "
+                    + (
+                        "reproduced exactly (same selections, labels and scores every round)"
+                        if diff is None
+                        else f"DIFFERS: {diff}"
+                    ),
+                    highlight=False,
+                )
 
             scratch = grid.work / "reproduce"
             if scratch.exists():
@@ -762,8 +955,11 @@ def bench(
             outcome = reproduce(grid, reproduce_, quick, scratch, said)
             differing = [cell.id for cell, diff in outcome if diff is not None]
             if differing:
-                _fail(f"{len(differing)} of {len(outcome)} cell(s) did not reproduce (first: {differing[0]}); "
-                      f"their new runs are in {scratch}", 1)
+                _fail(
+                    f"{len(differing)} of {len(outcome)} cell(s) did not reproduce (first: {differing[0]}); "
+                    f"their new runs are in {scratch}",
+                    1,
+                )
             return
         done, todo = pending_cells(grid, only, skip)
         if list_:
@@ -771,8 +967,9 @@ def bench(
             cpu = this_cpu()
             estimates = {cell.id: estimate_seconds(cell, records, cpu) for cell in todo}
             known = [e for e in estimates.values() if e is not None]
-            hours = f"about {sum(known) / 3600:.1f} h of cells" + (f", {len(todo) - len(known)} with no finished cell like them"
-                                                                      if len(known) < len(todo) else "")
+            hours = f"about {sum(known) / 3600:.1f} h of cells" + (
+                f", {len(todo) - len(known)} with no finished cell like them" if len(known) < len(todo) else ""
+            )
             table = Table(title=f"{grid_file.name}: {len(done)} done, {len(todo)} to run" + (f" ({hours})" if todo else ""))
             table.add_column("cell")
             table.add_column("budget (human + LLM)", justify="right")
@@ -780,17 +977,19 @@ def bench(
             table.add_column("minutes (estimate)", justify="right")
             for cell in sorted(done + todo, key=grid.cells.index):
                 b = cell.config.budget
-                minutes = "" if cell in done else "–" if estimates[cell.id] is None else f"{estimates[cell.id] / 60:.0f}"
+                minutes = "" if cell in done else "–" if (est := estimates[cell.id]) is None else f"{est / 60:.0f}"
                 budget = f"{b.human} + {b.total - b.human}" if b.cost is None else f"{b.human} + LLM, cost {b.cost:g}"
                 table.add_row(cell.id, budget, "done" if cell in done else "to run", minutes)
             out.print(table)
             return
-        by_time = time.strftime('%a %H:%M', time.localtime(deadline)) if deadline else ""
+        by_time = time.strftime("%a %H:%M", time.localtime(deadline)) if deadline else ""
         by = f"; starting only cells that should end by {by_time}" if deadline else ""
         chosen = len(done) + len(todo)
         selected = f", {chosen} selected" if chosen < len(grid.cells) else ""
-        out.print(f"{grid_file.name}{' (quick)' if quick else ''}: {len(grid.cells)} cells{selected}: {len(done)} already "
-                  f"done, {len(todo)} to run with {workers} worker(s){by}; results in {grid.results}, logs in {grid.work}")
+        out.print(
+            f"{grid_file.name}{' (quick)' if quick else ''}: {len(grid.cells)} cells{selected}: {len(done)} already "
+            f"done, {len(todo)} to run with {workers} worker(s){by}; results in {grid.results}, logs in {grid.work}"
+        )
         if not todo:
             return
         started = time.perf_counter()
@@ -801,8 +1000,10 @@ def bench(
                 finished[0] += 1
                 spent = time.perf_counter() - started
                 eta = spent / finished[0] * (len(todo) - finished[0])
-                console.print(Text.assemble(f"[{finished[0]}/{len(todo)}] ", _cell_line(event, event.record), f" (eta {eta / 60:.0f} min)"),
-                              highlight=False)
+                console.print(
+                    Text.assemble(f"[{finished[0]}/{len(todo)}] ", _cell_line(event, event.record), f" (eta {eta / 60:.0f} min)"),
+                    highlight=False,
+                )
 
         if console.is_terminal:
             with _progress() as progress:
@@ -820,15 +1021,22 @@ def bench(
             events = run_grid(grid, workers, only, skip, plain, deadline)
         failed = [e for e in events if e.kind == "failed"]
         deferred = [e for e in events if e.kind == "deferred"]
-        out.print(f"{len(events) - len(failed) - len(deferred)} cells done, {len(failed)} failed in "
-                  f"{(time.perf_counter() - started) / 60:.1f} min; `imfl report {grid.results}` makes the tables and figures")
+        out.print(
+            f"{len(events) - len(failed) - len(deferred)} cells done, {len(failed)} failed in "
+            f"{(time.perf_counter() - started) / 60:.1f} min; `imfl report {grid.results}` makes the tables and figures"
+        )
         if deferred:
-            out.print(f"{len(deferred)} cell(s) not started (first: {deferred[0].cell.id}): by the times of finished cells like "
-                      f"them, none would end by {by_time}; run the same command "
-                      "again to continue")
+            out.print(
+                f"{len(deferred)} cell(s) not started (first: {deferred[0].cell.id}): by the times of finished cells like "
+                f"them, none would end by {by_time}; run the same command "
+                "again to continue"
+            )
         if failed:
-            _fail(f"{len(failed)} cell(s) failed (first: {failed[0].cell.id}: {failed[0].error}); fix the cause and run the "
-                  "same command again: finished cells are kept", 1)
+            _fail(
+                f"{len(failed)} cell(s) failed (first: {failed[0].cell.id}: {failed[0].error}); fix the cause and run the "
+                "same command again: finished cells are kept",
+                1,
+            )
 
     _guarded(go)
 
@@ -836,11 +1044,18 @@ def bench(
 @app.command()
 def report(
     results: Annotated[Path, typer.Argument(help="A grid's results folder (holding cells/).")],
-    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Where report.md, report.html and the PNGs go (default: RESULTS/report).")] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Where report.md, report.html and the PNGs go (default: RESULTS/report).")
+    ] = None,
     human_price: Annotated[float, typer.Option(min=0, help="Price of one human label, for costs and the cost figure.")] = 1.0,
     llm_price: Annotated[float, typer.Option(min=0, help="Price of one LLM answer, for costs and the cost figure.")] = 0.01,
-    mark: Annotated[Optional[list[str]], typer.Option(
-        "--mark", help="NAME=ACCURACY: a real LLM to draw on the sweep figure of simulated ones, e.g. 'GPT-4 (PubMedQA)=0.705'.")] = None,
+    mark: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--mark",
+            help="NAME=ACCURACY: a real LLM to draw on the sweep figure of simulated ones, e.g. 'GPT-4 (PubMedQA)=0.705'.",
+        ),
+    ] = None,
 ) -> None:
     """Tables (Markdown, HTML) and figures (learning curves, accuracy vs cost, LLM accuracy per round, the simulated-LLM
     sweep) from a grid's results."""

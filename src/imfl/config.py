@@ -8,12 +8,22 @@ A run's configuration is a TOML file whose tables mirror the models below (``[da
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import (BaseModel, ConfigDict, Field, SecretStr, StrictBool, StrictFloat, StrictInt, ValidationError,
-                      field_validator, model_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from imfl.errors import ConfigError
 
@@ -49,20 +59,28 @@ class DataConfig(_Section):
         "",
         description="What the LLM annotator is asked to do; empty = a generic classification instruction naming the labels.",
     )
-    pool_sample: StrictInt = Field(0, ge=0, description="Use only a random sample of this many pool rows (0 = all); the same sample for every seed.")
-    test_sample: StrictInt = Field(0, ge=0, description="Evaluate on a random sample of this many test rows (0 = all); the same for every seed.")
+    pool_sample: StrictInt = Field(
+        0, ge=0, description="Use only a random sample of this many pool rows (0 = all); the same sample for every seed."
+    )
+    test_sample: StrictInt = Field(
+        0, ge=0, description="Evaluate on a random sample of this many test rows (0 = all); the same for every seed."
+    )
 
     @field_validator("labels")
     @classmethod
     def _check_labels(cls, v: list[str]) -> list[str]:
         if len(v) == 1:
-            raise ValueError(f"data.labels lists one label ({v[0]!r}); a classifier needs at least two: list every label, "
-                             "or leave data.labels empty to take them from the data")
+            raise ValueError(
+                f"data.labels lists one label ({v[0]!r}); a classifier needs at least two: list every label, "
+                "or leave data.labels empty to take them from the data"
+            )
         if len(set(v)) != len(v):
             raise ValueError(f"data.labels lists a label twice ({', '.join(v)}); list each label once")
         if variants := near_duplicates(v):
-            raise ValueError(f"data.labels lists {'; '.join(', '.join(map(repr, g)) for g in variants)}, which differ only in "
-                             "case or spaces: list each label once, spelled as in the data")
+            raise ValueError(
+                f"data.labels lists {'; '.join(', '.join(map(repr, g)) for g in variants)}, which differ only in "
+                "case or spaces: list each label once, spelled as in the data"
+            )
         return v
 
 
@@ -72,8 +90,10 @@ class BudgetConfig(_Section):
     total: StrictInt = Field(1000, description="Total annotations (human + LLM) over the whole run (ignored with budget.cost).")
     human: StrictInt = Field(200, description="How many of them go to human experts.")
     cost: StrictFloat | None = Field(
-        None, gt=0, description="A budget in money instead of labels (human.cost and llm.cost per label): budget.human human "
-        "labels as the schedule says, then LLM labels as far as the rest goes, up to the whole pool. Never overspent."
+        None,
+        gt=0,
+        description="A budget in money instead of labels (human.cost and llm.cost per label): budget.human human "
+        "labels as the schedule says, then LLM labels as far as the rest goes, up to the whole pool. Never overspent.",
     )
     rounds: StrictInt = Field(5, description="Number of query–annotate–train rounds.")
     schedule: Literal["geometric", "linear", "fixed"] = Field(
@@ -94,23 +114,33 @@ class QueryConfig(_Section):
 
 class HumanConfig(_Section):
     annotator: str = Field(
-        "oracle", description="Who plays the expert: `oracle` replays the pool's gold labels; `people` waits for real experts "
-        "(imfl serve, imfl annotate, imfl import-labels)."
+        "oracle",
+        description="Who plays the expert: `oracle` replays the pool's gold labels; `people` waits for real experts "
+        "(imfl serve, imfl annotate, imfl import-labels).",
     )
     cost: StrictFloat = Field(1.0, ge=0, description="Cost of one human label (any unit; used in reports).")
     token: SecretStr | None = Field(
-        None, description="people: the shared access token of the web page, for one expert while nobody is registered with "
-        "`imfl people add` (better: the variable named by token_env; empty = a new random token printed at start). Never written out."
+        None,
+        description="people: the shared access token of the web page, for one expert while nobody is registered with "
+        "`imfl people add` (better: the variable named by token_env; empty = a new random token printed at start). "
+        "Never written out.",
     )
-    token_env: str = Field("IMFL_TOKEN", description="people: the environment variable holding the web page's shared access token.")
-    lease_seconds: StrictInt = Field(600, ge=5, description="people: how long an item handed to one person is kept from the others.")
-    show_guesses: StrictBool = Field(False, description="people: show the student's current guess on the page (it can anchor experts).")
+    token_env: str = Field(
+        "IMFL_TOKEN", description="people: the environment variable holding the web page's shared access token."
+    )
+    lease_seconds: StrictInt = Field(
+        600, ge=5, description="people: how long an item handed to one person is kept from the others."
+    )
+    show_guesses: StrictBool = Field(
+        False, description="people: show the student's current guess on the page (it can anchor experts)."
+    )
 
 
 class LLMConfig(_Section):
     annotator: str = Field(
-        "local", description="local (a transformers causal LM), openai (any OpenAI-compatible endpoint), recorded (a column of "
-        "labels) or simulated (the gold label, wrong with probability 1 - llm.accuracy: for experiments only)."
+        "local",
+        description="local (a transformers causal LM), openai (any OpenAI-compatible endpoint), recorded (a column of "
+        "labels) or simulated (the gold label, wrong with probability 1 - llm.accuracy: for experiments only).",
     )
     accuracy: StrictFloat | None = Field(
         None, gt=0, le=1, description="simulated: how often a label is right; a wrong one is any other label, equally likely."
@@ -126,33 +156,49 @@ class LLMConfig(_Section):
     demos: Literal["retrieved", "random", "none"] = Field(
         "retrieved", description="retrieved = the k most similar human-labeled items; random = k random ones."
     )
-    balanced: StrictBool = Field(False, description="Retrieved demos include the most similar item of each label first (as k allows).")
-    calibrate: StrictBool = Field(False, description="Contextual calibration: divide by the probabilities of a content-free input.")
+    balanced: StrictBool = Field(
+        False, description="Retrieved demos include the most similar item of each label first (as k allows)."
+    )
+    calibrate: StrictBool = Field(
+        False, description="Contextual calibration: divide by the probabilities of a content-free input."
+    )
     max_length: StrictInt = Field(2048, ge=64, description="local: longest prompt in tokens; demos are dropped to fit.")
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        "auto", description="local: precision of the model; auto = bfloat16 where the CPU has it natively (1.5x faster), else float32."
+        "auto",
+        description="local: precision of the model; auto = bfloat16 where the CPU has it natively (1.5x faster), else float32.",
     )
     cost: StrictFloat = Field(0.0, ge=0, description="Fixed cost of one LLM label (any unit), added to the token prices.")
     prompt_price: StrictFloat = Field(0.0, ge=0, description="Price per 1,000,000 prompt tokens (same unit as human.cost).")
     completion_price: StrictFloat = Field(0.0, ge=0, description="Price per 1,000,000 completion tokens.")
     cache: StrictBool = Field(True, description="Keep every answer in the cache dir, so no prompt is ever paid twice.")
     eval_sample: StrictInt = Field(
-        0, ge=0, description="Each round the LLM also labels up to this many human-labeled items it has not labeled before "
-        "(leave-one-out demos): its accuracy, confusion and calibration on this task (the [fidelity] switches need it)."
+        0,
+        ge=0,
+        description="Each round the LLM also labels up to this many human-labeled items it has not labeled before "
+        "(leave-one-out demos): its accuracy, confusion and calibration on this task (the [fidelity] switches need it).",
     )
     on_failure: Literal["requeue", "human"] = Field(
-        "requeue", description="An item whose LLM call failed goes back to the pool (requeue) or to the next round's human batch (human)."
+        "requeue",
+        description="An item whose LLM call failed goes back to the pool (requeue) or to the next round's human batch (human).",
     )
     # openai backend
-    base_url: str | None = Field(None, description="openai: the endpoint, e.g. http://127.0.0.1:8000/v1 or https://api.openai.com/v1.")
+    base_url: str | None = Field(
+        None, description="openai: the endpoint, e.g. http://127.0.0.1:8000/v1 or https://api.openai.com/v1."
+    )
     endpoint: Literal["chat", "completions"] = Field(
         "chat", description="openai: /v1/chat/completions (chat models), or /v1/completions with the prompt as plain text."
     )
-    api_key: SecretStr | None = Field(None, description="openai: the API key (better: set the variable named by api_key_env). Never written out.")
+    api_key: SecretStr | None = Field(
+        None, description="openai: the API key (better: set the variable named by api_key_env). Never written out."
+    )
     api_key_env: str = Field("OPENAI_API_KEY", description="openai: the environment variable holding the API key.")
     max_concurrency: StrictInt = Field(4, ge=1, description="openai: requests in flight at once.")
-    logprobs: StrictBool = Field(True, description="openai: ask for token log-probabilities (the cheapest way to label probabilities).")
-    samples: StrictInt = Field(5, ge=0, description="openai: sampled answers for self-consistency when log-probabilities are missing.")
+    logprobs: StrictBool = Field(
+        True, description="openai: ask for token log-probabilities (the cheapest way to label probabilities)."
+    )
+    samples: StrictInt = Field(
+        5, ge=0, description="openai: sampled answers for self-consistency when log-probabilities are missing."
+    )
     temperature: StrictFloat = Field(0.7, ge=0, description="openai: sampling temperature of the self-consistency samples.")
     max_tokens: StrictInt = Field(16, ge=1, description="openai: longest answer.")
     timeout: StrictFloat = Field(60.0, gt=0, description="openai: seconds before a request is given up (then retried).")
@@ -164,7 +210,9 @@ class StudentConfig(_Section):
 
     model: str | None = Field(None, description="Local encoder dir; empty = the bundled all-MiniLM-L6-v2.")
     epochs: StrictInt = Field(4, ge=1, description="Passes over the labels (more for small sets, see min_steps).")
-    min_steps: StrictInt = Field(100, ge=0, description="Small label sets get whole extra epochs until this many optimizer steps.")
+    min_steps: StrictInt = Field(
+        100, ge=0, description="Small label sets get whole extra epochs until this many optimizer steps."
+    )
     learning_rate: StrictFloat = Field(1e-3, gt=0, description="AdamW step size of the LoRA matrices.")
     head_learning_rate: StrictFloat = Field(1e-2, gt=0, description="Step size of the classification head.")
     batch_size: StrictInt = Field(16, ge=1, description="Labels per optimizer step.")
@@ -178,14 +226,19 @@ class StudentConfig(_Section):
     train_dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="Precision of the training forward pass (as predict_dtype; weights stay float32)."
     )
-    num_threads: StrictInt | None = Field(None, ge=1, description="CPU threads for training and prediction; empty = torch's default.")
+    num_threads: StrictInt | None = Field(
+        None, ge=1, description="CPU threads for training and prediction; empty = torch's default."
+    )
     soft_targets: StrictBool = Field(
-        False, description="LLM labels train towards the LLM's label probabilities (distillation) instead of its top label; "
-        "labels without probabilities (recorded, simulated annotators) stay hard."
+        False,
+        description="LLM labels train towards the LLM's label probabilities (distillation) instead of its top label; "
+        "labels without probabilities (recorded, simulated annotators) stay hard.",
     )
     contrastive_pairs: StrictInt = Field(
-        0, ge=0, description="SetFit-style first stage: this many pairs of labeled items (half same label, half other) pull "
-        "same-label embeddings together before the classifier trains; 0 = off (on FPB: +0.6 points for 5x the training time)."
+        0,
+        ge=0,
+        description="SetFit-style first stage: this many pairs of labeled items (half same label, half other) pull "
+        "same-label embeddings together before the classifier trains; 0 = off (on FPB: +0.6 points for 5x the training time).",
     )
     contrastive_learning_rate: StrictFloat = Field(5e-5, gt=0, description="Step size of the contrastive stage.")
     weights: dict[str, StrictFloat] = Field(
@@ -203,22 +256,35 @@ class FidelityConfig(_Section):
     """Fidelity-aware IMFL (beyond the paper; see fidelity.py): act on how good the LLM measures on this task.
     Every switch needs llm.eval_sample > 0."""
 
-    weighting: StrictBool = Field(False, description="LLM labels train with weight = their calibrated probability of being right.")
-    routing: StrictBool = Field(False, description="LLM labels whose calibrated probability of being right is below route_threshold are not trained on.")
-    route_threshold: StrictFloat | None = Field(
-        None, ge=0, le=1, description="routing: the threshold; empty = the student's estimated accuracy (out-of-fold on human labels)."
+    weighting: StrictBool = Field(
+        False, description="LLM labels train with weight = their calibrated probability of being right."
     )
-    route_to_human: StrictBool = Field(False, description="routing: the round's routed items go to the next round's human batch first.")
+    routing: StrictBool = Field(
+        False, description="LLM labels whose calibrated probability of being right is below route_threshold are not trained on."
+    )
+    route_threshold: StrictFloat | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="routing: the threshold; empty = the student's estimated accuracy (out-of-fold on human labels).",
+    )
+    route_to_human: StrictBool = Field(
+        False, description="routing: the round's routed items go to the next round's human batch first."
+    )
     filter: StrictBool = Field(False, description="cleanlab's find_label_issues drops likely-wrong LLM labels before training.")
     adaptive: StrictBool = Field(
-        False, description="While the LLM's estimated accuracy is below the student's, buy no LLM labels (each decision is logged)."
+        False,
+        description="While the LLM's estimated accuracy is below the student's, buy no LLM labels (each decision is logged).",
     )
     human_max: StrictInt | None = Field(
-        None, ge=0, description="adaptive: LLM labels not bought become human labels up to this many in total; empty = budget.human."
+        None,
+        ge=0,
+        description="adaptive: LLM labels not bought become human labels up to this many in total; empty = budget.human.",
     )
     small_loss: StrictBool = Field(
-        False, description="A student trained one epoch on every label scores the LLM's; the share with the highest loss "
-        "(small_loss_share) is not trained on (networks fit clean labels before noisy ones)."
+        False,
+        description="A student trained one epoch on every label scores the LLM's; the share with the highest loss "
+        "(small_loss_share) is not trained on (networks fit clean labels before noisy ones).",
     )
     small_loss_share: StrictFloat | None = Field(
         None, ge=0, lt=1, description="small_loss: the share of LLM labels dropped; empty = the LLM's measured error rate."
@@ -237,7 +303,9 @@ class SelfTrainingConfig(_Section):
     mode: Literal["proportional", "balanced"] = Field(
         "proportional", description="How they are spread over the predicted classes: as often as each is predicted, or equally."
     )
-    weight: StrictFloat = Field(1.0, gt=0, description="Training weight of a pseudo-labeled item (a human label weighs student.weights.human).")
+    weight: StrictFloat = Field(
+        1.0, gt=0, description="Training weight of a pseudo-labeled item (a human label weighs student.weights.human)."
+    )
 
 
 class EmbeddingsConfig(_Section):
@@ -248,12 +316,22 @@ class EmbeddingsConfig(_Section):
 class RayConfig(_Section):
     """Where and how wide pool-sized work runs when ``engine = "ray"`` (see imfl.engine)."""
 
-    address: str | None = Field(None, description="Ray cluster to join (e.g. ray://head:10001); empty = $RAY_ADDRESS, else a Ray started on this machine.")
-    actors: StrictInt = Field(2, ge=1, description="Actors embedding and predicting the pool; each loads the model once per pass.")
+    address: str | None = Field(
+        None, description="Ray cluster to join (e.g. ray://head:10001); empty = $RAY_ADDRESS, else a Ray started on this machine."
+    )
+    actors: StrictInt = Field(
+        2, ge=1, description="Actors embedding and predicting the pool; each loads the model once per pass."
+    )
     cpus_per_actor: StrictFloat = Field(1.0, gt=0, description="CPUs Ray reserves for each of those actors.")
     batch_size: StrictInt = Field(256, ge=1, description="Pool items per Ray batch when embedding and predicting.")
-    llm_actors: StrictInt = Field(2, ge=1, description="Actors scoring LLM prompts; an HTTP endpoint sees at most llm_actors x llm.max_concurrency calls at once.")
-    llm_cpus_per_actor: StrictFloat = Field(1.0, gt=0, description="CPUs per LLM actor: 1 or more for llm.annotator = 'local', e.g. 0.1 for an HTTP endpoint.")
+    llm_actors: StrictInt = Field(
+        2,
+        ge=1,
+        description="Actors scoring LLM prompts; an HTTP endpoint sees at most llm_actors x llm.max_concurrency calls at once.",
+    )
+    llm_cpus_per_actor: StrictFloat = Field(
+        1.0, gt=0, description="CPUs per LLM actor: 1 or more for llm.annotator = 'local', e.g. 0.1 for an HTTP endpoint."
+    )
     llm_batch_size: StrictInt = Field(8, ge=1, description="Prompts per Ray batch.")
 
 
@@ -263,14 +341,16 @@ class RunConfig(_Section):
     name: str = Field("run", description="Run folder name under output_dir.")
     seed: StrictInt = Field(0, description="Seeds the query, k-means, demo sampling and the student: same seed, same run.")
     strategy: str = Field(
-        "fidelity", description="fidelity (the default: IMFL that measures its LLM every round and buys, weights, routes and "
+        "fidelity",
+        description="fidelity (the default: IMFL that measures its LLM every round and buys, weights, routes and "
         "filters LLM labels by what it measured; best in our benchmarks), imfl (the paper's method as published), random, "
         "uncertainty, diversity, human-only, llm-only or label-all (budget.human random items to people, the LLM labels the "
-        "rest the budget buys, one round: the plain baseline)."
+        "rest the budget buys, one round: the plain baseline).",
     )
     compare_human_only: StrictBool = Field(
-        True, description="At the end of a run with a test file and LLM labels (or pseudo-labels), train one more student on the "
-        "run's human labels alone and set it beside the final student: what the LLM labels bought (metrics.json: human_only)."
+        True,
+        description="At the end of a run with a test file and LLM labels (or pseudo-labels), train one more student on the "
+        "run's human labels alone and set it beside the final student: what the LLM labels bought (metrics.json: human_only).",
     )
     output_dir: Path = Field(Path("runs"), description="Runs are written to output_dir/name/.")
     cache_dir: Path | None = Field(None, description="Embedding and model cache; empty = $IMFL_CACHE or ~/.cache/imfl.")
@@ -283,7 +363,9 @@ class RunConfig(_Section):
     fidelity: FidelityConfig = Field(default_factory=FidelityConfig)
     self_training: SelfTrainingConfig = Field(default_factory=SelfTrainingConfig)
     embeddings: EmbeddingsConfig = Field(default_factory=EmbeddingsConfig)
-    engine: Literal["local", "ray"] = Field("local", description="Where pool-sized work runs: 'local' (this process) or 'ray' (Ray Data actors, see [ray]).")
+    engine: Literal["local", "ray"] = Field(
+        "local", description="Where pool-sized work runs: 'local' (this process) or 'ray' (Ray Data actors, see [ray])."
+    )
     ray: RayConfig = Field(default_factory=RayConfig)
 
     @property
@@ -292,12 +374,12 @@ class RunConfig(_Section):
         return Path(self.output_dir) / self.name
 
     @model_validator(mode="after")
-    def _check(self) -> "RunConfig":
+    def _check(self) -> RunConfig:
         b = self.budget
         if b.rounds < 1:
             raise ValueError(f"budget.rounds is {b.rounds}: a run needs at least 1 round")
         if b.cost is not None:
-            self._check_money()
+            self._check_money(b.cost)
         elif b.total < 1:
             raise ValueError(f"budget.total is {b.total}: give a positive number of annotations")
         elif not 0 <= b.human <= b.total:
@@ -305,34 +387,46 @@ class RunConfig(_Section):
         elif b.total < b.rounds:
             raise ValueError(f"budget.total ({b.total}) is smaller than budget.rounds ({b.rounds}): each round needs a label")
         if self.llm.annotator == "recorded" and not (self.llm.column or self.llm.file):
-            raise ValueError("llm.annotator is 'recorded' but llm.column and llm.file are empty: name the pool field with the "
-                             "LLM labels, or a file of recorded answers")
+            raise ValueError(
+                "llm.annotator is 'recorded' but llm.column and llm.file are empty: name the pool field with the "
+                "LLM labels, or a file of recorded answers"
+            )
         if self.llm.annotator == "simulated" and self.llm.accuracy is None:
-            raise ValueError("llm.annotator is 'simulated' but llm.accuracy is empty: say how often its labels are right, e.g. 0.7")
+            raise ValueError(
+                "llm.annotator is 'simulated' but llm.accuracy is empty: say how often its labels are right, e.g. 0.7"
+            )
         if self.fidelity.active and self.llm.eval_sample == 0:
             raise ValueError("the [fidelity] switches need the LLM measured every round: set llm.eval_sample, e.g. 50")
         if self.fidelity.human_max is not None and self.fidelity.human_max < b.human:
-            raise ValueError(f"fidelity.human_max ({self.fidelity.human_max}) is below budget.human ({b.human}): "
-                             "it caps the human labels, so give at least budget.human")
+            raise ValueError(
+                f"fidelity.human_max ({self.fidelity.human_max}) is below budget.human ({b.human}): "
+                "it caps the human labels, so give at least budget.human"
+            )
         if self.llm.annotator == "openai" and not (self.llm.base_url and self.llm.model):
             raise ValueError("llm.annotator is 'openai': set llm.base_url (e.g. http://127.0.0.1:8000/v1) and llm.model")
         if bad := set(self.student.weights) - {"human", "llm"}:
             raise ValueError(f"student.weights has unknown source {sorted(bad)[0]!r}: use 'human' and 'llm'")
         return self
 
-    def _check_money(self) -> None:
+    def _check_money(self, cost: float) -> None:
         b, human_money = self.budget, self.budget.human * self.human.cost
         if b.human < 0:
             raise ValueError(f"budget.human is {b.human}: give 0 or more human labels")
-        if human_money > b.cost:
-            raise ValueError(f"budget.cost ({b.cost:g}) does not pay for budget.human ({b.human}) × human.cost ({self.human.cost:g}) "
-                             f"= {human_money:g}: raise budget.cost or lower budget.human")
+        if human_money > cost:
+            raise ValueError(
+                f"budget.cost ({cost:g}) does not pay for budget.human ({b.human}) × human.cost ({self.human.cost:g}) "
+                f"= {human_money:g}: raise budget.cost or lower budget.human"
+            )
         if self.llm.prompt_price or self.llm.completion_price:
-            raise ValueError("budget.cost needs a fixed price per LLM answer, but llm.prompt_price or llm.completion_price is set "
-                             "(a token's price is known only after the call): set llm.cost to the price of one answer instead")
+            raise ValueError(
+                "budget.cost needs a fixed price per LLM answer, but llm.prompt_price or llm.completion_price is set "
+                "(a token's price is known only after the call): set llm.cost to the price of one answer instead"
+            )
         if self.fidelity.human_max is not None and self.fidelity.human_max > b.human:
-            raise ValueError(f"fidelity.human_max ({self.fidelity.human_max}) is above budget.human ({b.human}), but with "
-                             "budget.cost the human labels are fixed by budget.human: raise budget.human instead")
+            raise ValueError(
+                f"fidelity.human_max ({self.fidelity.human_max}) is above budget.human ({b.human}), but with "
+                "budget.cost the human labels are fixed by budget.human: raise budget.human instead"
+            )
 
 
 # Named strategies: each is a set of overrides on top of the user's configuration, applied once by
@@ -344,16 +438,21 @@ STRATEGIES: dict[str, dict[str, Any]] = {
     "uncertainty": {"query.strategy": "uncertainty"},
     "diversity": {"query.strategy": "diversity"},
     # with budget.cost: as many human labels as the money pays, and no LLM label with what is left over
-    "human-only": {"budget.total": lambda cfg: _human_only_labels(cfg), "budget.human": lambda cfg: _human_only_labels(cfg),
-                   "budget.cost": None},
+    "human-only": {
+        "budget.total": lambda cfg: _human_only_labels(cfg),
+        "budget.human": lambda cfg: _human_only_labels(cfg),
+        "budget.cost": None,
+    },
     "llm-only": {"budget.human": 0},
     # the baseline a practitioner tries first: budget.human random items to people, the LLM labels as many others as the
     # budget buys (with budget.cost: up to the whole pool), one training; no query, no rounds
     "label-all": {"query.strategy": "random", "budget.rounds": 1},
     # every [fidelity] switch on, except those the configuration sets itself (an ablation turns one off)
     "fidelity": {"query.strategy": "eeq", "llm.eval_sample": lambda cfg: cfg.llm.eval_sample or 50}
-    | {f"fidelity.{k}": (lambda cfg, k=k: getattr(cfg.fidelity, k) if k in cfg.fidelity.model_fields_set else True)
-       for k in ("weighting", "routing", "filter", "adaptive")},
+    | {
+        f"fidelity.{k}": (lambda cfg, k=k: getattr(cfg.fidelity, k) if k in cfg.fidelity.model_fields_set else True)
+        for k in ("weighting", "routing", "filter", "adaptive")
+    },
 }
 
 
@@ -407,8 +506,9 @@ def _validate(data: dict, source: str) -> RunConfig:
     except ValidationError as exc:
         if unknown := sorted(".".join(map(str, e["loc"])) for e in exc.errors() if e["type"] == "extra_forbidden"):
             verb = "is not a known setting" if len(unknown) == 1 else "are not known settings"
-            raise ConfigError(f"{source}: {', '.join(unknown)} {verb} (check the spelling; see the README's configuration "
-                              "reference)") from None
+            raise ConfigError(
+                f"{source}: {', '.join(unknown)} {verb} (check the spelling; see the README's configuration reference)"
+            ) from None
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "config"
         msg = err["msg"].removeprefix("Value error, ")
@@ -419,7 +519,9 @@ def _validate(data: dict, source: str) -> RunConfig:
         raise ConfigError(f"{source}: {where} {msg}" if err["type"] != "value_error" else f"{source}: {msg}") from None
 
 
-def config_from_dict(data: dict, overrides: list[str] = (), base_dir: Path | None = None, source: str = "config") -> RunConfig:
+def config_from_dict(
+    data: dict, overrides: Sequence[str] = (), base_dir: Path | None = None, source: str = "config"
+) -> RunConfig:
     """Build a validated config from a plain dict plus ``key=value`` overrides; relative paths are
     resolved against ``base_dir``."""
     import copy
@@ -434,7 +536,9 @@ def config_from_dict(data: dict, overrides: list[str] = (), base_dir: Path | Non
     return cfg
 
 
-def read_toml(path: Path, what: str = "config file", hint: str = "pass the path of a TOML file (see configs/ for examples)") -> dict:
+def read_toml(
+    path: Path, what: str = "config file", hint: str = "pass the path of a TOML file (see configs/ for examples)"
+) -> dict:
     """The tables of a TOML file, or a ConfigError naming the file and what is wrong with it."""
     if not path.is_file():
         raise ConfigError(f"{path}: {what} not found; {hint}")
@@ -448,20 +552,23 @@ def read_toml(path: Path, what: str = "config file", hint: str = "pass the path 
         raise ConfigError(not_utf8(path)) from None
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
     """Read a TOML config file; relative paths inside it are relative to the file's folder."""
     path = Path(path)
     return config_from_dict(read_toml(path), overrides, base_dir=path.parent.resolve(), source=str(path))
 
 
 def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
+    def fix_path(p: Path) -> Path:
+        return p if p.is_absolute() else (base / p)
+
     def fix(p: Path | None) -> Path | None:
-        return p if p is None or p.is_absolute() else (base / p)
+        return None if p is None else fix_path(p)
 
     data = cfg.model_copy(deep=True)
-    data.data.pool = fix(cfg.data.pool)
+    data.data.pool = fix_path(cfg.data.pool)
     data.data.test = fix(cfg.data.test)
-    data.output_dir = fix(cfg.output_dir)
+    data.output_dir = fix_path(cfg.output_dir)
     data.cache_dir = fix(cfg.cache_dir)
     data.llm.file = fix(cfg.llm.file)
     return data

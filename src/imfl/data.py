@@ -149,9 +149,11 @@ def not_utf8(path: Path) -> str:
             try:
                 line.decode("utf-8")
             except UnicodeDecodeError as exc:
-                column = len(line[:exc.start].decode("utf-8")) + 1
-                return (f"{path}:{lineno}: byte {line[exc.start]:#04x} at byte offset {offset + exc.start} (column {column} "
-                        "of the line) is not UTF-8; save the file as UTF-8")
+                column = len(line[: exc.start].decode("utf-8")) + 1
+                return (
+                    f"{path}:{lineno}: byte {line[exc.start]:#04x} at byte offset {offset + exc.start} (column {column} "
+                    "of the line) is not UTF-8; save the file as UTF-8"
+                )
             offset += len(line)
     return f"{path}: not UTF-8 text; save the file as UTF-8"  # the file changed since the failed read
 
@@ -163,8 +165,9 @@ def _text(value: Any) -> str | None:
     return text if text.strip() else None
 
 
-def iter_examples(path: Path, cfg: DataConfig, what: str = "pool", labels: tuple[str, ...] | None = None,
-                  require_label: bool = False) -> Iterator[Example]:
+def iter_examples(
+    path: Path, cfg: DataConfig, what: str = "pool", labels: tuple[str, ...] | None = None, require_label: bool = False
+) -> Iterator[Example]:
     """Read and check one file row by row. ``labels`` (when given) is the allowed label set; ``require_label``
     makes a missing gold label an error (test files). Only the ids seen so far are kept (to report a repeated one)."""
     path = Path(path)
@@ -176,19 +179,26 @@ def iter_examples(path: Path, cfg: DataConfig, what: str = "pool", labels: tuple
             pair_field = "text_pair"
         raw_id = row.get(cfg.id_field)
         if raw_id is None or (isinstance(raw_id, str) and not raw_id.strip()):
-            raise DataError(f"{where}: field {cfg.id_field!r} (the id) is missing or empty; give every row a unique id or set data.id_field")
+            raise DataError(
+                f"{where}: field {cfg.id_field!r} (the id) is missing or empty; give every row a unique id or set data.id_field"
+            )
         item_id = str(raw_id)
         if item_id in seen:
             raise DataError(f"{where}: id {item_id!r} already used on line {seen[item_id]}; ids must be unique")
         seen[item_id] = lineno
         text = _text(row.get(cfg.text_field))
         if text is None:
-            raise DataError(f"{where}: field {cfg.text_field!r} (the text) is missing or empty; fill it, remove the row, or set data.text_field")
+            raise DataError(
+                f"{where}: field {cfg.text_field!r} (the text) is missing or empty; "
+                "fill it, remove the row, or set data.text_field"
+            )
         pair = None
         if pair_field is not None:
             pair = _text(row.get(pair_field))
             if pair is None:
-                raise DataError(f"{where}: field {pair_field!r} (the second input) is missing or empty; fill it or remove the row")
+                raise DataError(
+                    f"{where}: field {pair_field!r} (the second input) is missing or empty; fill it or remove the row"
+                )
         label = _text(row.get(cfg.label_field))
         if label is not None:
             label = label.strip()
@@ -198,7 +208,9 @@ def iter_examples(path: Path, cfg: DataConfig, what: str = "pool", labels: tuple
                     f"({', '.join(labels)}); fix the row or add the label to data.labels"
                 )
         elif require_label:
-            raise DataError(f"{where}: field {cfg.label_field!r} (the gold label) is missing; a {what} file needs a label on every row")
+            raise DataError(
+                f"{where}: field {cfg.label_field!r} (the gold label) is missing; a {what} file needs a label on every row"
+            )
         used = {cfg.id_field, cfg.text_field, cfg.label_field, pair_field}
         extra = {k: v for k, v in row.items() if k not in used}
         yield Example(item_id, text, pair, label, extra, lineno)
@@ -206,8 +218,9 @@ def iter_examples(path: Path, cfg: DataConfig, what: str = "pool", labels: tuple
         raise DataError(f"{path}: the {what} file has no rows")
 
 
-def load_examples(path: Path, cfg: DataConfig, what: str = "pool", labels: tuple[str, ...] | None = None,
-                  require_label: bool = False) -> list[Example]:
+def load_examples(
+    path: Path, cfg: DataConfig, what: str = "pool", labels: tuple[str, ...] | None = None, require_label: bool = False
+) -> list[Example]:
     """``iter_examples`` as a list (for files that fit in memory: test sets, small pools)."""
     return list(iter_examples(path, cfg, what, labels, require_label))
 
@@ -217,8 +230,15 @@ class Pool:
     (keeping only the rows of ``pool_sample`` when set). ``len`` and ``has_pair`` come from the first pass
     (``load_dataset``), which checked every row. A run copies the pool into its store once and reads it from there."""
 
-    def __init__(self, path: Path, cfg: DataConfig, labels: tuple[str, ...] | None, rows: int, has_pair: bool,
-                 keep: np.ndarray | None = None):
+    def __init__(
+        self,
+        path: Path,
+        cfg: DataConfig,
+        labels: tuple[str, ...] | None,
+        rows: int,
+        has_pair: bool,
+        keep: np.ndarray | None = None,
+    ):
         self.path, self.cfg, self.labels = Path(path), cfg, labels
         self.rows, self.has_pair, self.keep = rows, has_pair, keep  # rows: in the file; keep: the sample's positions
         self.n = rows if keep is None else len(keep)
@@ -263,6 +283,7 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     n, has_pair = 0, False
     first: dict[str, str] = {}  # label -> file:line where it first appears
     for e in test:
+        assert e.label is not None  # read with require_label=True
         first.setdefault(e.label, f"{cfg.test}:{e.line}")
     for e in iter_examples(cfg.pool, cfg, "pool", declared):
         held_out.check(e)
@@ -276,8 +297,10 @@ def load_dataset(cfg: DataConfig) -> Dataset:
     if cfg.test and (test_keep := _sample(len(test), cfg.test_sample, cfg.test, "test")) is not None:
         test = [test[i] for i in test_keep]
     if test and (test[0].text_pair is not None) != has_pair:
-        raise DataError(f"{cfg.test}: the pool {'has' if has_pair else 'has no'} second input (text_pair) but the test file "
-                        f"{'does not' if has_pair else 'does'}; both files must have the same fields")
+        raise DataError(
+            f"{cfg.test}: the pool {'has' if has_pair else 'has no'} second input (text_pair) but the test file "
+            f"{'does not' if has_pair else 'does'}; both files must have the same fields"
+        )
     instruction = cfg.instruction or DEFAULT_INSTRUCTION
     task = Task(labels=labels, instruction=instruction.replace("{labels}", ", ".join(labels)), has_pair=has_pair)
     return Dataset(task, pool, test)
@@ -288,12 +311,16 @@ def _found_labels(cfg: DataConfig, first: dict[str, str]) -> tuple[str, ...]:
     if len(first) < 2:
         files = " and ".join(str(p) for p in (cfg.pool, cfg.test) if p)
         what = f"only one label ({next(iter(first))!r})" if first else "no label"
-        raise DataError(f"{files}: {what} in field {cfg.label_field!r}; a classifier needs at least two: check "
-                        "data.label_field, or list the label set in data.labels")
+        raise DataError(
+            f"{files}: {what} in field {cfg.label_field!r}; a classifier needs at least two: check "
+            "data.label_field, or list the label set in data.labels"
+        )
     if variants := near_duplicates(sorted(first)):
         spelled = "; ".join(" and ".join(f"{label!r} ({first[label]})" for label in g) for g in variants)
-        raise DataError(f"labels that differ only in case or spaces in field {cfg.label_field!r}: {spelled}; "
-                        "spell each label one way in the files")
+        raise DataError(
+            f"labels that differ only in case or spaces in field {cfg.label_field!r}: {spelled}; "
+            "spell each label one way in the files"
+        )
     return tuple(sorted(first))
 
 
@@ -301,8 +328,10 @@ def _sample(n: int, size: int, path: Path, what: str) -> np.ndarray | None:
     """The positions of a fixed random subset of ``size`` of the ``n`` rows of the ``what`` file, in file order (None:
     all rows, when size is 0 or n). A size above n is a mistake: the run would be bigger than the setting says."""
     if size > n:
-        raise DataError(f"{path}: data.{what}_sample is {size} but the {what} file has only {n} rows; lower "
-                        f"data.{what}_sample, or set it to 0 to use every row")
+        raise DataError(
+            f"{path}: data.{what}_sample is {size} but the {what} file has only {n} rows; lower "
+            f"data.{what}_sample, or set it to 0 to use every row"
+        )
     if size in (0, n):
         return None
     return np.sort(np.random.default_rng(0).choice(n, size, replace=False))

@@ -63,8 +63,13 @@ class Embedder:
         out = np.empty((len(texts), self._dimension()), dtype=np.float32)
         for start in range(0, len(texts), self.batch_size):
             rows = order[start : start + self.batch_size]
-            out[rows] = st.encode([texts[i] for i in rows], batch_size=len(rows), normalize_embeddings=True, convert_to_numpy=True,
-                                  show_progress_bar=False)
+            out[rows] = st.encode(
+                [texts[i] for i in rows],
+                batch_size=len(rows),
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
         return out
 
     def _chunks(self, texts: Sequence[str]) -> Iterator[tuple[slice, np.ndarray]]:
@@ -73,7 +78,9 @@ class Embedder:
             chunk = texts[start : start + step]
             yield slice(start, start + len(chunk)), self.compute(chunk)
 
-    def encode(self, texts: Sequence[str], progress: Callable[[int], None] | None = None, chunks: Chunks | None = None) -> np.ndarray:
+    def encode(
+        self, texts: Sequence[str], progress: Callable[[int], None] | None = None, chunks: Chunks | None = None
+    ) -> np.ndarray:
         """Embeddings of ``texts`` as a float32 array (n, d), memory-mapped from the cache file: read when these exact
         texts were embedded by this model before, else written there chunk by chunk first. ``chunks(texts)`` yields
         (rows, embeddings) in any order; by default this process computes them, in order."""

@@ -61,23 +61,38 @@ class RayEngine:
             import ray
             import ray.data
         except ImportError:
-            raise ConfigError("engine = 'ray' needs Ray: install it with `pip install 'imfl[ray]'`, or set engine = 'local'") from None
+            raise ConfigError(
+                "engine = 'ray' needs Ray: install it with `pip install 'imfl[ray]'`, or set engine = 'local'"
+            ) from None
         if not ray.is_initialized():
             try:
-                ray.init(address=self.settings.address, include_dashboard=False, log_to_driver=False,
-                         logging_level=logging.WARNING)
+                ray.init(
+                    address=self.settings.address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING
+                )
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 where = self.settings.address or "$RAY_ADDRESS or a new local Ray"
-                raise ConfigError(f"ray.address: cannot start or join Ray at {where} ({str(exc).splitlines()[0]}); "
-                                  "check the address and that the cluster is up") from None
+                raise ConfigError(
+                    f"ray.address: cannot start or join Ray at {where} ({str(exc).splitlines()[0]}); "
+                    "check the address and that the cluster is up"
+                ) from None
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # progress is ours: the driver counts the rows coming back
         ctx.print_on_execution_start = False
         logging.getLogger("ray.data").setLevel(logging.WARNING)
         return ray.data
 
-    def _map(self, rows: dict[str, list | np.ndarray], actor: type, args: tuple, *, actors: int, cpus: float,
-             batch_size: int, kind: str, progress: Progress) -> Iterator[dict[str, np.ndarray]]:
+    def _map(
+        self,
+        rows: dict[str, list | np.ndarray],
+        actor: type,
+        args: tuple,
+        *,
+        actors: int,
+        cpus: float,
+        batch_size: int,
+        kind: str,
+        progress: Progress,
+    ) -> Iterator[dict[str, np.ndarray]]:
         """``rows`` (columns; ``row`` numbers them) through a pool of ``actors`` copies of ``actor(*args)`` (fewer
         when there are fewer batches: each copy loads a model); yields the result batches as they come back, in any
         order, and counts them."""
@@ -90,8 +105,13 @@ class RayEngine:
         size = min(actors, len(blocks))
         self.actors[kind] += size
         dataset = data.from_arrow(blocks).map_batches(
-            actor, fn_constructor_args=args, batch_size=batch_size, compute=data.ActorPoolStrategy(size=size), num_cpus=cpus,
-            batch_format="numpy")
+            actor,
+            fn_constructor_args=args,
+            batch_size=batch_size,
+            compute=data.ActorPoolStrategy(size=size),
+            num_cpus=cpus,
+            batch_format="numpy",
+        )
         try:
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
                 n = len(batch["row"])
@@ -112,9 +132,17 @@ class RayEngine:
         def chunks(todo: Sequence[str]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
             for start in range(0, len(todo), EMBED_WINDOW):  # a pool larger than memory goes in windows
                 window = todo[start : start + EMBED_WINDOW]
-                rows = {"row": np.arange(start, start + len(window)), "text": list(window)}
-                for batch in self._map(rows, _Embed, (embedder.model, embedder.batch_size), actors=s.actors,
-                                       cpus=s.cpus_per_actor, batch_size=s.batch_size, kind="embed", progress=None):
+                rows: dict[str, list | np.ndarray] = {"row": np.arange(start, start + len(window)), "text": list(window)}
+                for batch in self._map(
+                    rows,
+                    _Embed,
+                    (embedder.model, embedder.batch_size),
+                    actors=s.actors,
+                    cpus=s.cpus_per_actor,
+                    batch_size=s.batch_size,
+                    kind="embed",
+                    progress=None,
+                ):
                     yield batch["row"], batch["embedding"]
 
         return embedder.encode(texts, progress, chunks=chunks)
@@ -124,11 +152,19 @@ class RayEngine:
         out = np.empty((len(texts), student.n_labels_), dtype=np.float64)
         if not len(texts):
             return out
-        rows = {"row": np.arange(len(texts)), "text": list(texts)}
+        rows: dict[str, list | np.ndarray] = {"row": np.arange(len(texts)), "text": list(texts)}
         if pairs is not None:
             rows["pair"] = list(pairs)
-        for batch in self._map(rows, _Predict, (_saved(student),), actors=s.actors, cpus=s.cpus_per_actor,
-                               batch_size=s.batch_size, kind="predict", progress=progress):
+        for batch in self._map(
+            rows,
+            _Predict,
+            (_saved(student),),
+            actors=s.actors,
+            cpus=s.cpus_per_actor,
+            batch_size=s.batch_size,
+            kind="predict",
+            progress=progress,
+        ):
             out[batch["row"]] = batch["proba"]
         return out
 
@@ -163,8 +199,16 @@ class RayBackend:
         if not len(prompts):
             return out
         rows = {"row": np.arange(len(prompts)), "prompt": [json.dumps(p, ensure_ascii=False) for p in prompts]}
-        for batch in self.engine._map(rows, _Score, (self.inner, list(labels)), actors=s.llm_actors,
-                                      cpus=s.llm_cpus_per_actor, batch_size=s.llm_batch_size, kind="llm", progress=progress):
+        for batch in self.engine._map(
+            rows,
+            _Score,
+            (self.inner, list(labels)),
+            actors=s.llm_actors,
+            cpus=s.llm_cpus_per_actor,
+            batch_size=s.llm_batch_size,
+            kind="llm",
+            progress=progress,
+        ):
             for i, scored in zip(batch["row"], batch["scored"]):
                 out[int(i)] = Scored(**json.loads(scored))
                 if on_result:

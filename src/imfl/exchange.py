@@ -79,14 +79,16 @@ def import_labels(labeling: Labeling, path: str | Path, annotator: str, fmt: str
         raise DataError(f"{path}: nothing to import: {what}; label the file `imfl export-batch` wrote and import that")
     state = labeling.status()["state"]
     if state != "labeling":
-        raise DataError(f"{path}: nothing imported: no round is waiting for human labels (the run is {state}); "
-                        "run `imfl run` first")
+        raise DataError(
+            f"{path}: nothing imported: no round is waiting for human labels (the run is {state}); run `imfl run` first"
+        )
     report = ImportReport()
     imported: dict[str, str] = {}  # item id -> the row that labeled it ("line 3", "task 2")
     for where, ref, raw_id, raw_label, problem in rows:
         item_id = _item_id(raw_id)
         problem = problem or _problem(raw_id, item_id, raw_label, labeling.labels, imported)
         if problem is None:
+            assert item_id is not None and isinstance(raw_label, str)  # what _problem checked
             try:
                 labeling.label(annotator, item_id, raw_label.strip())
                 imported[item_id] = ref

@@ -51,8 +51,10 @@ def find_student_dir(path: str | Path) -> Path:
     for candidate in (path, path / "adapter"):
         if (candidate / "student.json").is_file():
             return candidate
-    raise ModelError(f"{path}: no trained student there (student.json missing); pass a run folder with a finished round "
-                     "or a directory written by Student.save")
+    raise ModelError(
+        f"{path}: no trained student there (student.json missing); pass a run folder with a finished round "
+        "or a directory written by Student.save"
+    )
 
 
 def export_hf(source: str | Path, out: str | Path) -> Path:
@@ -91,8 +93,10 @@ def build_classifier(student):
     encoder = _merged_encoder(student)
     config = encoder.config
     if config.model_type != "bert":
-        raise ModelError(f"export --format hf supports BERT-architecture students (the default all-MiniLM is one); this "
-                         f"student's base is a {config.model_type!r} model: use the run's adapter/ with imfl.Student.load")
+        raise ModelError(
+            f"export --format hf supports BERT-architecture students (the default all-MiniLM is one); this "
+            f"student's base is a {config.model_type!r} model: use the run's adapter/ with imfl.Student.load"
+        )
     hidden, n = int(config.hidden_size), int(student.n_labels_)
     labels = list(student.classes_)
     extra = 1 if student.pooling == "mean" else 0
@@ -104,8 +108,12 @@ def build_classifier(student):
         "id2label": dict(enumerate(labels)),
         "label2id": {label: i for i, label in enumerate(labels)},
         "problem_type": "single_label_classification",
-        "imfl": {"pooling": student.pooling, "uses_text_pairs": bool(student.uses_text_pairs_),
-                 "max_length": int(student.max_length), "pooling_layer": extra == 1},
+        "imfl": {
+            "pooling": student.pooling,
+            "uses_text_pairs": bool(student.uses_text_pairs_),
+            "max_length": int(student.max_length),
+            "pooling_layer": extra == 1,
+        },
     }
     settings.pop("_name_or_path", None)
     settings.pop("torch_dtype", None)
@@ -182,27 +190,47 @@ def model_card(student, run_dir: Path | None, name: str) -> str:
     the human-only comparison, use and limits. ``run_dir`` None: a bare Student.save directory (less to tell)."""
     labels = list(student.classes_)
     pair = bool(student.uses_text_pairs_)
-    call = 'classify({"text": question, "text_pair": context}, top_k=None, truncation=True)' if pair else \
-        'classify(["Profit rose by a third."], top_k=None, truncation=True)'
+    call = (
+        'classify({"text": question, "text_pair": context}, top_k=None, truncation=True)'
+        if pair
+        else 'classify(["Profit rose by a third."], top_k=None, truncation=True)'
+    )
     lines = [
-        "---", "library_name: transformers", "pipeline_tag: text-classification", "tags: [imfl, text-classification]", "---", "",
-        f"# {name}", "",
+        "---",
+        "library_name: transformers",
+        "pipeline_tag: text-classification",
+        "tags: [imfl, text-classification]",
+        "---",
+        "",
+        f"# {name}",
+        "",
         f"A text classifier trained with [imfl](https://pypi.org/project/imfl/) (interactive multi-fidelity learning): "
-        f"{len(labels)} labels, {', '.join(labels)}.", "",
-        "## Use", "", "```python", "from transformers import pipeline", "",
-        f'classify = pipeline("text-classification", model="{name}")', call, "```", "",
+        f"{len(labels)} labels, {', '.join(labels)}.",
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from transformers import pipeline",
+        "",
+        f'classify = pipeline("text-classification", model="{name}")',
+        call,
+        "```",
+        "",
         f"`truncation=True` cuts inputs at {student.max_length} tokens as in training (longer inputs were never seen). "
         "Load it in float32 (the default) or bfloat16; **not float16**: the pooling layer uses constants beyond float16's range.",
         "",
-        "## The model", "",
+        "## The model",
+        "",
         f"- Base encoder: {_base_name(student)}, fine-tuned with LoRA (r={student.lora_r}, alpha={student.lora_alpha}, "
         f"{student.lora_target_modules} layers), merged into the weights.",
         f"- Trained on {student.n_train_} labelled items for {student.epochs_run_} epochs.",
     ]
     if student.pooling == "mean":
-        lines.append("- The student classifies the mean of the encoder's last hidden states. The last encoder layer of this "
-                     "export is not learned: it computes that mean in the first token (attention with equal weights on "
-                     "every token) and carries the classifier's logits to the stock BERT pooler and classifier.")
+        lines.append(
+            "- The student classifies the mean of the encoder's last hidden states. The last encoder layer of this "
+            "export is not learned: it computes that mean in the first token (attention with equal weights on "
+            "every token) and carries the classifier's logits to the stock BERT pooler and classifier."
+        )
     if run_dir is None:
         lines += ["", "No run folder was exported with this model: data, labels and metrics are not recorded here."]
         return "\n".join(lines) + "\n"
@@ -226,28 +254,47 @@ def _run_sections(run_dir: Path) -> list[str]:
                 row = json.loads(line)
                 counts[(row["source"], row["annotator"])] += 1
     data = cfg.get("data", {})
-    out = ["## Data and labels", "",
-           f"- Pool: `{Path(data.get('pool', '?')).name}`; test set: `{Path(data['test']).name if data.get('test') else 'none'}`.",
-           f"- Method: strategy `{cfg.get('strategy')}`, budget {cfg['budget']['total']} labels of which {cfg['budget']['human']} "
-           f"human, {cfg['budget']['rounds']} rounds, seed {cfg.get('seed')}.", "",
-           "| source | annotator | labels |", "|---|---|---|"]
+    out = [
+        "## Data and labels",
+        "",
+        f"- Pool: `{Path(data.get('pool', '?')).name}`; test set: `{Path(data['test']).name if data.get('test') else 'none'}`.",
+        f"- Method: strategy `{cfg.get('strategy')}`, budget {cfg['budget']['total']} labels of which {cfg['budget']['human']} "
+        f"human, {cfg['budget']['rounds']} rounds, seed {cfg.get('seed')}.",
+        "",
+        "| source | annotator | labels |",
+        "|---|---|---|",
+    ]
     out += [f"| {source} | {annotator} | {n} |" for (source, annotator), n in sorted(counts.items())]
     if metrics:
         last = metrics[-1]
         probe = sum(m.get("llm_probe_cost", 0) or 0 for m in metrics)
-        out += ["", f"Cost (in the run's units: human {cfg['human'].get('cost', 1.0)} a label): human "
-                f"{last.get('human_cost_total', 0):g}, LLM {last.get('llm_cost_total', 0):g}"
-                + (f", LLM self-checks {probe:g}" if probe else "") + ".", "",
-                "## Test metrics per round", "",
-                "| round | +human | +LLM | LLM accuracy on its labels | test accuracy | test macro-F1 |", "|---|---|---|---|---|---|"]
+        out += [
+            "",
+            f"Cost (in the run's units: human {cfg['human'].get('cost', 1.0)} a label): human "
+            f"{last.get('human_cost_total', 0):g}, LLM {last.get('llm_cost_total', 0):g}"
+            + (f", LLM self-checks {probe:g}" if probe else "")
+            + ".",
+            "",
+            "## Test metrics per round",
+            "",
+            "| round | +human | +LLM | LLM accuracy on its labels | test accuracy | test macro-F1 |",
+            "|---|---|---|---|---|---|",
+        ]
         fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
-        out += [f"| {m['round']} | {m['human_labels']} | {m['llm_labels']} | {fmt(m.get('llm_accuracy'))} | "
-                f"{fmt(m.get('test_accuracy'))} | {fmt(m.get('test_macro_f1'))} |" for m in metrics]
+        out += [
+            f"| {m['round']} | {m['human_labels']} | {m['llm_labels']} | {fmt(m.get('llm_accuracy'))} | "
+            f"{fmt(m.get('test_accuracy'))} | {fmt(m.get('test_macro_f1'))} |"
+            for m in metrics
+        ]
         comparison = last.get("human_only")
         if comparison:
             out += ["", "## What the LLM labels bought", "", comparison.get("summary", "")]
-    out += ["", "## Intended use and limits", "",
-            "- Classifying texts like the pool's into the labels above; the test metrics hold for text like the test set's.",
-            "- Labels from the LLM can carry its biases; the per-source counts above say how many the model learned from.",
-            "- A small encoder: long inputs are cut at the maximum length, and other languages or domains were not measured."]
+    out += [
+        "",
+        "## Intended use and limits",
+        "",
+        "- Classifying texts like the pool's into the labels above; the test metrics hold for text like the test set's.",
+        "- Labels from the LLM can carry its biases; the per-source counts above say how many the model learned from.",
+        "- A small encoder: long inputs are cut at the maximum length, and other languages or domains were not measured.",
+    ]
     return out

@@ -72,7 +72,7 @@ class Estimate:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Estimate":
+    def from_dict(cls, d: dict) -> Estimate:
         cal = d.get("calibration")
         return cls(**{**d, "calibration": Calibration(**cal) if cal else None})
 
@@ -121,8 +121,9 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins
     return float(gap)
 
 
-def out_of_fold_proba(features: np.ndarray, labels, n_labels: int, seed: int, folds: int = 5,
-                      sample_weight=None) -> np.ndarray | None:
+def out_of_fold_proba(
+    features: np.ndarray, labels, n_labels: int, seed: int, folds: int = 5, sample_weight=None
+) -> np.ndarray | None:
     """Out-of-fold class probabilities of a logistic regression on ``features`` (stratified folds). None when
     fewer than two classes have two items each.
 
@@ -193,13 +194,16 @@ def decide(t: int, llm: Estimate | None, student: Estimate | None, llm_done_this
         return None
     buy = llm.accuracy >= student.accuracy
     sign = ">=" if buy else "<"
-    reason = (f"LLM {llm.accuracy:.3f} on {llm.n} probed items {sign} student (out-of-fold) {student.accuracy:.3f} "
-              f"on {student.n} human labels")
+    reason = (
+        f"LLM {llm.accuracy:.3f} on {llm.n} probed items {sign} student (out-of-fold) {student.accuracy:.3f} "
+        f"on {student.n} human labels"
+    )
     return Decision(t, effective, buy, reason)
 
 
-def apply_decision(plan: list[tuple[int, int]], base: list[tuple[int, int]], decision: Decision,
-                   human_max: int, human_open_from: int) -> tuple[list[tuple[int, int]], int]:
+def apply_decision(
+    plan: list[tuple[int, int]], base: list[tuple[int, int]], decision: Decision, human_max: int, human_open_from: int
+) -> tuple[list[tuple[int, int]], int]:
     """The plan after ``decision`` (rounds 1-based; rounds before ``decision.effective`` keep their entries).
 
     Stopping: every LLM share from the effective round on drops to 0; those labels move to human batches of
@@ -214,7 +218,7 @@ def apply_decision(plan: list[tuple[int, int]], base: list[tuple[int, int]], dec
             new[r][1] = base[r][1]
             if r >= human_open_from - 1:
                 new[r][0] = base[r][0]
-        return [tuple(p) for p in new], 0
+        return [(h, n) for h, n in new], 0
     freed = sum(new[r][1] for r in range(start, len(new)))
     for r in range(start, len(new)):
         new[r][1] = 0
@@ -228,4 +232,4 @@ def apply_decision(plan: list[tuple[int, int]], base: list[tuple[int, int]], dec
         new[r][0] += take
         left -= take
     moved -= left  # no open human round left (the decision came in the last round)
-    return [tuple(p) for p in new], moved
+    return [(h, n) for h, n in new], moved

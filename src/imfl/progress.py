@@ -42,7 +42,7 @@ class Lines:
         start = time.perf_counter()
         yield lambda n: None
         spent = time.perf_counter() - start
-        rate = f" ({total / spent:.1f}/s)" if (total or 0) > 1 and spent >= self.MIN_SECONDS_FOR_RATE else ""
+        rate = f" ({total / spent:.1f}/s)" if total is not None and total > 1 and spent >= self.MIN_SECONDS_FOR_RATE else ""
         self.write(f"{description}: {total or ''} in {spent:.1f} s{rate}")
 
     def log(self, message: str) -> None:

@@ -51,7 +51,9 @@ class Row:
     def per_round(self, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Round-wise mean and std of ``key`` over the seeds that have every round (and its x: mean human labels)."""
         n = min(len(r["rounds"]) for r in self.records)
-        values = np.array([[m.get(key) if m.get(key) is not None else np.nan for m in r["rounds"][:n]] for r in self.records], dtype=float)
+        values = np.array(
+            [[m.get(key) if m.get(key) is not None else np.nan for m in r["rounds"][:n]] for r in self.records], dtype=float
+        )
         with warnings.catch_warnings():  # a round without any value (e.g. no LLM label) stays NaN: not drawn
             warnings.simplefilter("ignore", RuntimeWarning)
             return np.nanmean(values, axis=0), _std(values), np.arange(1, n + 1)
@@ -81,8 +83,19 @@ def group_rows(records: list[dict]) -> dict[str, list[Row]]:
         c = recs[0]["cell"]
         # Grids sharing a results folder may name one annotator differently: the name most of its cells carry.
         name = names[(dataset, annotator)].most_common(1)[0][0]
-        by_dataset[dataset].append(Row(dataset, strategy, c["label"], c["group"], c["order"], annotator, name,
-                                       tuple(sorted(recs, key=lambda r: r["cell"]["seed"])), c.get("versus", "imfl")))
+        by_dataset[dataset].append(
+            Row(
+                dataset,
+                strategy,
+                c["label"],
+                c["group"],
+                c["order"],
+                annotator,
+                name,
+                tuple(sorted(recs, key=lambda r: r["cell"]["seed"])),
+                c.get("versus", "imfl"),
+            )
+        )
     for rows in by_dataset.values():
         rows.sort(key=lambda row: (row.annotator != NO_LLM, row.annotator, row.order))
     return dict(by_dataset)
@@ -106,8 +119,19 @@ def _llm_acc(row: Row) -> str:
     return _mean_std(values) if values.size else "–"
 
 
-MAIN_HEADER = ["strategy", "LLM annotator", "human labels", "LLM labels", "test accuracy", "test macro-F1", "LLM label accuracy",
-               "cost", "HLE (H)", "minutes per cell", "seeds"]
+MAIN_HEADER = [
+    "strategy",
+    "LLM annotator",
+    "human labels",
+    "LLM labels",
+    "test accuracy",
+    "test macro-F1",
+    "LLM label accuracy",
+    "cost",
+    "HLE (H)",
+    "minutes per cell",
+    "seeds",
+]
 
 
 def _minutes(row: Row) -> str:
@@ -117,10 +141,23 @@ def _minutes(row: Row) -> str:
 
 def main_table(rows: list[Row], human_price: float = 1.0, llm_price: float = 0.01) -> list[list[str]]:
     curve = human_curve(rows)
-    return [[row.label, "–" if row.annotator == NO_LLM else row.annotator_label, _labels(row, "human"), _labels(row, "llm"),
-             _mean_std(row.final("test_accuracy")), _mean_std(row.final("test_macro_f1")), _llm_acc(row),
-             f"{cost(row, human_price, llm_price):.1f}", _hle_text(curve, row), _minutes(row), str(len(row.records))]
-            for row in rows if row.group == "main"]
+    return [
+        [
+            row.label,
+            "–" if row.annotator == NO_LLM else row.annotator_label,
+            _labels(row, "human"),
+            _labels(row, "llm"),
+            _mean_std(row.final("test_accuracy")),
+            _mean_std(row.final("test_macro_f1")),
+            _llm_acc(row),
+            f"{cost(row, human_price, llm_price):.1f}",
+            _hle_text(curve, row),
+            _minutes(row),
+            str(len(row.records)),
+        ]
+        for row in rows
+        if row.group == "main"
+    ]
 
 
 # -- human-label equivalence and cost ---------------------------------------------------------------------
@@ -146,7 +183,9 @@ def human_curve(rows: list[Row]) -> list[tuple[float, float]]:
     for row in rows:
         if row.annotator == NO_LLM and all(r["labels_used"]["llm"] == 0 for r in row.records):
             H = row.records[0]["cell"]["H"]
-            points.append((float(np.mean([r["labels_used"]["human"] for r in row.records])) / H, float(row.final("test_accuracy").mean())))
+            points.append(
+                (float(np.mean([r["labels_used"]["human"] for r in row.records])) / H, float(row.final("test_accuracy").mean()))
+            )
     return sorted(points)
 
 
@@ -189,14 +228,23 @@ def _hle_text(curve: list[tuple[float, float]], row: Row) -> str:
     return str(found) if found else "–"
 
 
-VALUE_HEADER = ["LLM annotator", "LLM label accuracy", "best with ≤ H human labels", "test accuracy", "cost", "HLE (H)",
-                "human-only cost at equal accuracy"]
+VALUE_HEADER = [
+    "LLM annotator",
+    "LLM label accuracy",
+    "best with ≤ H human labels",
+    "test accuracy",
+    "cost",
+    "HLE (H)",
+    "human-only cost at equal accuracy",
+]
 
 
-VALUE_NOTE = ("HLE (human-label equivalence): how many human labels, in multiples of H, the human-only learning curve needs "
-              "to reach the strategy's mean test accuracy, interpolated linearly in log labels between the curve's points "
-              "(read as its running maximum); '> 5' means above every point of the curve, '< 1' below its first. Cost: human "
-              "labels × the human price + LLM answers (labels and fidelity-aware self-check questions) × the LLM price.")
+VALUE_NOTE = (
+    "HLE (human-label equivalence): how many human labels, in multiples of H, the human-only learning curve needs "
+    "to reach the strategy's mean test accuracy, interpolated linearly in log labels between the curve's points "
+    "(read as its running maximum); '> 5' means above every point of the curve, '< 1' below its first. Cost: human "
+    "labels × the human price + LLM answers (labels and fidelity-aware self-check questions) × the LLM price."
+)
 
 
 def value_table(rows: list[Row], human_price: float = 1.0, llm_price: float = 0.01) -> list[list[str]]:
@@ -207,21 +255,45 @@ def value_table(rows: list[Row], human_price: float = 1.0, llm_price: float = 0.
         return []
     out = []
     for annotator in dict.fromkeys(r.annotator for r in rows if r.annotator != NO_LLM):
-        candidates = [r for r in rows if r.annotator == annotator and r.group == "main" and r.final("test_accuracy").size
-                      and all(c["labels_used"]["human"] <= c["cell"]["H"] for c in r.records)]
+        candidates = [
+            r
+            for r in rows
+            if r.annotator == annotator
+            and r.group == "main"
+            and r.final("test_accuracy").size
+            and all(c["labels_used"]["human"] <= c["cell"]["H"] for c in r.records)
+        ]
         if not candidates:
             continue
         best = max(candidates, key=lambda r: r.final("test_accuracy").mean())
         found = _hle(curve, best)
+        assert found is not None  # the candidates have test accuracies
         H = best.records[0]["cell"]["H"]
-        out.append([best.annotator_label, _llm_acc(best), best.label, _mean_std(best.final("test_accuracy")),
-                    f"{cost(best, human_price, llm_price):.1f}", str(found),
-                    f"{found.bound} {found.value * H * human_price:.0f}".strip()])
+        out.append(
+            [
+                best.annotator_label,
+                _llm_acc(best),
+                best.label,
+                _mean_std(best.final("test_accuracy")),
+                f"{cost(best, human_price, llm_price):.1f}",
+                str(found),
+                f"{found.bound} {found.value * H * human_price:.0f}".strip(),
+            ]
+        )
     return out
 
 
-ABLATION_HEADER = ["variant", "LLM annotator", "human labels", "LLM labels", "test accuracy", "Δ vs reference", "test macro-F1",
-                   "LLM label accuracy", "seeds"]
+ABLATION_HEADER = [
+    "variant",
+    "LLM annotator",
+    "human labels",
+    "LLM labels",
+    "test accuracy",
+    "Δ vs reference",
+    "test macro-F1",
+    "LLM label accuracy",
+    "seeds",
+]
 
 
 def ablation_table(rows: list[Row]) -> list[list[str]]:
@@ -235,19 +307,42 @@ def ablation_table(rows: list[Row]) -> list[list[str]]:
             delta = "–"
             if ref is not None and row is not ref:
                 base = {r["cell"]["seed"]: r["final"]["test_accuracy"] for r in ref.records}
-                diffs = np.array([r["final"]["test_accuracy"] - base[r["cell"]["seed"]] for r in row.records
-                                  if r["cell"]["seed"] in base], dtype=float)
+                diffs = np.array(
+                    [r["final"]["test_accuracy"] - base[r["cell"]["seed"]] for r in row.records if r["cell"]["seed"] in base],
+                    dtype=float,
+                )
                 delta = _mean_std(diffs) if diffs.size else "–"
                 delta = delta if delta.startswith("-") or delta == "–" else "+" + delta
-            out.append([row.label, row.annotator_label, _labels(row, "human"), _labels(row, "llm"),
-                        _mean_std(row.final("test_accuracy")), delta, _mean_std(row.final("test_macro_f1")), _llm_acc(row),
-                        str(len(row.records))])
+            out.append(
+                [
+                    row.label,
+                    row.annotator_label,
+                    _labels(row, "human"),
+                    _labels(row, "llm"),
+                    _mean_std(row.final("test_accuracy")),
+                    delta,
+                    _mean_std(row.final("test_macro_f1")),
+                    _llm_acc(row),
+                    str(len(row.records)),
+                ]
+            )
     return out
 
 
 FIDELITY_SWITCHES = ("weighting", "routing", "filter", "adaptive", "small_loss")
-FIDELITY_HEADER = ["variant", "LLM annotator", "switches", "LLM labels bought", "LLM probe accuracy", "student estimate",
-                   "real student on new human labels", "rounds buying LLM", "LLM labels routed", "filtered (really wrong)", "test accuracy"]
+FIDELITY_HEADER = [
+    "variant",
+    "LLM annotator",
+    "switches",
+    "LLM labels bought",
+    "LLM probe accuracy",
+    "student estimate",
+    "real student on new human labels",
+    "rounds buying LLM",
+    "LLM labels routed",
+    "filtered (really wrong)",
+    "test accuracy",
+]
 
 
 def _switches(row: Row) -> list[str]:
@@ -261,6 +356,7 @@ def fidelity_table(rows: list[Row]) -> list[list[str]]:
     on them (``prequential_accuracy``, pooled over those rounds: what the stand-in estimates), how many rounds bought
     LLM labels, and the final training's routed and filtered LLM labels (with how many of the filtered were really
     wrong)."""
+
     def last(row: Row, key: str) -> np.ndarray:
         return np.array([r["rounds"][-1].get(key) for r in row.records if r["rounds"][-1].get(key) is not None], dtype=float)
 
@@ -281,12 +377,21 @@ def fidelity_table(rows: list[Row]) -> list[list[str]]:
         filtered = mean(last(row, "llm_filtered"), 1)
         if filtered != "–":
             filtered += f" ({mean(last(row, 'llm_filtered_wrong'), 1)})"
-        out.append([row.label, row.annotator_label, ", ".join(switches),
-                    mean(np.array([r["labels_used"]["llm"] for r in row.records], dtype=float), 0),
-                    _mean_std(last(row, "llm_self_accuracy")), _mean_std(last(row, "student_est_accuracy")),
-                    _mean_std(np.array([a for a in map(prequential, row.records) if a is not None], dtype=float)),
-                    f"{mean(buying, 1)} of {len(row.records[0]['rounds'])}" if "adaptive" in switches else "–",
-                    mean(last(row, "llm_routed"), 1), filtered, _mean_std(row.final("test_accuracy"))])
+        out.append(
+            [
+                row.label,
+                row.annotator_label,
+                ", ".join(switches),
+                mean(np.array([r["labels_used"]["llm"] for r in row.records], dtype=float), 0),
+                _mean_std(last(row, "llm_self_accuracy")),
+                _mean_std(last(row, "student_est_accuracy")),
+                _mean_std(np.array([a for a in map(prequential, row.records) if a is not None], dtype=float)),
+                f"{mean(buying, 1)} of {len(row.records[0]['rounds'])}" if "adaptive" in switches else "–",
+                mean(last(row, "llm_routed"), 1),
+                filtered,
+                _mean_std(row.final("test_accuracy")),
+            ]
+        )
     return out
 
 
@@ -327,8 +432,10 @@ def _styles(rows: list[Row]) -> dict[str, dict]:
     for row in rows:
         key = (row.group != "main", row.order)
         rank[row.strategy] = min(rank.get(row.strategy, key), key)
-    return {strategy: {"color": f"C{i % 10}", "linestyle": "-" if i < 10 else "--"}
-            for i, strategy in enumerate(sorted(rank, key=rank.__getitem__))}
+    return {
+        strategy: {"color": f"C{i % 10}", "linestyle": "-" if i < 10 else "--"}
+        for i, strategy in enumerate(sorted(rank, key=rank.__getitem__))
+    }
 
 
 def _band(ax, row: Row, x, mean, std, style: dict):
@@ -372,8 +479,13 @@ def learning_curves(rows: list[Row], dataset: str, path: Path) -> Path:
         mean, std, _ = row.per_round("test_accuracy")
         x = row.cumulative("human_total")
         if x[-1] == 0:
-            ax.axhline(mean[-1], linestyle="--", linewidth=1.2, color=styles[row.strategy]["color"],
-                       label=f"{row.label}: {mean[-1]:.3f} with 0 human labels")
+            ax.axhline(
+                mean[-1],
+                linestyle="--",
+                linewidth=1.2,
+                color=styles[row.strategy]["color"],
+                label=f"{row.label}: {mean[-1]:.3f} with 0 human labels",
+            )
         else:
             _band(ax, row, x, mean, std, styles[row.strategy])
 
@@ -384,7 +496,9 @@ def cost_curves(rows: list[Row], dataset: str, path: Path, human_price: float, l
     """Final test accuracy against annotation cost: the human-only learning curve as a line in every panel, each other
     main strategy as a point (mean ± std over seeds) with its human-label equivalence. Log x when every cost is > 0."""
     styles = _styles(rows)
-    curve_rows = sorted((r for r in rows if r.annotator == NO_LLM and r.group == "main"), key=lambda r: cost(r, human_price, llm_price))
+    curve_rows = sorted(
+        (r for r in rows if r.annotator == NO_LLM and r.group == "main"), key=lambda r: cost(r, human_price, llm_price)
+    )
     curve = human_curve(rows)
     log = all(cost(r, human_price, llm_price) > 0 for r in rows if r.group == "main")
 
@@ -392,20 +506,41 @@ def cost_curves(rows: list[Row], dataset: str, path: Path, human_price: float, l
         if log:
             ax.set_xscale("log")
         if curve_rows and row is curve_rows[0]:
-            x = [cost(r, human_price, llm_price) for r in curve_rows]
-            ax.plot(x, [r.final("test_accuracy").mean() for r in curve_rows], color="0.3", marker="s", markersize=4,
-                    linewidth=1.6, label="human only: " + ", ".join(r.label for r in curve_rows))
+            xs = [cost(r, human_price, llm_price) for r in curve_rows]
+            ax.plot(
+                xs,
+                [r.final("test_accuracy").mean() for r in curve_rows],
+                color="0.3",
+                marker="s",
+                markersize=4,
+                linewidth=1.6,
+                label="human only: " + ", ".join(r.label for r in curve_rows),
+            )
         accuracy = row.final("test_accuracy")
         if row.group != "main" or row.annotator == NO_LLM or not accuracy.size:
             return
         found, x, std = _hle(curve, row), cost(row, human_price, llm_price), _std(accuracy[:, None])[0]
         color = styles[row.strategy]["color"]
-        ax.plot([x], [accuracy.mean()], marker="o", linestyle="none", color=color, label=row.label + (f" (HLE {found})" if found else ""))
+        ax.plot(
+            [x],
+            [accuracy.mean()],
+            marker="o",
+            linestyle="none",
+            color=color,
+            label=row.label + (f" (HLE {found})" if found else ""),
+        )
         if std > 0:
             ax.vlines(x, accuracy.mean() - std, accuracy.mean() + std, color=color, linewidth=1.2)
 
-    return _panel_figure(rows, _panels(rows), draw, f"annotation cost (human {human_price:g}, LLM {llm_price:g} per answer)",
-                         ACCURACY, f"{dataset}: accuracy against annotation cost", path)
+    return _panel_figure(
+        rows,
+        _panels(rows),
+        draw,
+        f"annotation cost (human {human_price:g}, LLM {llm_price:g} per answer)",
+        ACCURACY,
+        f"{dataset}: accuracy against annotation cost",
+        path,
+    )
 
 
 def _changes_the_prompt(row: Row, rows: list[Row]) -> bool:
@@ -439,8 +574,15 @@ def llm_accuracy_curves(rows: list[Row], dataset: str, path: Path) -> Path | Non
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         draw(ax, row)
 
-    return _panel_figure(rows, panels, draw_rounds, "round", "LLM label accuracy (vs gold)",
-                         f"{dataset}: the LLM annotator's accuracy per round", path)
+    return _panel_figure(
+        rows,
+        panels,
+        draw_rounds,
+        "round",
+        "LLM label accuracy (vs gold)",
+        f"{dataset}: the LLM annotator's accuracy per round",
+        path,
+    )
 
 
 # -- the fidelity sweep (simulated LLMs) -----------------------------------------------------------------
@@ -503,12 +645,23 @@ def sweep_lines(rows: list[Row]) -> list[SweepLine]:
             by_share[(name, budget["human"] / budget["total"], budget["human"])].append(row)
     out = []
     for (name, share, human), group in sorted(by_share.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        group.sort(key=_simulated_accuracy)
+        # only rows with a simulated accuracy are grouped here (the key is never None)
+        group.sort(key=_simulated_accuracy)  # type: ignore[arg-type]
         finals = [row.final("test_accuracy") for row in group]
         total = int(group[0].records[0]["config"]["budget"]["total"])
-        out.append(SweepLine(name, share, human, np.array([_simulated_accuracy(r) for r in group]), np.array([f.mean() for f in finals]),
-                             np.array([f.std(ddof=1) if f.size > 1 else 0.0 for f in finals]),
-                             sorted({s for r in group for s in r.seeds}), references.get(human), references.get(total)))
+        out.append(
+            SweepLine(
+                name,
+                share,
+                human,
+                np.array([_simulated_accuracy(r) for r in group]),
+                np.array([f.mean() for f in finals]),
+                np.array([f.std(ddof=1) if f.size > 1 else 0.0 for f in finals]),
+                sorted({s for r in group for s in r.seeds}),
+                references.get(human),
+                references.get(total),
+            )
+        )
     return out
 
 
@@ -543,8 +696,10 @@ def sweep_table(lines: list[SweepLine]) -> tuple[list[str], list[list[str]]]:
                 text += f" ({line.mean[i] - line.reference.final('test_accuracy').mean():+.3f})"
             cells.append(text)
         body.append(cells)
-    for title, refs in (("human-only, same human labels", [line.reference for line in lines]),
-                        ("human-only, the whole budget as human labels", [line.whole for line in lines])):
+    for title, refs in (
+        ("human-only, same human labels", [line.reference for line in lines]),
+        ("human-only, the whole budget as human labels", [line.whole for line in lines]),
+    ):
         body.append([title] + [_mean_std(ref.final("test_accuracy")) if ref else "–" for ref in refs])
     body.append(["crossover: LLM labels pay off from"] + [_crossover_text(line.crossover) for line in lines])
     return header, body
@@ -557,7 +712,14 @@ def sweep_figure(lines: list[SweepLine], dataset: str, path: Path, marks: dict[s
     fig.set_size_inches(7.5, 5.0)
     for k, line in enumerate(lines):
         color = f"C{k}"
-        ax.plot(line.accuracy, line.mean, "-o", color=color, markersize=3.5, label=f"{line.name}, {line.share:.0%} human ({line.human})")
+        ax.plot(
+            line.accuracy,
+            line.mean,
+            "-o",
+            color=color,
+            markersize=3.5,
+            label=f"{line.name}, {line.share:.0%} human ({line.human})",
+        )
         if np.any(line.std > 0):
             ax.fill_between(line.accuracy, line.mean - line.std, line.mean + line.std, color=color, alpha=0.15, linewidth=0)
         if line.reference is not None:
@@ -568,12 +730,24 @@ def sweep_figure(lines: list[SweepLine], dataset: str, path: Path, marks: dict[s
                 ax.plot([x], [level], "D", color=color, markersize=6)
     for whole in {id(line.whole): line.whole for line in lines if line.whole is not None}.values():
         level = whole.final("test_accuracy").mean()
-        ax.axhline(level, color="0.2", linestyle=":", linewidth=1.2, label=f"human only, whole budget ({_human_labels(whole)}): {level:.3f}")
+        ax.axhline(
+            level,
+            color="0.2",
+            linestyle=":",
+            linewidth=1.2,
+            label=f"human only, whole budget ({_human_labels(whole)}): {level:.3f}",
+        )
     for k, (name, acc) in enumerate(marks.items()):
         ax.axvline(acc, color="0.35", linestyle=":", linewidth=1.2)
         ax.text(acc, 0.02 + 0.07 * (k % 4), f" {name} {acc:.0%}", transform=ax.get_xaxis_transform(), fontsize=7.5, color="0.25")
-    return _save_single(fig, ax, path, "simulated LLM label accuracy", f"{dataset}: when do LLM labels pay off? (diamond: crossover)",
-                        legend={"fontsize": 7.5, "loc": "upper left"})
+    return _save_single(
+        fig,
+        ax,
+        path,
+        "simulated LLM label accuracy",
+        f"{dataset}: when do LLM labels pay off? (diamond: crossover)",
+        legend={"fontsize": 7.5, "loc": "upper left"},
+    )
 
 
 # -- the ladder of real annotators (recorded LLMs), with simulated ones behind -----------------------------
@@ -618,7 +792,7 @@ def ladder_rungs(rows: list[Row], results: Path) -> list[Rung]:
 def _ladder_strategies(rows: list[Row], rungs: list[Rung]) -> list[Row]:
     """One row per LLM-using main strategy (the first annotator's), in grid order: the ladder's columns."""
     names = {r.annotator for r in rungs}
-    first = {}
+    first: dict[str, Row] = {}
     for row in sorted(rows, key=lambda r: r.order):
         if row.group == "main" and row.annotator in names:
             first.setdefault(row.strategy, row)
@@ -650,7 +824,9 @@ def ladder_table(rows: list[Row], rungs: list[Rung]) -> tuple[list[str], list[li
     body = []
     for rung in rungs:
         cells = [rung.label, f"{rung.accuracy:.3f}"]
-        cells += [_mean_std(row.final("test_accuracy")) if (row := _cell(rows, s.strategy, rung.annotator)) else "–" for s in strategies]
+        cells += [
+            _mean_std(row.final("test_accuracy")) if (row := _cell(rows, s.strategy, rung.annotator)) else "–" for s in strategies
+        ]
         for s in adaptive:
             row = _cell(rows, s.strategy, rung.annotator)
             if row is None:
@@ -659,16 +835,23 @@ def ladder_table(rows: list[Row], rungs: list[Rung]) -> tuple[list[str], list[li
             bought = np.mean([r["labels_used"]["llm"] for r in row.records])
             moved = np.mean([sum(m.get("human_moved") or 0 for m in r["rounds"]) for r in row.records])
             when = " · ".join(_rounds_text([m["round"] for m in r["rounds"] if m.get("llm_labels")]) for r in row.records)
-            cells.append(f"{bought:.0f} of {row.records[0]['config']['budget']['total'] - row.records[0]['config']['budget']['human']}"
-                         f", +{moved:.0f} (rounds: {when})")
+            cells.append(
+                f"{bought:.0f} of {row.records[0]['config']['budget']['total'] - row.records[0]['config']['budget']['human']}"
+                f", +{moved:.0f} (rounds: {when})"
+            )
         body.append(cells)
     notes = []
     for ref in (r for r in rows if r.annotator == NO_LLM and r.group == "main"):
         level = ref.final("test_accuracy").mean()
         wins = []
         for s in strategies:
-            beaten = [rung.label for rung in rungs if not rung.simulated and (row := _cell(rows, s.strategy, rung.annotator))
-                      and row.final("test_accuracy").mean() >= level]
+            beaten = [
+                rung.label
+                for rung in rungs
+                if not rung.simulated
+                and (row := _cell(rows, s.strategy, rung.annotator))
+                and row.final("test_accuracy").mean() >= level
+            ]
             wins.append(f"{s.label} with {', '.join(beaten) if beaten else 'none'}")
         notes.append(f"{ref.label} ({_mean_std(ref.final('test_accuracy'))}) is matched or beaten by: " + "; ".join(wins) + ".")
     return header, body, notes
@@ -689,7 +872,9 @@ def ladder_figure(rows: list[Row], rungs: list[Rung], dataset: str, path: Path) 
         color = styles[s.strategy]["color"]
         shift = (i - (len(strategies) - 1) / 2) * dodge
         for simulated in (True, False):
-            pts = [(rung, row) for rung in rungs if rung.simulated == simulated and (row := _cell(rows, s.strategy, rung.annotator))]
+            pts = [
+                (rung, row) for rung in rungs if rung.simulated == simulated and (row := _cell(rows, s.strategy, rung.annotator))
+            ]
             if not pts:
                 continue
             pts.sort(key=lambda p: p[0].accuracy)
@@ -701,7 +886,9 @@ def ladder_figure(rows: list[Row], rungs: list[Rung], dataset: str, path: Path) 
                 ax.plot(x, mean, "-o", color=color, alpha=0.35, linewidth=1.2, markersize=3, label=f"{s.label}, simulated LLMs")
                 ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.08, linewidth=0)
             else:
-                ax.errorbar(x + shift, mean, yerr=std, fmt="o", color=color, markersize=5, capsize=3, label=f"{s.label}, real LLMs")
+                ax.errorbar(
+                    x + shift, mean, yerr=std, fmt="o", color=color, markersize=5, capsize=3, label=f"{s.label}, real LLMs"
+                )
     names: dict[float, list[str]] = {}
     for rung in rungs:
         if not rung.simulated:
@@ -717,8 +904,14 @@ def ladder_figure(rows: list[Row], rungs: list[Rung], dataset: str, path: Path) 
     for ref in (r for r in rows if r.annotator == NO_LLM and r.group == "main"):
         level = ref.final("test_accuracy").mean()
         ax.axhline(level, color=styles[ref.strategy]["color"], linestyle="--", linewidth=1.0, label=f"{ref.label}: {level:.3f}")
-    return _save_single(fig, ax, path, "LLM annotator's real accuracy on the pool",
-                        f"{dataset}: real annotators (points) against simulated ones (faint lines)", legend={"fontsize": 7, "loc": "upper center", "bbox_to_anchor": (0.5, -0.13)})
+    return _save_single(
+        fig,
+        ax,
+        path,
+        "LLM annotator's real accuracy on the pool",
+        f"{dataset}: real annotators (points) against simulated ones (faint lines)",
+        legend={"fontsize": 7, "loc": "upper center", "bbox_to_anchor": (0.5, -0.13)},
+    )
 
 
 def _save_single(fig, ax, path: Path, xlabel: str, title: str, legend: dict) -> Path:
@@ -751,18 +944,23 @@ class Report:
     datasets: dict[str, list[Row]]
 
 
-def make_report(results: Path, out: Path, human_price: float = 1.0, llm_price: float = 0.01,
-                marks: dict[str, float] | None = None) -> Report:
+def make_report(
+    results: Path, out: Path, human_price: float = 1.0, llm_price: float = 0.01, marks: dict[str, float] | None = None
+) -> Report:
     """Write report.md, report.html and the PNG figures for every dataset in ``results`` into ``out``. ``marks``
     (name → accuracy) are real LLMs drawn on the sweep figures of simulated ones."""
     results, out = Path(results), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     datasets = group_rows(load_results(results))
-    md = [f"# Benchmark report: {results}", "",
-          "Mean ± sample standard deviation over seeds of the final round's test scores. LLM label accuracy: the "
-          "LLM's labels against the pool's gold labels, over every label it gave in the run. Minutes per cell: the "
-          "mean time of a cell's rounds (annotation, training, evaluation, selection; a resumed cell's rounds from "
-          "every attempt), as measured on the machine that ran it, with whatever else it was doing.", ""]
+    md = [
+        f"# Benchmark report: {results}",
+        "",
+        "Mean ± sample standard deviation over seeds of the final round's test scores. LLM label accuracy: the "
+        "LLM's labels against the pool's gold labels, over every label it gave in the run. Minutes per cell: the "
+        "mean time of a cell's rounds (annotation, training, evaluation, selection; a resumed cell's rounds from "
+        "every attempt), as measured on the machine that ran it, with whatever else it was doing.",
+        "",
+    ]
     page = [f"<h1>Benchmark report: {html.escape(str(results))}</h1>"]
     figures: list[Path] = []
     for dataset, rows in datasets.items():
@@ -773,11 +971,21 @@ def make_report(results: Path, out: Path, human_price: float = 1.0, llm_price: f
         value = value_table(rows, human_price, llm_price)
         if value:
             md += [f"### {dataset}: what the LLM labels are worth", "", VALUE_NOTE, "", _markdown(VALUE_HEADER, value), ""]
-            page += ["<h3>What the LLM labels are worth</h3>", f"<p>{html.escape(VALUE_NOTE)}</p>", _html_table(VALUE_HEADER, value)]
+            page += [
+                "<h3>What the LLM labels are worth</h3>",
+                f"<p>{html.escape(VALUE_NOTE)}</p>",
+                _html_table(VALUE_HEADER, value),
+            ]
         ablations = ablation_table(rows)
         if ablations:
-            md += [f"### {dataset}: ablations", "", "Each block starts with its reference (Δ –); every other row of the block "
-                   "changes one thing of it.", "", _markdown(ABLATION_HEADER, ablations), ""]
+            md += [
+                f"### {dataset}: ablations",
+                "",
+                "Each block starts with its reference (Δ –); every other row of the block changes one thing of it.",
+                "",
+                _markdown(ABLATION_HEADER, ablations),
+                "",
+            ]
             page += ["<h3>Ablations</h3>", _html_table(ABLATION_HEADER, ablations)]
         measured = fidelity_table(rows)
         if measured:
@@ -792,22 +1000,33 @@ def make_report(results: Path, out: Path, human_price: float = 1.0, llm_price: f
         if rungs:
             header, body, notes = ladder_table(rows, rungs)
             md += [f"### {dataset}: the ladder of LLM annotators", "", _markdown(header, body), "", *notes, ""]
-            page += ["<h3>The ladder of LLM annotators</h3>", _html_table(header, body), *(f"<p>{html.escape(n)}</p>" for n in notes)]
-        drawn = [ladder_figure(rows, rungs, dataset, out / f"{dataset}-ladder.png") if rungs else None,
-                 sweep_figure(lines, dataset, out / f"{dataset}-sweep.png", marks or {}) if lines else None,
-                 learning_curves(rows, dataset, out / f"{dataset}-learning-curves.png"),
-                 cost_curves(rows, dataset, out / f"{dataset}-cost.png", human_price, llm_price),
-                 llm_accuracy_curves(rows, dataset, out / f"{dataset}-llm-accuracy.png")]
+            page += [
+                "<h3>The ladder of LLM annotators</h3>",
+                _html_table(header, body),
+                *(f"<p>{html.escape(n)}</p>" for n in notes),
+            ]
+        drawn = [
+            ladder_figure(rows, rungs, dataset, out / f"{dataset}-ladder.png") if rungs else None,
+            sweep_figure(lines, dataset, out / f"{dataset}-sweep.png", marks or {}) if lines else None,
+            learning_curves(rows, dataset, out / f"{dataset}-learning-curves.png"),
+            cost_curves(rows, dataset, out / f"{dataset}-cost.png", human_price, llm_price),
+            llm_accuracy_curves(rows, dataset, out / f"{dataset}-llm-accuracy.png"),
+        ]
         for fig in filter(None, drawn):
             figures.append(fig)
             md.append(f"![{fig.stem}]({fig.name})")
             page.append(f'<p><img src="{html.escape(fig.name)}" alt="{html.escape(fig.stem)}"></p>')
         md.append("")
-    style = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
-             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
-             "td:first-child,th:first-child,td:nth-child(2){text-align:left}img{max-width:100%}")
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+        "td:first-child,th:first-child,td:nth-child(2){text-align:left}img{max-width:100%}"
+    )
     md_path, html_path = out / "report.md", out / "report.html"
     md_path.write_text("\n".join(md) + "\n", encoding="utf-8")
-    html_path.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>imfl benchmark report</title>"
-                         f"<style>{style}</style></head><body>{''.join(page)}</body></html>\n", encoding="utf-8")
+    html_path.write_text(
+        f"<!doctype html><html><head><meta charset='utf-8'><title>imfl benchmark report</title>"
+        f"<style>{style}</style></head><body>{''.join(page)}</body></html>\n",
+        encoding="utf-8",
+    )
     return Report(md_path, html_path, figures, datasets)

@@ -53,8 +53,10 @@ API_CSP = "default-src 'none'; frame-ancestors 'none'"  # JSON answers load noth
 
 def page_csp(nonce: str) -> str:
     """The page may run its own script and style (marked with ``nonce``) and call its own API, nothing else."""
-    return (f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; connect-src 'self'; "
-            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+    return (
+        f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; connect-src 'self'; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
 
 
 def _problem(error: dict) -> str:
@@ -66,7 +68,7 @@ def _problem(error: dict) -> str:
     if kind == "missing":
         return f"{where}: {error['msg']}"
     given = repr(error["input"])
-    return f"{where}: {error['msg']} (got {given if len(given) <= ECHO else given[:ECHO - 1] + '…'})"
+    return f"{where}: {error['msg']} (got {given if len(given) <= ECHO else given[: ECHO - 1] + '…'})"
 
 
 ItemId = Annotated[str, Field(min_length=1, max_length=500)]
@@ -127,8 +129,10 @@ def create_app(labeling: Labeling, token: str) -> FastAPI:
         if shared and not registered:
             return Caller(None, "annotator")
         if shared:
-            raise _unauthorized("people are registered for this project, so the shared token is refused: "
-                                "sign in with your personal token (imfl people add)")
+            raise _unauthorized(
+                "people are registered for this project, so the shared token is refused: "
+                "sign in with your personal token (imfl people add)"
+            )
         raise _unauthorized("wrong access token (or its person was removed)")
 
     def requires(role: str):
@@ -175,8 +179,9 @@ def create_app(labeling: Labeling, token: str) -> FastAPI:
     @app.get("/")
     def page() -> HTMLResponse:
         nonce = secrets.token_urlsafe(18)
-        return HTMLResponse(PAGE.read_text(encoding="utf-8").replace("CSP-NONCE", nonce),
-                            headers={"Content-Security-Policy": page_csp(nonce)})
+        return HTMLResponse(
+            PAGE.read_text(encoding="utf-8").replace("CSP-NONCE", nonce), headers={"Content-Security-Policy": page_csp(nonce)}
+        )
 
     # The body limit is set here, not on the app: for a body announced as too large Starlette sends its own 413,
     # which then still passes through security_headers. Every /api request is authenticated here (401 before

@@ -24,6 +24,7 @@ import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import overload
 
 from imfl.data import Annotation, Example
 from imfl.errors import DataError
@@ -128,7 +129,7 @@ class Store:
         self.path = path
 
     @classmethod
-    def open(cls, path: str | Path) -> "Store":
+    def open(cls, path: str | Path) -> Store:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -146,7 +147,7 @@ class Store:
     def close(self) -> None:
         self.conn.close()
 
-    def __enter__(self) -> "Store":
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -172,12 +173,18 @@ class Store:
         return _Transaction(self.conn)
 
     # -- meta ----------------------------------------------------------------------------------
+    @overload
+    def get_meta(self, key: str, default: str) -> str: ...
+    @overload
+    def get_meta(self, key: str, default: None = None) -> str | None: ...
     def get_meta(self, key: str, default: str | None = None) -> str | None:
         row = self.conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return row[0] if row else default
 
     def set_meta(self, key: str, value: str) -> None:
-        self.conn.execute("INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value", (key, value))
+        self.conn.execute(
+            "INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value", (key, value)
+        )
 
     # -- items ---------------------------------------------------------------------------------
     def add_items(self, examples: Iterable[Example]) -> None:
@@ -187,8 +194,10 @@ class Store:
             self.conn.executemany(
                 "INSERT INTO items(idx, id, text, text_pair, gold, line, extra) VALUES(?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT(id) DO UPDATE SET line=excluded.line, extra=excluded.extra",
-                ((i, e.id, e.text, e.text_pair, e.label, e.line, json.dumps(e.extra, ensure_ascii=False, default=str))
-                 for i, e in enumerate(examples)),
+                (
+                    (i, e.id, e.text, e.text_pair, e.label, e.line, json.dumps(e.extra, ensure_ascii=False, default=str))
+                    for i, e in enumerate(examples)
+                ),
             )
 
     def n_items(self) -> int:
@@ -234,8 +243,13 @@ class Store:
         rows = self.conn.execute("SELECT * FROM rounds ORDER BY round").fetchall()
         return [{**dict(r), "metrics": json.loads(r["metrics"]) if r["metrics"] else None} for r in rows]
 
-    def record_selection(self, round: int, planned: tuple[int, int], human: Sequence[tuple[str, float | None]],
-                         llm: Sequence[tuple[str, float | None]]) -> None:
+    def record_selection(
+        self,
+        round: int,
+        planned: tuple[int, int],
+        human: Sequence[tuple[str, float | None]],
+        llm: Sequence[tuple[str, float | None]],
+    ) -> None:
         """Open a round: its plan and the items chosen for each fidelity, in one transaction."""
         with self.transaction():
             self.conn.execute(
@@ -259,16 +273,29 @@ class Store:
                 " demo_ids, method, error, prompt_tokens, completion_tokens, created_at)"
                 " VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    (a.item_id, a.round, a.source, a.annotator, a.label,
-                     json.dumps(a.probs) if a.probs is not None else None, a.confidence, a.cost,
-                     a.prompt_hash, json.dumps(list(a.demo_ids)) if a.demo_ids else None, a.method, a.error,
-                     a.prompt_tokens, a.completion_tokens, now)
+                    (
+                        a.item_id,
+                        a.round,
+                        a.source,
+                        a.annotator,
+                        a.label,
+                        json.dumps(a.probs) if a.probs is not None else None,
+                        a.confidence,
+                        a.cost,
+                        a.prompt_hash,
+                        json.dumps(list(a.demo_ids)) if a.demo_ids else None,
+                        a.method,
+                        a.error,
+                        a.prompt_tokens,
+                        a.completion_tokens,
+                        now,
+                    )
                     for a in annotations
                 ),
             )
 
     def annotations(self, round: int | None = None, source: str | None = None, ok_only: bool = True) -> list[Annotation]:
-        sql, args = "SELECT * FROM annotations WHERE retracted_at IS NULL", []
+        sql, args = "SELECT * FROM annotations WHERE retracted_at IS NULL", list[object]()
         if round is not None:
             sql, args = sql + " AND round=?", args + [round]
         if source is not None:
@@ -298,12 +325,26 @@ class Store:
         out = []
         for r in rows:
             a = _annotation(r)
-            out.append({
-                "id": a.item_id, "text": r["text"], "text_pair": r["text_pair"], "label": a.label, "source": a.source,
-                "annotator": a.annotator, "round": a.round, "confidence": a.confidence, "probs": a.probs, "cost": a.cost,
-                "prompt_hash": a.prompt_hash, "demo_ids": list(a.demo_ids), "method": a.method,
-                "prompt_tokens": a.prompt_tokens, "completion_tokens": a.completion_tokens, "created_at": r["created_at"],
-            })
+            out.append(
+                {
+                    "id": a.item_id,
+                    "text": r["text"],
+                    "text_pair": r["text_pair"],
+                    "label": a.label,
+                    "source": a.source,
+                    "annotator": a.annotator,
+                    "round": a.round,
+                    "confidence": a.confidence,
+                    "probs": a.probs,
+                    "cost": a.cost,
+                    "prompt_hash": a.prompt_hash,
+                    "demo_ids": list(a.demo_ids),
+                    "method": a.method,
+                    "prompt_tokens": a.prompt_tokens,
+                    "completion_tokens": a.completion_tokens,
+                    "created_at": r["created_at"],
+                }
+            )
         return out
 
     # -- people ----------------------------------------------------------------------------------
@@ -340,7 +381,7 @@ class Store:
             mine = [i for i in pending if held.get(i) == annotator]
             skipped = {r[0] for r in self.conn.execute("SELECT item_id FROM skips WHERE round=? AND annotator=?", (t, annotator))}
             free = [i for i in pending if i not in held]
-            choice = (mine or [i for i in free if i not in skipped] or free or [None])[0]
+            choice = next(iter(mine or [i for i in free if i not in skipped] or free), None)
             if choice is None:
                 return None
             self.conn.execute(
@@ -359,8 +400,9 @@ class Store:
             self.conn.execute("DELETE FROM leases WHERE item_id=? AND annotator=?", (item_id, annotator))
             self.conn.execute("INSERT OR IGNORE INTO skips(round, item_id, annotator) VALUES(?, ?, ?)", (t, item_id, annotator))
 
-    def add_human_label(self, annotator: str, item_id: str, label: str, labels: Sequence[str], cost: float = 0.0,
-                        now: float | None = None) -> int:
+    def add_human_label(
+        self, annotator: str, item_id: str, label: str, labels: Sequence[str], cost: float = 0.0, now: float | None = None
+    ) -> int:
         """Record a person's label for a pending item of the waiting round; returns the round. Raises ``Rejected``
         (nothing written) for a label outside ``labels``, an item that is not pending in that round, or an item
         another person holds."""
@@ -440,8 +482,11 @@ class Store:
         with self.transaction():
             row = self.conn.execute("SELECT role, removed_at FROM people WHERE name=?", (name,)).fetchone()
             if row is not None and row[1] is None:
-                raise Rejected(409, f"{name!r} is registered already (as {row[0]}); to give them a new token or role, "
-                                    "remove them first, then add them again")
+                raise Rejected(
+                    409,
+                    f"{name!r} is registered already (as {row[0]}); to give them a new token or role, "
+                    "remove them first, then add them again",
+                )
             self.conn.execute(
                 "INSERT INTO people(name, role, token_sha256, added_at) VALUES(?, ?, ?, ?) ON CONFLICT(name) DO UPDATE"
                 " SET role=excluded.role, token_sha256=excluded.token_sha256, added_at=excluded.added_at, removed_at=NULL",
@@ -473,10 +518,20 @@ def _example(r: sqlite3.Row) -> Example:
 
 def _annotation(r: sqlite3.Row) -> Annotation:
     return Annotation(
-        r["item_id"], r["round"], r["source"], r["annotator"], r["label"],
-        json.loads(r["probs"]) if r["probs"] else None, r["confidence"], r["cost"],
-        r["prompt_hash"], tuple(json.loads(r["demo_ids"])) if r["demo_ids"] else (), r["method"], r["error"],
-        r["prompt_tokens"], r["completion_tokens"],
+        r["item_id"],
+        r["round"],
+        r["source"],
+        r["annotator"],
+        r["label"],
+        json.loads(r["probs"]) if r["probs"] else None,
+        r["confidence"],
+        r["cost"],
+        r["prompt_hash"],
+        tuple(json.loads(r["demo_ids"])) if r["demo_ids"] else (),
+        r["method"],
+        r["error"],
+        r["prompt_tokens"],
+        r["completion_tokens"],
     )
 
 

@@ -308,9 +308,7 @@ class Student:
         if self.num_threads is not None:
             positive_int("num_threads")
         if self.predict_dtype not in ("auto", "float32", "bfloat16"):
-            raise ModelError(
-                f"Student predict_dtype={self.predict_dtype!r} is unknown: use 'auto', 'float32' or 'bfloat16'"
-            )
+            raise ModelError(f"Student predict_dtype={self.predict_dtype!r} is unknown: use 'auto', 'float32' or 'bfloat16'")
         if self.train_dtype not in ("auto", "float32", "bfloat16"):
             raise ModelError(f"Student train_dtype={self.train_dtype!r} is unknown: use 'auto', 'float32' or 'bfloat16'")
         if self.pooling not in _POOLINGS:
@@ -443,7 +441,7 @@ class Student:
         if not self.group_by_length:
             return [order[i : i + bs] for i in range(0, n, bs)]
         chunk = bs * 50
-        batches = []
+        batches: list[np.ndarray] = []
         for start in range(0, n, chunk):
             part = order[start : start + chunk]
             part = part[np.argsort(-lengths[part], kind="stable")]
@@ -590,14 +588,17 @@ class Student:
         total = math.ceil(len(anchor) / bs)
         warmup = int(round(float(self.warmup_ratio) * total))
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: (step + 1) / (warmup + 1) if step < warmup else max(0.0, (total - step) / max(1, total - warmup))
+            optimizer,
+            lambda step: (step + 1) / (warmup + 1) if step < warmup else max(0.0, (total - step) / max(1, total - warmup)),
         )
         order = np.random.default_rng(int(self.seed) + 1).permutation(len(anchor))
         net.train()
         for start in range(0, len(order), bs):
             idx = order[start : start + bs]
             both = np.concatenate([anchor[idx], partner[idx]])
-            emb = torch.nn.functional.normalize(net.embed(self._collate([encoded[i] for i in both], device, tokenizer)).float(), dim=-1)
+            emb = torch.nn.functional.normalize(
+                net.embed(self._collate([encoded[i] for i in both], device, tokenizer)).float(), dim=-1
+            )
             cos = (emb[: len(idx)] * emb[len(idx) :]).sum(-1)
             loss = (((cos - target_t[idx].to(device)) ** 2) * pair_w[idx].to(device)).mean()
             optimizer.zero_grad(set_to_none=True)
@@ -615,8 +616,10 @@ class Student:
             return [str(i) for i in range(n_labels)]
         names = _check_texts(label_names, "label_names")
         if len(names) != n_labels or len(set(names)) != n_labels:
-            raise ModelError(f"label_names has {len(names)} names ({len(set(names))} distinct) for n_labels={n_labels}: "
-                             "give one distinct name per class, in class-index order")
+            raise ModelError(
+                f"label_names has {len(names)} names ({len(set(names))} distinct) for n_labels={n_labels}: "
+                "give one distinct name per class, in class-index order"
+            )
         return names
 
     @staticmethod
@@ -632,9 +635,7 @@ class Student:
         out = np.empty(n, dtype=np.int64)
         for i, v in enumerate(values):
             if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
-                raise ModelError(
-                    f"labels[{i}] is {v!r}, not an integer class index: map label names to 0..{n_labels - 1} first"
-                )
+                raise ModelError(f"labels[{i}] is {v!r}, not an integer class index: map label names to 0..{n_labels - 1} first")
             if not 0 <= v < n_labels:
                 raise ModelError(f"labels[{i}] = {v} is out of range for n_labels={n_labels}: use 0..{n_labels - 1}")
             out[i] = v
@@ -655,8 +656,13 @@ class Student:
         rows = ~np.isnan(given).all(axis=1)
         sums = given[rows].sum(axis=1)
         if np.isnan(given[rows]).any() or (given[rows] < 0).any() or not (sums > 0).all():
-            bad = int(np.flatnonzero(rows)[np.flatnonzero(np.isnan(given[rows]).any(1) | (given[rows] < 0).any(1) | ~(sums > 0))[0]])
-            raise ModelError(f"target_probs[{bad}] is invalid: give non-negative numbers with a positive sum, or a row of NaN for the hard label")
+            bad = int(
+                np.flatnonzero(rows)[np.flatnonzero(np.isnan(given[rows]).any(1) | (given[rows] < 0).any(1) | ~(sums > 0))[0]]
+            )
+            raise ModelError(
+                f"target_probs[{bad}] is invalid: "
+                "give non-negative numbers with a positive sum, or a row of NaN for the hard label"
+            )
         q[rows] = given[rows] / sums[:, None]
         return q
 
@@ -716,9 +722,7 @@ class Student:
         device = next(self._net.parameters()).device
         self._net.eval()
         autocast = (
-            torch.autocast(device.type, dtype=torch.bfloat16)
-            if self._predict_in_bf16(device)
-            else contextlib.nullcontext()
+            torch.autocast(device.type, dtype=torch.bfloat16) if self._predict_in_bf16(device) else contextlib.nullcontext()
         )
         with self._threads(), torch.inference_mode(), autocast:
             for start in range(0, len(order), batch_size):
@@ -781,7 +785,9 @@ class Student:
         path = Path(path)
         settings_file = path / _SETTINGS_FILE
         if not settings_file.is_file():
-            raise ModelError(f"{str(path)!r} holds no saved student ({_SETTINGS_FILE} missing): pass a directory written by Student.save")
+            raise ModelError(
+                f"{str(path)!r} holds no saved student ({_SETTINGS_FILE} missing): pass a directory written by Student.save"
+            )
         try:
             info = json.loads(settings_file.read_text(encoding="utf-8"))
             settings = dict(info["settings"])
@@ -790,7 +796,9 @@ class Student:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ModelError(f"{str(settings_file)!r} is unreadable or incomplete ({exc}): save the student again") from exc
         if info.get("format") != _FORMAT:
-            raise ModelError(f"{str(settings_file)!r} has format {info.get('format')!r}, expected {_FORMAT}: save the student again")
+            raise ModelError(
+                f"{str(settings_file)!r} has format {info.get('format')!r}, expected {_FORMAT}: save the student again"
+            )
         unknown = set(settings) - set(cls._PARAMS)
         if unknown:
             raise ModelError(f"{str(settings_file)!r} has unknown settings {sorted(unknown)}: save it with this imfl version")
@@ -812,14 +820,18 @@ class Student:
             net = _Classifier.build(peft_encoder, n_labels, student.pooling, float(student.classifier_dropout))
             net.head.load_state_dict(load_file(str(path / _HEAD_FILE)))
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
-            raise ModelError(f"cannot load the saved student from {str(path)!r} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}): save it again") from exc
+            raise ModelError(
+                f"cannot load the saved student from {str(path)!r} "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}): save it again"
+            ) from exc
         net.to(torch_device).eval()
         peft_encoder.merge_adapter()  # as after fit, so a loaded student predicts exactly as the saved one
         student._net = net
         student.n_labels_ = n_labels
         names = info.get("labels")  # saved since label names were kept; older saves name classes by index
-        student.classes_ = [str(x) for x in names] if isinstance(names, list) and len(names) == n_labels else [
-            str(i) for i in range(n_labels)]
+        student.classes_ = (
+            [str(x) for x in names] if isinstance(names, list) and len(names) == n_labels else [str(i) for i in range(n_labels)]
+        )
         student.uses_text_pairs_ = uses_pairs
         student.n_train_ = info.get("n_train")
         student.epochs_run_ = info.get("epochs_run")

@@ -29,6 +29,8 @@ class AnnotationContext:
 
 class Annotator(Protocol):
     source: str
-    name: str
+
+    @property
+    def name(self) -> str: ...
 
     def annotate(self, items: Sequence[Example], context: AnnotationContext) -> list[Annotation]: ...

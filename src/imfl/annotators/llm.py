@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -28,9 +29,20 @@ CONTENT_FREE = "N/A"
 class LLMAnnotator:
     source = "llm"
 
-    def __init__(self, backend, task: Task, k: int = 4, demos: str = "retrieved", *, balanced: bool = False,
-                 calibrate: bool = False, cost_per_label: float = 0.0, prompt_price: float = 0.0,
-                 completion_price: float = 0.0, cache: AnswerCache | None = None):
+    def __init__(
+        self,
+        backend,
+        task: Task,
+        k: int = 4,
+        demos: str = "retrieved",
+        *,
+        balanced: bool = False,
+        calibrate: bool = False,
+        cost_per_label: float = 0.0,
+        prompt_price: float = 0.0,
+        completion_price: float = 0.0,
+        cache: AnswerCache | None = None,
+    ):
         self.backend = backend
         self.task = task
         self.k = k
@@ -48,16 +60,25 @@ class LLMAnnotator:
         return self.backend.name
 
     # -- prompts -----------------------------------------------------------------------------------
-    def _demo_indices(self, n_items: int, pool: Sequence[tuple[Example, str]], pool_emb: np.ndarray | None,
-                      item_emb: np.ndarray | None, seed: int, exclude: Sequence[int] | None = None) -> list[list[int]]:
+    def _demo_indices(
+        self,
+        n_items: int,
+        pool: Sequence[tuple[Example, str]],
+        pool_emb: np.ndarray | None,
+        item_emb: np.ndarray | None,
+        seed: int,
+        exclude: Sequence[int] | None = None,
+    ) -> list[list[int]]:
         m = len(pool)
         if self.demos == "none" or self.k == 0 or m == 0:
             return [[] for _ in range(n_items)]
         if self.demos == "random":
             rows = random_choice(n_items, m, self.k + (1 if exclude is not None else 0), seed)
         elif self.balanced:
+            assert item_emb is not None and pool_emb is not None  # nearest demonstrations: the loop passes embeddings
             rows = balanced_nearest(item_emb, pool_emb, [label for _, label in pool], self.k + (1 if exclude is not None else 0))
         else:
+            assert item_emb is not None and pool_emb is not None  # nearest demonstrations: the loop passes embeddings
             rows = nearest(item_emb, pool_emb, self.k + (1 if exclude is not None else 0))
         out = []
         for i, row in enumerate(rows):
@@ -70,8 +91,9 @@ class LLMAnnotator:
 
     def prompts(self, items: Sequence[Example], context: AnnotationContext) -> list[tuple[list[dict], list[Demo]]]:
         """The chat messages for each item and the demonstrations they carry."""
-        chosen = self._demo_indices(len(items), context.human_labeled, context.human_embeddings,
-                                    context.item_embeddings, context.seed, context.exclude)
+        chosen = self._demo_indices(
+            len(items), context.human_labeled, context.human_embeddings, context.item_embeddings, context.seed, context.exclude
+        )
         out = []
         for e, idx in zip(items, chosen):
             demos = [Demo(d.id, d.text, label, d.text_pair) for d, label in (context.human_labeled[i] for i in idx[::-1])]
@@ -106,13 +128,13 @@ class LLMAnnotator:
             self.backend.score_items([messages[rows[0]] for rows in unique], labels, progress=progress, on_result=keep)
         self.stats["calls"] += len(unique)
         self.stats["cached"] += hits
-        return out  # type: ignore[return-value]
+        return out  # type: ignore[return-value]  # every None was scored above
 
     def _calibrated(self, items: Sequence[Example], prompts, scored: list[Scored]) -> tuple[list[np.ndarray | None], list[float]]:
         """Contextual calibration: divide each item's label probabilities by those the model gives the same
         prompt with a content-free input ("N/A"), then renormalise. Also what each item's share of those
         content-free prompts cost (a prompt several items share is paid once, split between them)."""
-        probs = [np.exp(s.logprobs) if s.ok else None for s in scored]
+        probs = [np.exp(s.logprobs) if s.logprobs is not None else None for s in scored]
         if not self.calibrate:
             return probs, [0.0] * len(probs)
         has_pair = items[0].text_pair is not None if items else False
@@ -122,7 +144,7 @@ class LLMAnnotator:
         costs = [self._cost(b) / sharing[prompt_hash(m)] for m, b in zip(free, base)]
         out = []
         for p, b in zip(probs, base):
-            if p is None or not b.ok:
+            if p is None or b.logprobs is None:
                 out.append(p)
                 continue
             q = p / np.clip(np.exp(b.logprobs), 1e-6, None)
@@ -139,17 +161,40 @@ class LLMAnnotator:
         out = []
         for e, (messages, demos), s, p, extra in zip(items, prompts, scored, probs, calibration_costs):
             demo_ids = tuple(d.id for d in demos)
-            tokens = {"prompt_tokens": s.prompt_tokens or None, "completion_tokens": s.completion_tokens or None}
+            tokens: dict[str, Any] = {"prompt_tokens": s.prompt_tokens or None, "completion_tokens": s.completion_tokens or None}
             self.stats["failed"] += int(not s.ok and not s.unparsed)
             self.stats["unparsed"] += int(s.unparsed)
             if p is None:
-                out.append(Annotation(e.id, context.round, "llm", self.name, None, cost=self._cost(s) + extra,
-                                      prompt_hash=prompt_hash(messages), demo_ids=demo_ids, error=s.error, **tokens))
+                out.append(
+                    Annotation(
+                        e.id,
+                        context.round,
+                        "llm",
+                        self.name,
+                        None,
+                        cost=self._cost(s) + extra,
+                        prompt_hash=prompt_hash(messages),
+                        demo_ids=demo_ids,
+                        error=s.error,
+                        **tokens,
+                    )
+                )
                 continue
             best = int(np.argmax(p))
-            out.append(Annotation(
-                e.id, context.round, "llm", self.name, self.task.labels[best],
-                probs={lab: float(x) for lab, x in zip(self.task.labels, p)}, confidence=float(p[best]),
-                cost=self._cost(s) + extra, prompt_hash=prompt_hash(messages), demo_ids=demo_ids, method=s.method, **tokens,
-            ))
+            out.append(
+                Annotation(
+                    e.id,
+                    context.round,
+                    "llm",
+                    self.name,
+                    self.task.labels[best],
+                    probs={lab: float(x) for lab, x in zip(self.task.labels, p)},
+                    confidence=float(p[best]),
+                    cost=self._cost(s) + extra,
+                    prompt_hash=prompt_hash(messages),
+                    demo_ids=demo_ids,
+                    method=s.method,
+                    **tokens,
+                )
+            )
         return out

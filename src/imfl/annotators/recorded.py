@@ -2,8 +2,8 @@
 JSONL file of its own (``id``, ``label`` and optionally ``probs`` = {label: probability} per line, e.g. the
 results of a batch API job run elsewhere).
 
-Recorded labels could not see demonstrations, so only the query and the schedule act on them. A missing (null) or out-of-set label is a failed call: no label, no budget spent,
-and the item goes back to the pool."""
+Recorded labels could not see demonstrations, so only the query and the schedule act on them. A missing (null) or
+out-of-set label is a failed call: no label, no budget spent, and the item goes back to the pool."""
 
 from __future__ import annotations
 
@@ -26,8 +26,12 @@ def read_recorded(path: str | Path, labels: Sequence[str]) -> dict[str, tuple[ob
             raise DataError(f"{path}:{line}: field 'id' is missing; every recorded answer needs the item's id")
         probs = row.get("probs")
         if probs is not None:
-            ok = isinstance(probs, dict) and set(probs) <= set(labels) and all(
-                isinstance(v, (int, float)) and v >= 0 and math.isfinite(v) for v in probs.values()) and sum(probs.values()) > 0
+            ok = (
+                isinstance(probs, dict)
+                and set(probs) <= set(labels)
+                and all(isinstance(v, (int, float)) and v >= 0 and math.isfinite(v) for v in probs.values())
+                and sum(probs.values()) > 0
+            )
             if not ok:
                 raise DataError(f"{path}:{line}: field 'probs' must map labels of {', '.join(labels)} to non-negative numbers")
             total = sum(probs.values())
@@ -48,11 +52,14 @@ class RecordedAnnotator:
 
     @property
     def name(self) -> str:
-        return f"recorded:{self.column or Path(self.file).name}"
+        if self.column:
+            return f"recorded:{self.column}"
+        assert self.file is not None  # llm.column or llm.file: LLMConfig requires one
+        return f"recorded:{Path(self.file).name}"
 
     def _answer(self, e: Example) -> tuple[object, dict[str, float] | None]:
         if self.file is None:
-            return e.extra.get(self.column), None
+            return (e.extra.get(self.column) if self.column is not None else None), None
         if self._answers is None:
             self._answers = read_recorded(self.file, self.task.labels)
         return self._answers.get(e.id, (None, None))
@@ -91,9 +98,20 @@ class RecordedAnnotator:
         out = []
         for e in items:
             label, probs, error = self._label(e)
-            out.append(Annotation(e.id, context.round, "llm", self.name, label, probs=probs if label else None,
-                                  confidence=probs[label] if label and probs else None,
-                                  cost=self.cost if label else 0.0, method="recorded", error=error))
+            out.append(
+                Annotation(
+                    e.id,
+                    context.round,
+                    "llm",
+                    self.name,
+                    label,
+                    probs=probs if label else None,
+                    confidence=probs[label] if label and probs else None,
+                    cost=self.cost if label else 0.0,
+                    method="recorded",
+                    error=error,
+                )
+            )
             if context.progress:
                 context.progress(1)
         return out

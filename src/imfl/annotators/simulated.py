@@ -43,8 +43,10 @@ class SimulatedAnnotator:
     def check(self, pool: Iterable[Example], path: str = "pool") -> None:
         missing = [e.line for e in pool if e.label is None]
         if missing:
-            raise AnnotatorError(f"{path}:{missing[0]}: {len(missing)} pool rows have no label, but the simulated LLM "
-                                 "(llm.annotator = 'simulated') draws its labels around the gold ones; label them or use another LLM")
+            raise AnnotatorError(
+                f"{path}:{missing[0]}: {len(missing)} pool rows have no label, but the simulated LLM "
+                "(llm.annotator = 'simulated') draws its labels around the gold ones; label them or use another LLM"
+            )
 
     def annotate(self, items: Sequence[Example], context: AnnotationContext) -> list[Annotation]:
         matrix = confusion_matrix(len(self.task.labels), self.accuracy)

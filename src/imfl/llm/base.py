@@ -42,8 +42,9 @@ class Scored:
 class Backend(Protocol):
     name: str
 
-    def score_items(self, prompts: Sequence[list[dict[str, str]]], labels: Sequence[str],
-                    progress: Callable[[int], None] | None = None) -> list[Scored]: ...
+    def score_items(
+        self, prompts: Sequence[list[dict[str, str]]], labels: Sequence[str], progress: Callable[[int], None] | None = None
+    ) -> list[Scored]: ...
 
     def cache_key(self) -> dict:
         """Everything besides the prompt that decides the answer (model, decoding parameters)."""

@@ -28,7 +28,9 @@ class AnswerCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, value TEXT NOT NULL, created_at REAL NOT NULL)")
+        self.conn.execute(
+            "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, value TEXT NOT NULL, created_at REAL NOT NULL)"
+        )
 
     def get(self, key: str) -> Scored | None:
         row = self.conn.execute("SELECT value FROM answers WHERE key=?", (key,)).fetchone()
@@ -38,8 +40,10 @@ class AnswerCache:
 
     def put(self, key: str, scored: Scored) -> None:
         if scored.ok or scored.unparsed:
-            self.conn.execute("INSERT OR REPLACE INTO answers(key, value, created_at) VALUES(?, ?, ?)",
-                              (key, json.dumps(scored.to_json()), time.time()))
+            self.conn.execute(
+                "INSERT OR REPLACE INTO answers(key, value, created_at) VALUES(?, ?, ?)",
+                (key, json.dumps(scored.to_json()), time.time()),
+            )
 
     def close(self) -> None:
         self.conn.close()

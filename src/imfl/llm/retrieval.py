@@ -40,4 +40,8 @@ def random_choice(n_queries: int, n_candidates: int, k: int, seed: int) -> np.nd
     """``k`` distinct random candidates per query (the ablation of retrieval)."""
     k = min(k, n_candidates)
     rng = np.random.default_rng(seed)
-    return np.stack([rng.choice(n_candidates, size=k, replace=False) for _ in range(n_queries)]) if k else np.zeros((n_queries, 0), int)
+    return (
+        np.stack([rng.choice(n_candidates, size=k, replace=False) for _ in range(n_queries)])
+        if k
+        else np.zeros((n_queries, 0), int)
+    )

@@ -52,8 +52,9 @@ KMEANS_PER_CLUSTER = 50
 _CHUNK = 65_536
 
 
-def kmeans(embeddings: Vectors, n_clusters: int, seed: int, max_iter: int = 100,
-           sample: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def kmeans(
+    embeddings: Vectors, n_clusters: int, seed: int, max_iter: int = 100, sample: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cluster assignment of each row, the distance to its centre, and the centres (k-means++ start, one seeded
     init). ``sample``: fit on this many rows (seeded) and assign the rest; default: every row of a pool up to
     ``KMEANS_EXACT_MAX``, else ``max(KMEANS_SAMPLE, KMEANS_PER_CLUSTER * n_clusters)`` rows."""
