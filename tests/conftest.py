@@ -7,6 +7,10 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -25,6 +29,31 @@ def pytest_configure(config):
         os.environ.setdefault("OMP_NUM_THREADS", "1")
     if not SHARED_DATA.is_dir():
         raise pytest.UsageError(f"the shared datasets are not at {SHARED_DATA}; set IMFL_SHARED_DATA to the shared data folder")
+
+
+@contextmanager
+def serve_app(app) -> Iterator[str]:
+    """An ASGI app on a real uvicorn server in a thread, on a socket of 127.0.0.1 bound before it starts (no port
+    race); yields its URL and stops it afterwards."""
+    import uvicorn
+
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
+    sock = config.bind_socket()
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive(), "the uvicorn server stopped before it started (see its log above)"
+        assert time.monotonic() < deadline, "the uvicorn server did not start within 60 s"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()
+    assert not thread.is_alive(), "the uvicorn server did not stop within 30 s"
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import read_jsonl, small_config, write_jsonl
+from conftest import read_jsonl, serve_app, small_config, write_jsonl
 from imfl import run
 from imfl.people import Labeling, Rejected
 from imfl.store import Store
@@ -158,26 +158,11 @@ def test_expired_leases_go_to_someone_else(waiting):
 @pytest.fixture
 def api(waiting):
     """The people's HTTP API on a real uvicorn server, on a socket bound before it starts (no port race)."""
-    import uvicorn
-
     from imfl.server import create_app
 
     cfg, run_dir, people = waiting
-    config = uvicorn.Config(create_app(people, "s3cret"), host="127.0.0.1", port=0, log_level="warning")
-    sock = config.bind_socket()
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive(), "the uvicorn server stopped before it started (see its log above)"
-        assert time.monotonic() < deadline, "the uvicorn server did not start within 60 s"
-        time.sleep(0.02)
-    yield cfg, run_dir, f"http://127.0.0.1:{sock.getsockname()[1]}"
-    server.should_exit = True
-    thread.join(30)
-    sock.close()
-    assert not thread.is_alive(), "the uvicorn server did not stop within 30 s"
+    with serve_app(create_app(people, "s3cret")) as url:
+        yield cfg, run_dir, url
 
 
 def test_http_api_checks_the_token_and_every_posted_label(api):

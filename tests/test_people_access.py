@@ -10,7 +10,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import read_jsonl, small_config, write_jsonl
+from conftest import read_jsonl, serve_app, small_config, write_jsonl
 from imfl import run
 from imfl.people import Labeling, People
 
@@ -79,28 +78,10 @@ def store_bytes(run_dir: Path) -> bytes:
 @contextmanager
 def serving(run_dir: Path):
     """The page and API of the run on a real uvicorn server on a socket of 127.0.0.1 bound before it starts."""
-    import uvicorn
-
     from imfl.server import create_app
 
-    config = uvicorn.Config(
-        create_app(Labeling(run_dir, lease_seconds=600), SHARED), host="127.0.0.1", port=0, log_level="warning"
-    )
-    sock = config.bind_socket()
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive(), "the uvicorn server stopped before it started (see its log above)"
-        assert time.monotonic() < deadline, "the uvicorn server did not start within 60 s"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
+    with serve_app(create_app(Labeling(run_dir, lease_seconds=600), SHARED)) as url:
+        yield url
 
 
 def client(url: str, token: str) -> httpx.Client:
