@@ -526,15 +526,7 @@ class Student:
                 weight_decay=float(self.weight_decay),
             )
             epochs = self.effective_epochs(len(encoded))
-            total = epochs * math.ceil(len(encoded) / int(self.batch_size))
-            warmup = int(round(float(self.warmup_ratio) * total))
-
-            def schedule(step: int) -> float:
-                if step < warmup:
-                    return (step + 1) / (warmup + 1)
-                return max(0.0, (total - step) / max(1, total - warmup))
-
-            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+            scheduler = self._schedule(optimizer, epochs * math.ceil(len(encoded) / int(self.batch_size)))
             generator = torch.Generator().manual_seed(int(self.seed))
             q_t = torch.as_tensor(q, dtype=torch.float32)
             w_t = torch.as_tensor(w, dtype=torch.float32)
@@ -568,6 +560,19 @@ class Student:
         self.epochs_run_ = epochs
         return self
 
+    def _schedule(self, optimizer, total: int):
+        """The step size over ``total`` optimizer steps: linear warm-up over ``warmup_ratio`` of them, then linear decay."""
+        import torch
+
+        warmup = int(round(float(self.warmup_ratio) * total))
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            return max(0.0, (total - step) / max(1, total - warmup))
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
     def _contrastive_stage(self, net, encoded, y: np.ndarray, w: np.ndarray, device, tokenizer, progress) -> None:
         """SetFit's first stage on the LoRA adapter: pull the embeddings of same-label pairs together and push
         other-label pairs apart (cosine similarity towards 1 or 0, squared error weighted by both items' weights),
@@ -585,12 +590,7 @@ class Student:
         params = [p for p in net.encoder.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=float(self.contrastive_learning_rate), weight_decay=float(self.weight_decay))
         bs = int(self.batch_size)
-        total = math.ceil(len(anchor) / bs)
-        warmup = int(round(float(self.warmup_ratio) * total))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer,
-            lambda step: (step + 1) / (warmup + 1) if step < warmup else max(0.0, (total - step) / max(1, total - warmup)),
-        )
+        scheduler = self._schedule(optimizer, math.ceil(len(anchor) / bs))
         order = np.random.default_rng(int(self.seed) + 1).permutation(len(anchor))
         net.train()
         for start in range(0, len(order), bs):
@@ -653,17 +653,15 @@ class Student:
             raise ModelError("target_probs must be a table of numbers, one row of class probabilities per text") from None
         if given.shape != q.shape:
             raise ModelError(f"target_probs has shape {given.shape}: pass one row of {n_labels} probabilities per text {q.shape}")
-        rows = ~np.isnan(given).all(axis=1)
-        sums = given[rows].sum(axis=1)
-        if np.isnan(given[rows]).any() or (given[rows] < 0).any() or not (sums > 0).all():
-            bad = int(
-                np.flatnonzero(rows)[np.flatnonzero(np.isnan(given[rows]).any(1) | (given[rows] < 0).any(1) | ~(sums > 0))[0]]
-            )
+        rows = ~np.isnan(given).all(axis=1)  # a row of NaN keeps its hard label
+        kept = given[rows]
+        bad = ~np.isfinite(kept).all(axis=1) | (kept < 0).any(axis=1) | ~(kept.sum(axis=1) > 0)
+        if bad.any():
             raise ModelError(
-                f"target_probs[{bad}] is invalid: "
+                f"target_probs[{int(np.flatnonzero(rows)[np.argmax(bad)])}] is invalid: "
                 "give non-negative numbers with a positive sum, or a row of NaN for the hard label"
             )
-        q[rows] = given[rows] / sums[:, None]
+        q[rows] = kept / kept.sum(axis=1, keepdims=True)
         return q
 
     @staticmethod
