@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from imfl.query import QUERY_STRATEGIES, Rows, eeq, least_confidence, round_plan, split_by_uncertainty
+from imfl.query import QUERY_STRATEGIES, Rows, eeq, get_query, least_confidence, round_plan, split_by_uncertainty
 from imfl.query.strategies import kmeans
 
 
@@ -117,3 +117,16 @@ def test_a_rows_view_of_a_memory_mapped_pool_selects_exactly_what_the_copied_row
     unc = np.random.default_rng(1).random(len(keep))
     for name, query in QUERY_STRATEGIES.items():
         np.testing.assert_array_equal(query(rows, unc, 12, 3), query(x[keep], unc, 12, 3), err_msg=name)
+
+
+def test_query_kmeans_iter_reaches_the_strategies_that_cluster():
+    x, _ = blobs(n_per=40, centers=12)
+    # One Lloyd step stops where k-means++ put the centres; a hundred move them on (a cluster's nearest item changes).
+    short, full = get_query("diversity", kmeans_iter=1), get_query("diversity", kmeans_iter=100)
+    assert short.keywords == {"max_iter": 1} and full.keywords == {"max_iter": 100}
+    assert sorted(short(x, None, 12, 0)) != sorted(full(x, None, 12, 0)) or np.array_equal(
+        kmeans(x, 12, 0, max_iter=1)[2], kmeans(x, 12, 0, max_iter=100)[2]
+    )
+    # Strategies without clustering take no such keyword and come back as registered.
+    assert get_query("random", kmeans_iter=1) is QUERY_STRATEGIES["random"]
+    assert get_query("uncertainty", kmeans_iter=1) is QUERY_STRATEGIES["uncertainty"]

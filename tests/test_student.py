@@ -75,6 +75,22 @@ def test_constructor_only_stores_arguments() -> None:
     s = Student("/no/such/dir", epochs=2, learning_rate=0.5)  # no loading, so no error yet
     assert s.model == "/no/such/dir" and s.epochs == 2 and s.learning_rate == 0.5
     assert s.get_params()["epochs"] == 2
+    # set_params as scikit-learn's: returns the estimator; an unknown name is refused by name.
+    assert s.set_params(epochs=3, min_steps=0) is s and s.get_params()["epochs"] == 3 and s.min_steps == 0
+    with pytest.raises(ModelError, match="no parameter 'epoch'"):
+        s.set_params(epoch=1)
+
+
+def test_the_run_builds_its_student_from_every_student_setting() -> None:
+    from imfl.config import config_from_dict
+    from imfl.loop import make_student
+
+    cfg = config_from_dict({"data": {"pool": "pool.jsonl"}}, ["student.lora_r=4", "student.contrastive_pairs=10"])
+    params = make_student(cfg, seed=7).get_params()
+    settings = cfg.student.model_dump()
+    shared = set(params) & set(settings)
+    assert {"epochs", "lora_r", "predict_dtype", "train_dtype", "contrastive_learning_rate"} <= shared
+    assert all(params[k] == settings[k] for k in shared) and params["seed"] == 7
 
 
 @pytest.mark.slow

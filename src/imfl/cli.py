@@ -337,7 +337,7 @@ def _project_store(project: Path):
 
 
 def _labeling(project: Path, show_guesses: bool | None = None):
-    from imfl.people import Labeling
+    from imfl.people import Labeling, read_guidelines
 
     cfg = _project_config(project)
     h = cfg.human
@@ -347,7 +347,15 @@ def _labeling(project: Path, show_guesses: bool | None = None):
         from imfl.data import load_dataset
 
         llm_guesses = {e.id: e.extra.get(cfg.llm.column) for e in load_dataset(cfg.data).pool}
-    return cfg, Labeling(cfg.run_dir, h.lease_seconds, h.cost, show, llm_guesses)
+    return cfg, Labeling(
+        cfg.run_dir,
+        h.lease_seconds,
+        h.cost,
+        show,
+        llm_guesses,
+        descriptions=cfg.data.label_descriptions,
+        guidelines=read_guidelines(h.guidelines),
+    )
 
 
 def _guarded(fn: Callable[[], None]) -> None:

@@ -43,6 +43,10 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# A label's description goes into every LLM prompt: a sentence or two, not a manual (that is human.guidelines).
+MAX_DESCRIPTION_CHARS = 500
+
+
 class DataConfig(_Section):
     """Where the pool and the test set are, and which fields hold what."""
 
@@ -58,6 +62,12 @@ class DataConfig(_Section):
     instruction: str = Field(
         "",
         description="What the LLM annotator is asked to do; empty = a generic classification instruction naming the labels.",
+    )
+    label_descriptions: dict[str, str] = Field(
+        default_factory=dict,
+        description='What each label means, a sentence or two per label (a table: `positive = "..."` under '
+        "`[data.label_descriptions]`): shown beside the label's button on the annotation page and given to the LLM as a "
+        "line `label: description`; labels left out are listed as before. Empty = the prompt is exactly as without it.",
     )
     pool_sample: StrictInt = Field(
         0, ge=0, description="Use only a random sample of this many pool rows (0 = all); the same sample for every seed."
@@ -82,6 +92,31 @@ class DataConfig(_Section):
                 "case or spaces: list each label once, spelled as in the data"
             )
         return v
+
+    @field_validator("label_descriptions")
+    @classmethod
+    def _check_descriptions(cls, v: dict[str, str]) -> dict[str, str]:
+        for label, text in v.items():
+            if not text.strip():
+                raise ValueError(
+                    f"data.label_descriptions gives label {label!r} an empty description: say in a sentence what the label "
+                    "means, or leave the label out"
+                )
+            if len(text) > MAX_DESCRIPTION_CHARS:
+                raise ValueError(
+                    f"data.label_descriptions: the description of {label!r} has {len(text)} characters: keep it to one or "
+                    f"two sentences (at most {MAX_DESCRIPTION_CHARS}); longer explanations belong in human.guidelines"
+                )
+        return v
+
+    @model_validator(mode="after")
+    def _descriptions_name_labels(self) -> DataConfig:
+        if self.labels and (unknown := [label for label in self.label_descriptions if label not in self.labels]):
+            raise ValueError(
+                f"data.label_descriptions describes {unknown[0]!r}, which is not in data.labels "
+                f"({', '.join(self.labels)}): spell it as in data.labels, or remove it"
+            )
+        return self
 
 
 class BudgetConfig(_Section):
@@ -109,7 +144,7 @@ class QueryConfig(_Section):
     """Which items a round asks about."""
 
     strategy: str = Field("eeq", description="Query strategy: eeq, random, uncertainty or diversity.")
-    kmeans_iter: StrictInt = Field(100, ge=1, description="Maximum k-means iterations.")
+    kmeans_iter: StrictInt = Field(100, ge=1, description="Maximum k-means iterations (eeq and diversity).")
 
 
 class HumanConfig(_Section):
@@ -133,6 +168,11 @@ class HumanConfig(_Section):
     )
     show_guesses: StrictBool = Field(
         False, description="people: show the student's current guess on the page (it can anchor experts)."
+    )
+    guidelines: Path | None = Field(
+        None,
+        description="people: a Markdown file of labeling guidelines, shown on the annotation page (rendered without raw "
+        "HTML; links only http, https and mailto); read when imfl serve starts.",
     )
 
 
@@ -176,6 +216,14 @@ class LLMConfig(_Section):
         ge=0,
         description="Each round the LLM also labels up to this many human-labeled items it has not labeled before "
         "(leave-one-out demos): its accuracy, confusion and calibration on this task (the [fidelity] switches need it).",
+    )
+    relabel: StrictInt = Field(
+        0,
+        ge=0,
+        description="From round 2 on, up to this many of the LLM's earlier labels that the previous round's student "
+        "finds least likely (its highest losses) go back to the LLM, its demonstrations drawn from the human labels and "
+        "the other LLM labels the student agrees with (FreeAL's collaboration); the new answer replaces the old one, and "
+        "each counts as an LLM label in the budget. Live LLMs only (local, openai); 0 = off.",
     )
     on_failure: Literal["requeue", "human"] = Field(
         "requeue",
@@ -395,6 +443,12 @@ class RunConfig(_Section):
             raise ValueError(
                 "llm.annotator is 'simulated' but llm.accuracy is empty: say how often its labels are right, e.g. 0.7"
             )
+        if self.llm.relabel and self.llm.annotator in ("recorded", "simulated"):
+            raise ValueError(
+                f"llm.relabel is {self.llm.relabel} but llm.annotator is {self.llm.annotator!r}: relabeling needs a live "
+                "LLM (local or openai), since a recorded one repeats its answer and a simulated one redraws it blindly; "
+                "set llm.relabel = 0"
+            )
         if self.fidelity.active and self.llm.eval_sample == 0:
             raise ValueError("the [fidelity] switches need the LLM measured every round: set llm.eval_sample, e.g. 50")
         if self.fidelity.human_max is not None and self.fidelity.human_max < b.human:
@@ -533,6 +587,11 @@ def config_from_dict(
     cfg = _validate(data, source)
     if base_dir is not None:
         cfg = _resolve_paths(cfg, base_dir)
+    if cfg.human.guidelines is not None and not cfg.human.guidelines.is_file():
+        raise ConfigError(
+            f"{source}: human.guidelines {cfg.human.guidelines} is not a file: give the path of a Markdown file "
+            "(relative to the config file), or remove the setting"
+        )
     return cfg
 
 
@@ -571,12 +630,15 @@ def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
     data.output_dir = fix_path(cfg.output_dir)
     data.cache_dir = fix(cfg.cache_dir)
     data.llm.file = fix(cfg.llm.file)
+    data.human.guidelines = fix(cfg.human.guidelines)
     return data
 
 
 # Settings that change where the work runs or what is measured after the last round, never the rounds' labels and
 # students: a run may be continued under another engine, or with the human-only comparison switched.
 EXECUTION_SETTINGS = ("engine", "ray", "compare_human_only")
+# Settings that change only what the annotation page shows: guidelines may be added or moved while a project runs.
+DISPLAY_SETTINGS = ("human.guidelines",)
 
 
 def settings_difference(old: dict, new: dict, prefix: str = "") -> str | None:
@@ -585,7 +647,7 @@ def settings_difference(old: dict, new: dict, prefix: str = "") -> str | None:
     so results and stores stay valid across versions that only add options."""
     defaults = _defaults()
     for key in sorted(set(old) | set(new)):
-        if not prefix and key in EXECUTION_SETTINGS:
+        if (not prefix and key in EXECUTION_SETTINGS) or f"{prefix}{key}" in DISPLAY_SETTINGS:
             continue
         a, b = old.get(key), new.get(key)
         if key not in old and _default_at(defaults, f"{prefix}{key}") == b:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from imfl.config import DataConfig, near_duplicates
-from imfl.errors import DataError
+from imfl.errors import ConfigError, DataError
 
 DEFAULT_INSTRUCTION = "Classify the text into exactly one of these labels: {labels}. Answer with the label only."
 
@@ -64,12 +64,13 @@ class Annotation:
 
 @dataclass(frozen=True)
 class Task:
-    """What is being learned: the label set, in a fixed order (label index = position), and the
-    instruction given to the LLM annotator."""
+    """What is being learned: the label set, in a fixed order (label index = position), the
+    instruction given to the LLM annotator, and what some labels mean (``data.label_descriptions``)."""
 
     labels: tuple[str, ...]
     instruction: str
     has_pair: bool = False
+    descriptions: dict[str, str] = field(default_factory=dict, hash=False)  # label -> a sentence or two; may be empty
 
     def index(self, label: str) -> int:
         return self.labels.index(label)
@@ -301,8 +302,19 @@ def load_dataset(cfg: DataConfig) -> Dataset:
             f"{cfg.test}: the pool {'has' if has_pair else 'has no'} second input (text_pair) but the test file "
             f"{'does not' if has_pair else 'does'}; both files must have the same fields"
         )
+    if unknown := [label for label in cfg.label_descriptions if label not in labels]:
+        files = " and ".join(str(p) for p in (cfg.pool, cfg.test) if p)
+        raise ConfigError(
+            f"data.label_descriptions describes {unknown[0]!r}, which is not a label in {files} ({', '.join(labels)}): "
+            "spell it as in the data, or remove it"
+        )
     instruction = cfg.instruction or DEFAULT_INSTRUCTION
-    task = Task(labels=labels, instruction=instruction.replace("{labels}", ", ".join(labels)), has_pair=has_pair)
+    task = Task(
+        labels=labels,
+        instruction=instruction.replace("{labels}", ", ".join(labels)),
+        has_pair=has_pair,
+        descriptions={label: cfg.label_descriptions[label] for label in labels if label in cfg.label_descriptions},
+    )
     return Dataset(task, pool, test)
 
 

@@ -24,3 +24,20 @@ class ModelError(ImflError):
 
 class AnnotatorError(ImflError):
     """An annotator cannot label the items it was given."""
+
+
+class Rejected(ImflError):
+    """A person's label or request that cannot be taken; nothing was written. The web server answers each kind with
+    its HTTP status (``server.py``); the terminal and file imports print the message."""
+
+
+class NotFound(Rejected):
+    """The request names someone or something that does not exist (e.g. a person nobody registered)."""
+
+
+class Conflict(Rejected):
+    """The request clashes with the state of the run: the item is not waiting, someone else holds it, the name is taken."""
+
+
+class InvalidLabel(Rejected):
+    """The label is not one of the run's labels."""

@@ -34,6 +34,7 @@ import json
 import sys
 import time
 import tomllib
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,28 +173,11 @@ def check_budget(cfg: RunConfig, ds: Dataset) -> None:
 
 
 def make_student(cfg: RunConfig, seed: int) -> Student:
-    """The student the configuration describes (untrained)."""
+    """The student the configuration describes (untrained): every [student] setting that is a ``Student`` parameter."""
     from imfl.student import Student
 
-    s = cfg.student
-    return Student(
-        s.model,
-        epochs=s.epochs,
-        min_steps=s.min_steps,
-        learning_rate=s.learning_rate,
-        head_learning_rate=s.head_learning_rate,
-        batch_size=s.batch_size,
-        max_length=s.max_length,
-        lora_r=s.lora_r,
-        lora_alpha=s.lora_alpha,
-        lora_target_modules=s.lora_target_modules,
-        predict_dtype=s.predict_dtype,
-        train_dtype=s.train_dtype,
-        num_threads=s.num_threads,
-        contrastive_pairs=s.contrastive_pairs,
-        contrastive_learning_rate=s.contrastive_learning_rate,
-        seed=seed,
-    )
+    settings = cfg.student.model_dump()
+    return Student(**{name: settings[name] for name in Student._PARAMS if name in settings}, seed=seed)
 
 
 class Run:
@@ -453,7 +437,7 @@ class Run:
         n_query = n_h + n_l - len(first)
         picked = (
             rest[
-                get_query(cfg.query.strategy)(
+                get_query(cfg.query.strategy, cfg.query.kmeans_iter)(
                     Rows(self.embeddings, free[rest]), unc[rest] if unc is not None else None, n_query, seed
                 )
             ]
@@ -488,8 +472,10 @@ class Run:
         done = {a.item_id for a in self.store.annotations(round=t, source=source, ok_only=False)}
         todo_ids = [i for i in self.store.selection(t, source) if i not in done]
         if source == "llm":  # the adaptive human share may have cancelled LLM labels after selection; money may end them
-            left = sum(l for _, l in self.plan[:t]) - self.store.budget_used()["llm"]
-            todo_ids = todo_ids[: max(0, min(left, self._affordable()))]
+            room = max(0, min(sum(l for _, l in self.plan[:t]) - self.store.budget_used()["llm"], self._affordable()))
+            if self.cfg.llm.relabel and t > 1:  # relabels spend the round's LLM labels first
+                room -= self._relabel(t, min(self.cfg.llm.relabel, room), annotator)
+            todo_ids = todo_ids[:room]
         if not todo_ids:
             return
         todo = self.store.examples(todo_ids)
@@ -504,6 +490,58 @@ class Run:
                 self.store.add_annotations(annotator.annotate(part, context))
         if source == "human":
             self.store.set_round_state(t, "human_done")
+
+    def _relabel(self, t: int, n: int, annotator: Annotator) -> int:
+        """FreeAL's collaboration (llm.relabel): the LLM answers again, for up to ``n`` of its labels that round t-1's
+        student, trained on them, finds least likely (its highest losses), with demonstrations from the human labels and
+        the other LLM labels that student agrees with. One transaction, once per
+        round; what changed is kept in state/relabel_round{t}.json. Returns the answers bought."""
+        path = self._state_dir() / f"llm_proba_round{t - 1}.npz"
+        if n <= 0 or not path.is_file():
+            return 0
+        selected = set(self.store.selection(t, "llm"))
+        if any(a.item_id not in selected for a in self.store.annotations(round=t, source="llm", ok_only=False)):
+            return 0  # this round's relabels were bought before a restart
+        task = self.ds.task
+        data = np.load(path)
+        current = {a.item_id: a for a in self._training_labels() if a.source == "llm"}
+        asked = Counter(a.item_id for a in self.store.annotations(source="llm", ok_only=False))
+        ids = [i for i in data["ids"].tolist() if i in current]
+        proba = data["proba"][[row for row, i in enumerate(data["ids"].tolist()) if i in current]]
+        given = np.array([task.index(cast(str, current[i].label)) for i in ids], dtype=int)
+        p_given = proba[np.arange(len(ids)), given] if ids else np.zeros(0)
+        agree = proba.argmax(axis=1) == given if ids else np.zeros(0, dtype=bool)
+        doubted = [j for j in np.argsort(p_given, kind="stable") if asked[ids[j]] == 1][:n]
+        if not doubted:
+            return 0
+        context = self._context(t)
+        verified = [ids[j] for j in np.flatnonzero(agree) if j not in set(doubted)]
+        demos = zip(self.store.examples(verified), [cast(str, current[i].label) for i in verified])
+        context.human_labeled = [*context.human_labeled, *demos]
+        rows = [self.index[e.id] for e, _ in context.human_labeled]
+        context.human_embeddings = self.embeddings[rows] if rows else None
+        items = self.store.examples([ids[j] for j in doubted])
+        context.item_embeddings = self.embeddings[[self.index[e.id] for e in items]]
+        with self.reporter.phase(f"round {t}: LLM relabels {len(items)} labels the student doubts", len(items)) as advance:
+            context.progress = advance
+            answers = annotator.annotate(items, context)
+        self.store.add_annotations(answers)
+        gold = self._gold([e.id for e in items])
+        changes = [
+            {"id": a.item_id, "before": current[a.item_id].label, "after": a.label, "gold": gold.get(a.item_id)} for a in answers
+        ]
+        (self._state_dir() / f"relabel_round{t}.json").write_text(
+            json.dumps({"demos_from_llm": len(verified), "relabeled": changes}), encoding="utf-8"
+        )
+        ok = [c for c in changes if c["after"] is not None]
+        extra = {"llm_relabeled": len(ok), "llm_relabel_changed": sum(c["after"] != c["before"] for c in ok)}
+        if ok and all(c["gold"] is not None for c in ok):
+            extra.update(
+                llm_relabel_right_before=sum(c["before"] == c["gold"] for c in ok),
+                llm_relabel_right_after=sum(c["after"] == c["gold"] for c in ok),
+            )
+        self._round_extra.setdefault(t, {}).update(extra)
+        return len(ok)
 
     def _affordable(self) -> int:
         """With budget.cost: the LLM answers the money left pays, keeping back what the human labels and self-check
@@ -695,8 +733,7 @@ class Run:
             return np.zeros(len(llm_rows), dtype=bool)
         task = self.ds.task
         items = self.store.examples([a.item_id for a in annotations])
-        warm = make_student(self.cfg, self.cfg.seed)
-        warm.epochs, warm.min_steps, warm.contrastive_pairs = 1, 0, 0
+        warm = make_student(self.cfg, self.cfg.seed).set_params(epochs=1, min_steps=0, contrastive_pairs=0)
         pairs = _text_pairs(items) if task.has_pair else None
         with self.reporter.phase(f"round {t}: one epoch to score the LLM's labels", len(items)) as advance:
             warm.fit(
@@ -743,10 +780,14 @@ class Run:
         )
 
     def _training_labels(self) -> list:
-        """The labels a student learns from: every label, a human one winning over the LLM's for the same item."""
+        """The labels a student learns from: every label, a human one winning over the LLM's for the same item and
+        the LLM's newest answer over its older ones (llm.relabel)."""
         annotations = self.store.annotations()
         human = {a.item_id for a in annotations if a.source == "human"}
-        return [a for a in annotations if a.source == "human" or a.item_id not in human]
+        newest = {a.item_id: row for row, a in enumerate(annotations) if a.source == "llm"}  # ordered by insertion
+        return [
+            a for row, a in enumerate(annotations) if a.source == "human" or (a.item_id not in human and newest[a.item_id] == row)
+        ]
 
     def _train(self, t: int, human_only: bool = False) -> Student:
         """Round ``t``'s student on every label so far (``human_only``: on the human labels alone, unweighted by
@@ -860,6 +901,11 @@ class Run:
             p = np.concatenate(parts) if parts else np.zeros((0, len(task.labels)))
             np.savez(self._state_dir() / f"proba_round{t}.npz", ids=np.array(free), proba=p)
             proba = self._pool_proba(free, p)
+            if self.cfg.llm.relabel:  # what the student says of the LLM's labels, for next round's relabeling
+                llm_ids = [a.item_id for a in self._training_labels() if a.source == "llm"]
+                with self.reporter.phase(f"round {t}: student on {len(llm_ids)} LLM-labeled items", len(llm_ids)) as advance:
+                    p_llm = self._predict(student, self.store.examples(llm_ids), advance)
+                np.savez(self._state_dir() / f"llm_proba_round{t}.npz", ids=np.array(llm_ids), proba=p_llm)
         return metrics, proba
 
     def _test_scores(self, t: int, student: Student, what: str = "") -> dict:

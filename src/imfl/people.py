@@ -25,10 +25,10 @@ from typing import Annotated
 import numpy as np
 from pydantic import Field, TypeAdapter, ValidationError
 
-from imfl.errors import ConfigError
-from imfl.store import Rejected, Store
+from imfl.errors import ConfigError, Conflict, Rejected
+from imfl.store import Store
 
-__all__ = ["ROLES", "Labeling", "Name", "People", "Person", "Rejected", "check_name", "has_role"]
+__all__ = ["ROLES", "Labeling", "Name", "People", "Person", "Rejected", "check_name", "has_role", "read_guidelines"]
 
 # A person's name as recorded with their labels (and shown in exports and on the page): one rule for the web page
 # (its API models use ``Name``), the terminal and file imports, so no path records a name another would refuse.
@@ -135,6 +135,36 @@ class People:
         return registered, found
 
 
+MAX_GUIDELINES_BYTES = 1_000_000  # a guidelines file is read whole and sent to every page that asks
+
+
+def read_guidelines(path: Path | None) -> str:
+    """The Markdown text of the guidelines file ``path`` (``human.guidelines``; "" for None), or a ConfigError naming
+    the file and what to do."""
+    if path is None:
+        return ""
+    try:
+        size = path.stat().st_size
+        if size > MAX_GUIDELINES_BYTES:
+            raise ConfigError(
+                f"{path}: human.guidelines has {size:,} bytes, over the {MAX_GUIDELINES_BYTES:,} the page takes: "
+                "shorten it, or link to longer material"
+            )
+        return path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: human.guidelines file not found; give the path of a Markdown file, or remove the setting"
+        ) from None
+    except UnicodeDecodeError:
+        from imfl.data import not_utf8
+
+        raise ConfigError(not_utf8(path)) from None
+    except OSError as exc:
+        raise ConfigError(
+            f"{path}: human.guidelines cannot be read ({exc.strerror}); check the path and its permissions"
+        ) from None
+
+
 class Labeling:
     """People's side of one run (``run_dir`` holds ``store.sqlite``)."""
 
@@ -145,8 +175,11 @@ class Labeling:
         cost: float = 1.0,
         show_guesses: bool = False,
         llm_guesses: dict[str, str | None] | None = None,
+        descriptions: dict[str, str] | None = None,
+        guidelines: str = "",
     ):
         self.run_dir = Path(run_dir)
+        self.guidelines = guidelines  # Markdown (human.guidelines, see read_guidelines); the server renders it safely
         self.lease_seconds = lease_seconds
         self.cost = cost
         self.show_guesses = show_guesses
@@ -156,6 +189,8 @@ class Labeling:
         with self._store() as store:
             self.labels = tuple(json.loads(store.get_meta("labels") or "[]"))
             self.rounds = int(tomllib.loads(store.get_meta("config") or "")["budget"]["rounds"])
+        # what each label means (data.label_descriptions), in label order; labels without one are left out
+        self.descriptions = {label: (descriptions or {})[label] for label in self.labels if (descriptions or {}).get(label)}
 
     @contextmanager
     def _store(self):
@@ -228,7 +263,7 @@ class Labeling:
         with self._store() as store:
             item_id = store.undo(annotator, self.lease_seconds)
         if item_id is None:
-            raise Rejected(409, "you have no label in this round to take back")
+            raise Conflict("you have no label in this round to take back")
         return {**self.status(), "undone": item_id}
 
     def export_rows(self) -> list[dict]:

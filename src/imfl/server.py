@@ -13,9 +13,13 @@ modes (``imfl.people``):
 
 Roles (``requires``): annotators label; admins may also use the admin endpoints, and an annotator calling one gets
 403. The page keeps the token (and, with the shared token, the name) in the browser tab's session storage, asks
-``GET /api/me`` whose token it is, and puts every text into the page as text (``textContent``), never as HTML.
+``GET /api/me`` whose token it is, and puts every text into the page as text (``textContent``), never as HTML, with
+one exception: the guidelines, which the server renders from Markdown with raw HTML turned off (``render_guidelines``:
+any ``<script>`` or ``<img onerror=...>`` in the file shows as text, links may only be http, https or mailto, and no
+image is loaded), and which the page's Content-Security-Policy would keep from running script even so.
 
-API (JSON). Annotators: ``GET /api/me`` (name, role and kind of the token); ``GET /api/status``; ``GET /api/next``
+API (JSON). Annotators: ``GET /api/me`` (name, role and kind of the token); ``GET /api/guidelines`` (what each label
+means, ``data.label_descriptions``, and the ``human.guidelines`` file as HTML); ``GET /api/status``; ``GET /api/next``
 (the item to label, held for that person for a while, or why there is none); ``POST /api/label {item_id, label}``;
 ``POST /api/skip {item_id}``; ``POST /api/undo {}`` (with the shared token each also takes the person's name:
 ``?annotator=NAME`` or ``"annotator": NAME``). Admins: ``GET /api/people``, ``POST /api/people {name, role}`` (201,
@@ -31,6 +35,7 @@ Tokens are never logged (uvicorn runs without its access log) and personal ones 
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the endpoints' annotations at run time.
+import re
 import secrets
 import threading
 from dataclasses import dataclass
@@ -42,11 +47,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
-from imfl.people import Labeling, Name, People, Rejected, has_role
+from imfl.errors import Conflict, InvalidLabel, NotFound, Rejected
+from imfl.people import Labeling, Name, People, has_role
 
 PAGE = resources.files("imfl").joinpath("web/index.html")
 MAX_BODY = 64 * 1024  # bytes of a request body
 ECHO = 80  # characters of a rejected value quoted back
+# What each kind of refusal (imfl.errors.Rejected) answers; HTTP lives here only.
+REJECTED_STATUS: dict[type[Rejected], int] = {NotFound: 404, Conflict: 409, InvalidLabel: 422}
 SECURITY_HEADERS = {"X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 API_CSP = "default-src 'none'; frame-ancestors 'none'"  # JSON answers load nothing
 
@@ -57,6 +65,30 @@ def page_csp(nonce: str) -> str:
         f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; connect-src 'self'; "
         "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
     )
+
+
+SAFE_LINK = re.compile(r"(https?|mailto):", re.IGNORECASE)  # the only link targets the guidelines may have
+
+
+def render_guidelines(markdown: str) -> str:
+    """Guidelines in Markdown as HTML that is safe to put into the page: CommonMark (markdown-it-py) with raw HTML
+    turned off, so tags in the file are shown as text; links only to http, https and mailto (others stay text),
+    opening in a new tab without a referrer; images left as links (the page loads nothing from elsewhere)."""
+    from markdown_it import MarkdownIt
+
+    class Safe(MarkdownIt):
+        def validateLink(self, url: str) -> bool:  # markdown-it-py's name
+            return SAFE_LINK.match(url.strip()) is not None
+
+    md = Safe("commonmark", {"html": False}).disable("image")
+
+    def link_open(renderer, tokens, idx, options, env) -> str:
+        tokens[idx].attrSet("target", "_blank")
+        tokens[idx].attrSet("rel", "noopener noreferrer")
+        return renderer.renderToken(tokens, idx, options, env)
+
+    md.add_render_rule("link_open", link_open)
+    return md.render(markdown)
 
 
 def _problem(error: dict) -> str:
@@ -115,6 +147,7 @@ def create_app(labeling: Labeling, token: str) -> FastAPI:
     registered: see the module's notes)."""
     app = FastAPI(title="imfl annotation", docs_url=None, redoc_url=None, openapi_url=None)
     people = People(labeling.run_dir)
+    guidelines = {"descriptions": labeling.descriptions, "html": render_guidelines(labeling.guidelines)}  # rendered once
 
     def authenticate(authorization: Annotated[str | None, Header()] = None) -> Caller:
         """The caller of an /api request, from its token (looked up afresh on every request, so adding and removing
@@ -163,7 +196,7 @@ def create_app(labeling: Labeling, token: str) -> FastAPI:
 
     @app.exception_handler(Rejected)
     def rejected(_, exc: Rejected):
-        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+        return JSONResponse({"detail": str(exc)}, status_code=REJECTED_STATUS.get(type(exc), 409))
 
     @app.exception_handler(RequestValidationError)
     def invalid(_, exc: RequestValidationError):
@@ -191,6 +224,10 @@ def create_app(labeling: Labeling, token: str) -> FastAPI:
     @api.get("/me")
     def me(caller: Annotator) -> dict:
         return {"name": caller.name, "role": caller.role, "token": caller.token}
+
+    @api.get("/guidelines")
+    def guide(caller: Annotator) -> dict:
+        return guidelines
 
     @api.get("/status")
     def status(caller: Annotator) -> dict:

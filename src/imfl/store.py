@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import overload
 
 from imfl.data import Annotation, Example
-from imfl.errors import DataError
+from imfl.errors import Conflict, DataError, InvalidLabel, NotFound
 
 SCHEMA_VERSION = 4
 ROUND_STATES = ("selected", "human_pending", "human_done", "llm_done", "trained", "evaluated")
@@ -111,14 +111,6 @@ MIGRATIONS: dict[int, str] = {
 
 
 _CHUNK = 500  # ids per query (SQLite limits the parameters of one statement)
-
-
-class Rejected(Exception):
-    """A person's label or request that cannot be taken; ``status`` is the HTTP status it maps to."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
 
 
 class Store:
@@ -366,7 +358,7 @@ class Store:
     def _waiting_round(self) -> int:
         latest = self.latest_round()
         if latest is None or latest[1] != "human_pending":
-            raise Rejected(409, "no round is waiting for human labels right now")
+            raise Conflict("no round is waiting for human labels right now")
         return latest[0]
 
     def lease(self, annotator: str, seconds: float, now: float | None = None) -> tuple[int, str] | None:
@@ -396,7 +388,7 @@ class Store:
         with self.transaction():
             t = self._waiting_round()
             if item_id not in self.pending_human(t):
-                raise Rejected(409, f"item {item_id!r} is not waiting for a human label in round {t}")
+                raise Conflict(f"item {item_id!r} is not waiting for a human label in round {t}")
             self.conn.execute("DELETE FROM leases WHERE item_id=? AND annotator=?", (item_id, annotator))
             self.conn.execute("INSERT OR IGNORE INTO skips(round, item_id, annotator) VALUES(?, ?, ?)", (t, item_id, annotator))
 
@@ -408,14 +400,14 @@ class Store:
         another person holds."""
         now = time.time() if now is None else now
         if label not in labels:
-            raise Rejected(422, f"label {label!r} is not one of {', '.join(labels)}")
+            raise InvalidLabel(f"label {label!r} is not one of {', '.join(labels)}")
         with self.transaction():
             t = self._waiting_round()
             if item_id not in self.pending_human(t):
-                raise Rejected(409, f"item {item_id!r} is not waiting for a human label in round {t}")
+                raise Conflict(f"item {item_id!r} is not waiting for a human label in round {t}")
             row = self.conn.execute("SELECT annotator, expires_at FROM leases WHERE item_id=?", (item_id,)).fetchone()
             if row and row[0] != annotator and row[1] > now:
-                raise Rejected(409, f"item {item_id!r} is being labeled by someone else")
+                raise Conflict(f"item {item_id!r} is being labeled by someone else")
             self.conn.execute(
                 "INSERT INTO annotations(item_id, round, source, annotator, label, confidence, cost, created_at)"
                 " VALUES(?, ?, 'human', ?, ?, 1.0, ?, ?)",
@@ -482,8 +474,7 @@ class Store:
         with self.transaction():
             row = self.conn.execute("SELECT role, removed_at FROM people WHERE name=?", (name,)).fetchone()
             if row is not None and row[1] is None:
-                raise Rejected(
-                    409,
+                raise Conflict(
                     f"{name!r} is registered already (as {row[0]}); to give them a new token or role, "
                     "remove them first, then add them again",
                 )
@@ -503,7 +494,7 @@ class Store:
             if row is None or row[0] is not None:
                 known = [r[0] for r in self.conn.execute("SELECT name FROM people WHERE removed_at IS NULL ORDER BY name")]
                 why = "was removed already" if row is not None else "is not registered"
-                raise Rejected(404, f"{name!r} {why}; registered now: {', '.join(map(repr, known)) or 'nobody'}")
+                raise NotFound(f"{name!r} {why}; registered now: {', '.join(map(repr, known)) or 'nobody'}")
             self.conn.execute("UPDATE people SET token_sha256=NULL, removed_at=? WHERE name=?", (now, name))
             self.conn.execute("DELETE FROM leases WHERE annotator=?", (name,))
 

@@ -275,9 +275,17 @@ class Student:
         "predict_dtype", "train_dtype", "contrastive_pairs", "contrastive_learning_rate",
     )  # fmt: skip
 
-    def get_params(self) -> dict[str, Any]:
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
         """The constructor arguments, as scikit-learn's ``get_params``."""
         return {name: getattr(self, name) for name in self._PARAMS}
+
+    def set_params(self, **params: Any) -> Student:
+        """Change constructor arguments, as scikit-learn's ``set_params``; checked when ``fit`` next runs."""
+        if unknown := sorted(set(params) - set(self._PARAMS)):
+            raise ModelError(f"Student has no parameter {unknown[0]!r}: use one of {', '.join(self._PARAMS)}")
+        for name, value in params.items():
+            setattr(self, name, value)
+        return self
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())

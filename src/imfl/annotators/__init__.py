@@ -7,9 +7,9 @@ import os
 from collections.abc import Callable
 
 from imfl.annotators.base import Annotation, AnnotationContext, Annotator
+from imfl.annotators.interactive import PeopleAnnotator
 from imfl.annotators.llm import LLMAnnotator
 from imfl.annotators.oracle import OracleAnnotator
-from imfl.annotators.people import PeopleAnnotator
 from imfl.annotators.recorded import RecordedAnnotator
 from imfl.annotators.simulated import SimulatedAnnotator
 from imfl.config import RunConfig

@@ -87,7 +87,9 @@ class LLMAnnotator:
         return out
 
     def _messages(self, text: str, text_pair: str | None, demos: Sequence[Demo]) -> list[dict]:
-        return build_messages(self.task.instruction, self.task.labels, text, text_pair, demos)
+        return build_messages(
+            self.task.instruction, self.task.labels, text, text_pair, demos, descriptions=self.task.descriptions
+        )
 
     def prompts(self, items: Sequence[Example], context: AnnotationContext) -> list[tuple[list[dict], list[Demo]]]:
         """The chat messages for each item and the demonstrations they carry."""

@@ -12,7 +12,10 @@ listed in one user message; zero-shot it gave 54% against 31%. It is a multi-tur
     user:      <task>\n\nText: <item text>       <- always the last message; its answer should be one label
 
 where ``<task>`` is the instruction followed by ``Answer with exactly one of: <labels>.`` (left out when the
-instruction already names every label). With ``repeat_instruction=False`` the user turns hold only the text,
+instruction already names every label). With label descriptions (``data.label_descriptions``), the system message
+alone goes on, after a blank line, with one line ``<label>: <description>`` per described label in label order;
+the user turns keep the short task. Without descriptions the prompt is exactly as it was before they existed, so
+cached answers and earlier measurements stay valid. With ``repeat_instruction=False`` the user turns hold only the text,
 which saves tokens when the instruction is long (e.g. 77 intent names) at some cost in accuracy.
 
 With a second input, each user turn reads ``Context: <text_pair>`` then ``Text: <text>`` (the names are
@@ -28,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from imfl.errors import ModelError
@@ -82,6 +85,13 @@ def _task(instruction: str, labels: Sequence[str]) -> str:
     return f"{instruction} {answer}" if instruction else answer
 
 
+def _described(task: str, labels: Sequence[str], descriptions: Mapping[str, str] | None) -> str:
+    """The system message: the task, then a line ``label: description`` per described label (each description on
+    one line); just the task when no label has one."""
+    lines = [f"{label}: {' '.join(descriptions[label].split())}" for label in labels if descriptions and descriptions.get(label)]
+    return task + "\n\n" + "\n".join(lines) if lines else task
+
+
 def build_messages(
     instruction: str,
     labels: Sequence[str],
@@ -92,6 +102,7 @@ def build_messages(
     pair_names: tuple[str, str] = ("Text", "Context"),
     max_pair_chars: int | None = DEFAULT_MAX_PAIR_CHARS,
     repeat_instruction: bool = True,
+    descriptions: Mapping[str, str] | None = None,
 ) -> list[dict[str, str]]:
     """Chat messages (OpenAI format: role/content) whose assistant answer should be exactly one label.
 
@@ -101,7 +112,8 @@ def build_messages(
     the task again (it helps a small model keep to the labels) unless ``repeat_instruction`` is False or the task
     is longer than ``MAX_REPEATED_TASK_CHARS``. ``pair_names`` name the two inputs (e.g.
     ``("Question", "Context")`` for PubMedQA); every ``text_pair`` is shortened to ``max_pair_chars``
-    (``None``: never), while ``text`` is never cut.
+    (``None``: never), while ``text`` is never cut. ``descriptions`` (label -> what it means) add a line per
+    described label to the system message only; labels outside ``labels`` are refused.
     """
     labels = list(labels)
     if not labels:
@@ -110,9 +122,13 @@ def build_messages(
         raise ModelError(f"pair_names={pair_names!r} must be two names, e.g. ('Question', 'Context')")
     if max_pair_chars is not None and max_pair_chars < 1:
         raise ModelError(f"max_pair_chars={max_pair_chars!r} must be a positive number of characters, or None for no limit")
+    if descriptions and (unknown := [label for label in descriptions if label not in labels]):
+        raise ModelError(
+            f"a description is given for {unknown[0]!r}, which is not one of {labels}; describe only labels of the set"
+        )
     task = _task(instruction, labels)
     prefix = f"{task}\n\n" if repeat_instruction and len(task) <= MAX_REPEATED_TASK_CHARS else ""
-    messages = [{"role": "system", "content": task}]
+    messages = [{"role": "system", "content": _described(task, labels, descriptions)}]
     for demo in demos:
         if demo.label not in labels:
             raise ModelError(

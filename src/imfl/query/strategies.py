@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import warnings
 from collections.abc import Callable
 
@@ -85,12 +87,15 @@ def kmeans(
     return assign, dist, centres
 
 
-def _per_cluster(embeddings: Vectors, n: int, seed: int, score: np.ndarray | None, sample: int | None = None) -> np.ndarray:
+def _per_cluster(
+    embeddings: Vectors, n: int, seed: int, score: np.ndarray | None, sample: int | None = None, max_iter: int = 100
+) -> np.ndarray:
     """One item per k-means cluster: the highest-``score`` one, or (no score) the one nearest its centre.
     Ordered by score, then by cluster size, largest first (the most representative regions first).
     Repeated texts can leave clusters empty: then the batch is filled with the best of the items not picked
-    (highest score, then nearest its centre), so a round buys the labels it planned. ``sample``: see :func:`kmeans`."""
-    assign, dist, _ = kmeans(embeddings, n, seed, sample=sample)
+    (highest score, then nearest its centre), so a round buys the labels it planned. ``sample``, ``max_iter``: see
+    :func:`kmeans`."""
+    assign, dist, _ = kmeans(embeddings, n, seed, max_iter=max_iter, sample=sample)
     # Rank within a cluster: highest score first, then nearest to the centre, then lowest index.
     key = -score if score is not None else np.zeros(len(embeddings))
     order = np.lexsort((np.arange(len(embeddings)), dist, key, assign))
@@ -104,16 +109,17 @@ def _per_cluster(embeddings: Vectors, n: int, seed: int, score: np.ndarray | Non
     return np.concatenate([first, ranked[~np.isin(ranked, first)][: n - len(first)]])
 
 
-def eeq(embeddings: Vectors, uncertainty: np.ndarray | None, n: int, seed: int) -> np.ndarray:
-    """Exploration–exploitation query: k-means into ``n`` clusters (exploration), then from each cluster
-    its most uncertain item (exploitation). Without uncertainty (round 1) it is diversity alone. Always ``n`` items
-    (when the pool has them): clusters left empty by repeated texts are made up by the most uncertain items left."""
-    return _per_cluster(embeddings, n, seed, uncertainty)
+def eeq(embeddings: Vectors, uncertainty: np.ndarray | None, n: int, seed: int, *, max_iter: int = 100) -> np.ndarray:
+    """Exploration–exploitation query: k-means into ``n`` clusters (at most ``max_iter`` iterations; exploration),
+    then from each cluster its most uncertain item (exploitation). Without uncertainty (round 1) it is diversity
+    alone. Always ``n`` items (when the pool has them): clusters left empty by repeated texts are made up by the most
+    uncertain items left."""
+    return _per_cluster(embeddings, n, seed, uncertainty, max_iter=max_iter)
 
 
-def diversity(embeddings: Vectors, uncertainty: np.ndarray | None, n: int, seed: int) -> np.ndarray:
+def diversity(embeddings: Vectors, uncertainty: np.ndarray | None, n: int, seed: int, *, max_iter: int = 100) -> np.ndarray:
     """k-means only: the item nearest each of ``n`` cluster centres."""
-    return _per_cluster(embeddings, n, seed, None)
+    return _per_cluster(embeddings, n, seed, None, max_iter=max_iter)
 
 
 def uncertainty_query(embeddings: Vectors, uncertainty: np.ndarray | None, n: int, seed: int) -> np.ndarray:
@@ -136,10 +142,15 @@ QUERY_STRATEGIES: dict[str, QueryFn] = {
 }
 
 
-def get_query(name: str) -> QueryFn:
+def get_query(name: str, kmeans_iter: int | None = None) -> QueryFn:
+    """The registered strategy ``name``; ``kmeans_iter`` (query.kmeans_iter) reaches those that cluster, which take
+    it as the keyword ``max_iter``."""
     from imfl.errors import ConfigError
 
     try:
-        return QUERY_STRATEGIES[name]
+        fn = QUERY_STRATEGIES[name]
     except KeyError:
         raise ConfigError(f"query.strategy {name!r} is unknown: use one of {', '.join(QUERY_STRATEGIES)}") from None
+    if kmeans_iter is not None and "max_iter" in inspect.signature(fn).parameters:
+        return functools.partial(fn, max_iter=kmeans_iter)  # type: ignore[call-arg]  # QueryFn cannot spell the keyword
+    return fn
