@@ -24,8 +24,11 @@ means, ``data.label_descriptions``, and the ``human.guidelines`` file as HTML); 
 ``POST /api/skip {item_id}``; ``POST /api/undo {}`` (with the shared token each also takes the person's name:
 ``?annotator=NAME`` or ``"annotator": NAME``). Admins: ``GET /api/people``, ``POST /api/people {name, role}`` (201,
 with the new person's token, shown this once), ``DELETE /api/people/NAME``, ``GET /api/export`` (every label with
-its provenance). A label outside the label set: 422; an item that is not pending in the waiting round, or held by
-someone else: 409; nothing is written on any refused request.
+its provenance), ``GET /api/dashboard`` (where the run stands, read from its store: rounds and their states, the items
+still waiting, the learning curve, labels and cost per source, the LLM's measured accuracy, each person's throughput;
+``imfl.dashboard``; the page draws it with its own SVG code, for admins only). A label outside the label set: 422; an
+item that is not pending in the waiting round, or held by someone else: 409; nothing is written on any refused
+request.
 
 Hardening, since the port may be reachable by others: API request bodies over 64 KiB get 413 before they are read
 (a label request is well under 1 KiB); a request the API cannot use gets one short line naming the field and why,
@@ -47,7 +50,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
-from imfl.errors import Conflict, InvalidLabel, NotFound, Rejected
+from imfl.dashboard import dashboard
+from imfl.errors import Conflict, ImflError, InvalidLabel, NotFound, Rejected
 from imfl.people import Labeling, Name, People, has_role
 
 PAGE = resources.files("imfl").joinpath("web/index.html")
@@ -267,6 +271,13 @@ def create_app(labeling: Labeling, token: str) -> FastAPI:
     @api.get("/export")
     def export(caller: Admin) -> dict:
         return {"labels": labeling.export_rows()}
+
+    @api.get("/dashboard")
+    def dash(caller: Admin) -> dict:
+        try:
+            return dashboard(labeling.run_dir)
+        except ImflError as exc:  # a store this imfl cannot read: one line, as elsewhere
+            raise HTTPException(500, str(exc)) from None
 
     app.include_router(api)
     return app
