@@ -355,6 +355,7 @@ def _labeling(project: Path, show_guesses: bool | None = None):
         llm_guesses,
         descriptions=cfg.data.label_descriptions,
         guidelines=read_guidelines(h.guidelines),
+        review_cost=h.review_cost,
     )
 
 

@@ -169,6 +169,12 @@ class HumanConfig(_Section):
     show_guesses: StrictBool = Field(
         False, description="people: show the student's current guess on the page (it can anchor experts)."
     )
+    review_cost: StrictFloat = Field(
+        0.25,
+        ge=0,
+        description="people: cost of reviewing one LLM label on the page's Review tab (unit of human.cost; a correction "
+        "becomes a human label at this cost, a confirmation costs it too).",
+    )
     guidelines: Path | None = Field(
         None,
         description="people: a Markdown file of labeling guidelines, shown on the annotation page (rendered without raw "

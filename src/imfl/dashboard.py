@@ -16,6 +16,10 @@ meanwhile shows whole or not at all), and the fidelity state files (``state/fide
 * ``llm_per_class``: the LLM per class, with ``basis`` saying from what: ``self-check`` (the confusion of its
   answers on human-labeled items, the latest round's fidelity state), ``gold`` (its labels against the pool's gold
   labels, for simulations and benchmarks) or None (nothing to measure it on yet);
+* ``llm_review``: people's reviews of the LLM's labels (the Review tab): how many were confirmed and corrected, their
+  cost, and per class the measured precision of the LLM's reviewed labels (``classes``, as ``llm_per_class``'s, with
+  the reviewer's label as the truth); zeros and no classes without reviews. Reviewed labels are the ones the fidelity
+  policy doubted most, so this precision is a pessimistic one;
 * ``people``: labels per person and per round, and labels per hour from the times their labels were recorded
   (the time between consecutive labels of one person, pauses over ``BREAK_SECONDS`` left out).
 
@@ -155,7 +159,9 @@ def _assemble(store: Store, run_dir: Path) -> dict[str, Any]:
     }
     totals["llm"]["unanswered"] = sum(v[1] for (_, s), v in done.items() if s == "llm")
     totals["llm"]["self_check_cost"] = round(self_check_cost, 6)
-    totals["cost"] = round(totals["human"]["cost"] + totals["llm"]["cost"] + self_check_cost, 6)
+    reviews = store.reviews()
+    confirm_cost = sum(float(r["cost"]) for r in reviews if r["verdict"] == "confirm")  # a correction's is the human cost
+    totals["cost"] = round(totals["human"]["cost"] + totals["llm"]["cost"] + self_check_cost + confirm_cost, 6)
 
     latest = store.latest_round()
     waiting = None
@@ -180,6 +186,7 @@ def _assemble(store: Store, run_dir: Path) -> dict[str, Any]:
         "human_only": human_only,
         "totals": totals,
         "llm_per_class": _llm_per_class(store, labels, states),
+        "llm_review": _llm_review(labels, reviews),
         "people": _people(store),
         "break_seconds": BREAK_SECONDS,
     }
@@ -224,6 +231,19 @@ def _llm_per_class(store: Store, labels: list[str], states: dict[int, dict]) -> 
     if pairs:
         return {"basis": "gold", "round": None, "n": len(pairs), "classes": _per_class(labels, pairs)}
     return {"basis": None, "round": None, "n": 0, "classes": []}
+
+
+def _llm_review(labels: list[str], reviews: list[dict]) -> dict[str, Any]:
+    """People's verdicts on the LLM's labels, and per class the precision of its reviewed labels."""
+    index = {label: i for i, label in enumerate(labels)}
+    pairs = [(index[r["label"]], index[r["llm_label"]]) for r in reviews if r["label"] in index and r["llm_label"] in index]
+    return {
+        "n": len(reviews),
+        "confirmed": sum(r["verdict"] == "confirm" for r in reviews),
+        "corrected": sum(r["verdict"] == "correct" for r in reviews),
+        "cost": round(sum(float(r["cost"]) for r in reviews), 6),
+        "classes": _per_class(labels, pairs) if pairs else [],
+    }
 
 
 def _people(store: Store) -> list[dict[str, Any]]:

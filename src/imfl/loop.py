@@ -16,6 +16,12 @@ checked again before every LLM batch (``Run._affordable``): every annotation's c
 count (``money_spent``). ``[self_training]`` adds the previous round's most confident predictions on unlabeled items
 to the training (``pseudo.py``); they are no annotations and cost nothing.
 
+People may review the LLM's labels while a round waits for them (``imfl.people``): a correction is a human label of
+that round (method ``review``, cost ``human.review_cost``), so it counts in ``budget_used`` and the round's human
+labels and cost, and wins over the LLM's label in training; a confirmation is no label, and its cost counts in
+``money_spent`` (the round metrics give ``reviews_confirmed``, ``reviews_corrected`` and ``review_cost``). Every review
+is (LLM label, right label) evidence for the next self-check's estimate (``_probe``), beside the probe answers.
+
 Every step is committed to the run's store before the next starts; a run whose store already holds
 rounds continues after the last evaluated one (same config required).
 
@@ -593,7 +599,10 @@ class Run:
         task, cfg = self.ds.task, self.cfg
         context = self._context(t)
         earlier = [row for r in range(1, t) for row in self._fidelity_state(r).get("probe", [])]
-        seen = {row["id"] for row in earlier}
+        # People's reviews of LLM labels are (LLM label, right label) pairs like probe answers: evidence too (their
+        # items are not probed again). No review: exactly the probes, as before.
+        reviewed = self.store.reviews()
+        seen = {row["id"] for row in earlier} | {r["item_id"] for r in reviewed}
         candidates = [i for i, (e, _) in enumerate(context.human_labeled) if e.id not in seen]
         rng = np.random.default_rng([cfg.seed, t])
         pick = (
@@ -620,6 +629,7 @@ class Run:
                 for i, a in zip(pick, answers)
             ]
         probe = [r for r in earlier + rows if r["label"] is not None]
+        probe += [{"label": r["llm_label"], "gold": r["label"], "confidence": r["llm_confidence"]} for r in reviewed]
         llm = fidelity.estimate(
             [task.index(r["label"]) for r in probe],
             [task.index(r["gold"]) for r in probe],
@@ -630,7 +640,10 @@ class Run:
         y = np.array([task.index(cast(str, a.label)) for a in human], dtype=int)  # ok_only: every label is set
         oof = fidelity.out_of_fold_proba(self.embeddings[[self.index[a.item_id] for a in human]], y, len(task.labels), cfg.seed)
         student = fidelity.estimate(oof.argmax(axis=1), y, len(task.labels), oof.max(axis=1)) if oof is not None else None
-        return {"probe": rows, "llm": llm.to_dict(), "student": student.to_dict() if student else None}
+        state: dict = {"probe": rows, "llm": llm.to_dict(), "student": student.to_dict() if student else None}
+        if reviewed:
+            state["reviews"] = len(reviewed)  # of llm.n, the reviewed LLM labels (the rest are probe answers)
+        return state
 
     def _adapt(self, t: int, state: dict) -> dict | None:
         """The adaptive human share: buy LLM labels only while the LLM measures at least as good as the student."""
@@ -767,6 +780,8 @@ class Run:
         }
         if decision:
             out.update(buy_llm=decision["buy_llm"], human_moved=decision["moved_to_human"], decision=decision["reason"])
+        if state.get("reviews"):
+            out["llm_self_reviews"] = state["reviews"]
         return out
 
     def _context(self, t: int) -> AnnotationContext:
@@ -882,6 +897,13 @@ class Run:
                 data["ids"].tolist(), data["proba"], new_human, task.labels
             )
         metrics.update(self._fidelity_metrics(t))
+        reviews = [r for r in store.reviews() if r["round"] == t]
+        if reviews:  # people's verdicts on LLM labels in this round (a correction is also among its human labels)
+            metrics.update(
+                reviews_confirmed=sum(r["verdict"] == "confirm" for r in reviews),
+                reviews_corrected=sum(r["verdict"] == "correct" for r in reviews),
+                review_cost=round(sum(r["cost"] for r in reviews), 6),
+            )
         metrics.update(self._round_extra.pop(t, {}))
         gold = self._gold([a.item_id for a in this_round if a.ok and a.source == "llm"])
         llm = [a for a in this_round if a.ok and a.source == "llm" and gold.get(a.item_id) is not None]

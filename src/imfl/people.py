@@ -9,6 +9,10 @@ item of the waiting round, from a label in the set, and not for an item another 
 ``People`` is who may use the annotation page, each with their own token (``imfl people add``). Until the first
 person is registered the page takes one shared token and the name the person types (one expert); from then on only
 personal tokens are accepted, and a label is recorded under the person the token belongs to.
+
+People may also review the LLM's labels while a round waits for them (``Labeling.review_next`` / ``review``): the
+labels the fidelity policy doubts most come first (``review_order``), each held for one reviewer at a time; a
+confirmation or a correction costs ``human.review_cost``, and a correction is the reviewer's human label of the item.
 """
 
 from __future__ import annotations
@@ -20,15 +24,26 @@ import tomllib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 
 import numpy as np
 from pydantic import Field, TypeAdapter, ValidationError
 
-from imfl.errors import ConfigError, Conflict, Rejected
+from imfl.errors import ConfigError, Conflict, InvalidLabel, Rejected
 from imfl.store import Store
 
-__all__ = ["ROLES", "Labeling", "Name", "People", "Person", "Rejected", "check_name", "has_role", "read_guidelines"]
+__all__ = [
+    "ROLES",
+    "Labeling",
+    "Name",
+    "People",
+    "Person",
+    "Rejected",
+    "check_name",
+    "has_role",
+    "read_guidelines",
+    "review_order",
+]
 
 # A person's name as recorded with their labels (and shown in exports and on the page): one rule for the web page
 # (its API models use ``Name``), the terminal and file imports, so no path records a name another would refuse.
@@ -46,7 +61,7 @@ def check_name(name: str, what: str = "annotator") -> str:
         ) from None
 
 
-# Roles, each allowed what the ones before it are: an annotator labels (and will review); an admin also manages
+# Roles, each allowed what the ones before it are: an annotator labels and reviews LLM labels; an admin also manages
 # people and exports. ``has_role`` is the one check the server's endpoints use.
 ROLES = ("annotator", "admin")
 
@@ -135,6 +150,47 @@ class People:
         return registered, found
 
 
+def fidelity_doubts(run_dir: Path) -> dict[str, tuple[float, bool]]:
+    """What the latest fidelity state (``state/fidelity_round<t>.json``, its ``training`` entries, written when a round's
+    student was trained) says of each LLM label: item id -> (P(right), whether routing, cleanlab's filter or the
+    small-loss filter left it out). Empty without fidelity state."""
+    found: list[tuple[int, Path]] = []
+    for path in (run_dir / "state").glob("fidelity_round*.json"):
+        digits = path.stem.removeprefix("fidelity_round")
+        if digits.isdigit():
+            found.append((int(digits), path))
+    for _, path in sorted(found, reverse=True):
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # being replaced: the round before then
+            continue
+        if state.get("training"):
+            return {
+                e["id"]: (float(e["p_correct"]), bool(e.get("routed") or e.get("filtered") or e.get("small_loss")))
+                for e in state["training"]
+            }
+    return {}
+
+
+def review_order(candidates: list[dict], run_dir: Path) -> list[dict]:
+    """The review queue: LLM labels the fidelity policy doubts first. Those in the latest fidelity state by P(right)
+    ascending, a label it left out (routed, filtered) before another of the same P(right); then the others (LLM labels
+    newer than that state, or every one without fidelity state) by the LLM's own confidence ascending (unknown last);
+    ties by annotation id. Each candidate gains ``p_correct`` and ``flagged``."""
+    doubts = fidelity_doubts(run_dir)
+    out = []
+    for c in candidates:
+        p, flagged = doubts.get(c["item_id"], (None, False))
+        out.append({**c, "p_correct": p, "flagged": flagged})
+
+    def key(c: dict) -> tuple:
+        conf = c["confidence"]
+        known = c["p_correct"] is not None
+        return (not known, c["p_correct"] if known else 0.0, not c["flagged"], conf is None, conf or 0.0, c["id"])
+
+    return sorted(out, key=key)
+
+
 MAX_GUIDELINES_BYTES = 1_000_000  # a guidelines file is read whole and sent to every page that asks
 
 
@@ -177,11 +233,13 @@ class Labeling:
         llm_guesses: dict[str, str | None] | None = None,
         descriptions: dict[str, str] | None = None,
         guidelines: str = "",
+        review_cost: float = 0.25,
     ):
         self.run_dir = Path(run_dir)
         self.guidelines = guidelines  # Markdown (human.guidelines, see read_guidelines); the server renders it safely
         self.lease_seconds = lease_seconds
         self.cost = cost
+        self.review_cost = review_cost  # human.review_cost: what confirming or correcting one LLM label costs
         self.show_guesses = show_guesses
         self.llm_guesses = llm_guesses or {}  # labels an LLM already gave (recorded); the LLM is never asked for them
         if not (self.run_dir / "store.sqlite").is_file():
@@ -265,6 +323,53 @@ class Labeling:
         if item_id is None:
             raise Conflict("you have no label in this round to take back")
         return {**self.status(), "undone": item_id}
+
+    def review_next(self, reviewer: str) -> dict:
+        """The LLM label ``reviewer`` should review now (held for them for ``lease_seconds``), most doubted first, or why
+        there is none: the run's status, with ``state`` ``reviewed`` (nothing left to review) or ``others`` (everything
+        left is held by other reviewers) while a round waits. ``remaining``: LLM labels still open for review."""
+        check_name(reviewer)
+        status = self.status()
+        if status["state"] != "labeling":
+            return status
+        with self._store() as store:
+            candidates = review_order(store.review_candidates(), self.run_dir)
+            try:
+                got = store.lease_review(reviewer, [c["id"] for c in candidates], self.lease_seconds)
+            except Rejected:  # the round moved on between the two reads
+                return self.status()
+            if got is None:
+                return {**status, "state": "others" if candidates else "reviewed", "remaining": len(candidates)}
+            chosen = next(c for c in candidates if c["id"] == got)
+            item = store.item(chosen["item_id"])
+        return {
+            **status,
+            "remaining": len(candidates),
+            "item": item,
+            "labels": list(self.labels),
+            "review": {
+                "annotation_id": chosen["id"],
+                "llm_label": chosen["label"],
+                "llm_confidence": chosen["confidence"],
+                "llm_round": chosen["round"],
+                "p_correct": chosen.get("p_correct"),
+                "flagged": chosen.get("flagged", False),
+            },
+        }
+
+    def review(
+        self, reviewer: str, verdict: str, label: str | None = None, annotation_id: int | None = None, item_id: str | None = None
+    ) -> dict:
+        """Record ``reviewer``'s verdict (``confirm`` or ``correct`` with the right ``label``) on an LLM label, given by
+        its annotation id or its item's id (then the item's newest LLM label); see ``Store.add_review``."""
+        check_name(reviewer)
+        if (annotation_id is None) == (item_id is None):
+            raise InvalidLabel("annotation_id or item_id: give one of them, the LLM label to review")
+        with self._store() as store:
+            if annotation_id is None:
+                annotation_id = store.llm_label_of(cast(str, item_id))
+            done = store.add_review(reviewer, annotation_id, verdict, label, self.labels, cost=self.review_cost)
+        return {**self.status(), "reviewed": done}
 
     def export_rows(self) -> list[dict]:
         """Every standing label with its provenance and the item's text (as ``imfl export`` writes them)."""

@@ -21,14 +21,18 @@ image is loaded), and which the page's Content-Security-Policy would keep from r
 API (JSON). Annotators: ``GET /api/me`` (name, role and kind of the token); ``GET /api/guidelines`` (what each label
 means, ``data.label_descriptions``, and the ``human.guidelines`` file as HTML); ``GET /api/status``; ``GET /api/next``
 (the item to label, held for that person for a while, or why there is none); ``POST /api/label {item_id, label}``;
-``POST /api/skip {item_id}``; ``POST /api/undo {}`` (with the shared token each also takes the person's name:
-``?annotator=NAME`` or ``"annotator": NAME``). Admins: ``GET /api/people``, ``POST /api/people {name, role}`` (201,
+``POST /api/skip {item_id}``; ``POST /api/undo {}``; ``GET /api/review/next`` (while a round waits: the LLM label to
+review now, most doubted by the fidelity policy first, held for that person for a while, or why there is none);
+``POST /api/review {annotation_id or item_id, verdict: confirm | correct, label}`` (a correction becomes the reviewer's
+human label of the item, at ``human.review_cost``; ``imfl.people``) (with the shared token each also takes the
+person's name: ``?annotator=NAME`` or ``"annotator": NAME``). Admins: ``GET /api/people``, ``POST /api/people {name, role}`` (201,
 with the new person's token, shown this once), ``DELETE /api/people/NAME``, ``GET /api/export`` (every label with
 its provenance), ``GET /api/dashboard`` (where the run stands, read from its store: rounds and their states, the items
 still waiting, the learning curve, labels and cost per source, the LLM's measured accuracy, each person's throughput;
 ``imfl.dashboard``; the page draws it with its own SVG code, for admins only). A label outside the label set: 422; an
-item that is not pending in the waiting round, or held by someone else: 409; nothing is written on any refused
-request.
+item that is not pending in the waiting round, or held by someone else: 409; likewise for reviews (a verdict or label
+that does not fit: 422; an LLM label reviewed already, not open for review or held by another reviewer, or no round
+waiting: 409; an annotation that is no LLM label: 404); nothing is written on any refused request.
 
 Hardening, since the port may be reachable by others: API request bodies over 64 KiB get 413 before they are read
 (a label request is well under 1 KiB); a request the API cannot use gets one short line naming the field and why,
@@ -123,6 +127,14 @@ class SkipIn(BaseModel):
 
 class UndoIn(BaseModel):
     annotator: Name | None = None
+
+
+class ReviewIn(BaseModel):
+    annotator: Name | None = None  # as for labels: only with the shared token
+    annotation_id: Annotated[int, Field(ge=1)] | None = None  # the LLM label reviewed (GET /api/review/next hands it out)
+    item_id: ItemId | None = None  # or the item whose newest LLM label is reviewed
+    verdict: Literal["confirm", "correct"]
+    label: Annotated[str, Field(max_length=500)] | None = None  # the right label: needed to correct
 
 
 class PersonIn(BaseModel):
@@ -252,6 +264,17 @@ def create_app(labeling: Labeling, token: str) -> FastAPI:
     @api.post("/undo")
     def undo(caller: Annotator, body: UndoIn) -> dict:
         return labeling.undo(acting(caller, body.annotator))
+
+    @api.get("/review/next")
+    def review_next(caller: Annotator, annotator: Annotated[Name | None, Query()] = None) -> dict:
+        return labeling.review_next(acting(caller, annotator))
+
+    @api.post("/review")
+    def review(caller: Annotator, body: ReviewIn) -> dict:
+        who = acting(caller, body.annotator)
+        if (body.annotation_id is None) == (body.item_id is None):
+            raise HTTPException(422, "annotation_id or item_id: give one of them, the LLM label to review")
+        return labeling.review(who, body.verdict, body.label, annotation_id=body.annotation_id, item_id=body.item_id)
 
     @api.get("/people")
     def list_people(caller: Admin) -> dict:

@@ -15,6 +15,12 @@ and only while its round still waits for people.
 The people who may use the annotation page with their own token (``imfl people``) are in ``people``: a name, a role
 and the SHA-256 of the token, never the token itself. A removed person keeps their row (their labels name them) and
 loses the hash, so their token matches nothing from then on.
+
+People may also review the LLM's labels (``reviews``, schema 5): each row is one verdict on one LLM annotation, with
+who gave it, when, in which waiting round, the LLM's label and the right one, and its cost. A correction also becomes a
+human annotation of the item (``method = 'review'``, cost the review's), which the student trains on; a confirmation
+is no label, and its cost counts only in ``money_spent``. Reviewers hold what they review through ``review_leases``,
+apart from the labeling leases.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from typing import overload
 from imfl.data import Annotation, Example
 from imfl.errors import Conflict, DataError, InvalidLabel, NotFound
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 ROUND_STATES = ("selected", "human_pending", "human_done", "llm_done", "trained", "evaluated")
 
 MIGRATIONS: dict[int, str] = {
@@ -107,7 +113,29 @@ MIGRATIONS: dict[int, str] = {
         removed_at REAL                     -- set by imfl people remove; the row stays
     );
     """,
+    5: """
+    CREATE TABLE reviews (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        annotation_id INTEGER NOT NULL UNIQUE REFERENCES annotations(id),  -- the LLM label reviewed
+        item_id TEXT NOT NULL REFERENCES items(id),
+        round INTEGER NOT NULL REFERENCES rounds(round),  -- the round waiting for people when it was reviewed
+        reviewer TEXT NOT NULL,
+        verdict TEXT NOT NULL CHECK (verdict IN ('confirm', 'correct')),
+        llm_label TEXT NOT NULL,
+        label TEXT NOT NULL,                -- the right label: the LLM's (confirm) or the reviewer's (correct)
+        correction_id INTEGER REFERENCES annotations(id),  -- the human annotation a correction became
+        cost REAL NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE review_leases (
+        annotation_id INTEGER PRIMARY KEY REFERENCES annotations(id),
+        reviewer TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    """,
 }
+
+REVIEW_VERDICTS = ("confirm", "correct")
 
 
 _CHUNK = 500  # ids per query (SQLite limits the parameters of one statement)
@@ -305,8 +333,13 @@ class Store:
         return used
 
     def money_spent(self) -> float:
-        """The cost of every standing annotation, failed LLM answers included."""
-        return float(self.conn.execute("SELECT COALESCE(SUM(cost), 0) FROM annotations WHERE retracted_at IS NULL").fetchone()[0])
+        """The cost of every standing annotation, failed LLM answers included, and of the confirmations of LLM labels (a
+        correction's cost is its annotation's)."""
+        spent = float(
+            self.conn.execute("SELECT COALESCE(SUM(cost), 0) FROM annotations WHERE retracted_at IS NULL").fetchone()[0]
+        )
+        confirmed = self.conn.execute("SELECT COALESCE(SUM(cost), 0) FROM reviews WHERE verdict='confirm'").fetchone()[0]
+        return spent + float(confirmed) if confirmed else spent
 
     def export_rows(self) -> list[dict]:
         """Every standing label with its provenance and the item's text, in the order they were given."""
@@ -424,7 +457,7 @@ class Store:
             t = self._waiting_round()
             row = self.conn.execute(
                 "SELECT id, item_id FROM annotations WHERE round=? AND source='human' AND annotator=? AND retracted_at IS NULL"
-                " ORDER BY id DESC LIMIT 1",
+                " AND COALESCE(method, '') != 'review' ORDER BY id DESC LIMIT 1",  # a review's correction is not undone
                 (t, annotator),
             ).fetchone()
             if row is None:
@@ -446,6 +479,137 @@ class Store:
             self.conn.execute("DELETE FROM leases WHERE round=?", (round,))
             self.set_round_state(round, "human_done")
             return True
+
+    # -- reviews of the LLM's labels ----------------------------------------------------------------
+    def review_candidates(self, annotation_id: int | None = None) -> list[dict]:
+        """The LLM labels open for review (or the one of ``annotation_id``, if open): per item, the LLM's newest standing
+        label (the one the student trains on), unless the item has a standing human label, is in the newest round's human
+        batch, or that label was reviewed already. Each as id (the annotation's), item_id, round, label, confidence."""
+        sql = (
+            "SELECT a.id, a.item_id, a.round, a.label, a.confidence FROM annotations a"
+            " WHERE a.source='llm' AND a.label IS NOT NULL AND a.retracted_at IS NULL"
+            " AND a.id = (SELECT MAX(b.id) FROM annotations b WHERE b.item_id=a.item_id AND b.source='llm'"
+            " AND b.label IS NOT NULL AND b.retracted_at IS NULL)"
+            " AND NOT EXISTS (SELECT 1 FROM annotations h WHERE h.item_id=a.item_id AND h.source='human'"
+            " AND h.retracted_at IS NULL)"
+            " AND NOT EXISTS (SELECT 1 FROM selections s WHERE s.item_id=a.item_id AND s.target='human'"
+            " AND s.round=(SELECT MAX(round) FROM rounds))"
+            " AND NOT EXISTS (SELECT 1 FROM reviews r WHERE r.annotation_id=a.id)"
+        )
+        args: list[object] = []
+        if annotation_id is not None:
+            sql, args = sql + " AND a.id=?", [annotation_id]
+        return [dict(r) for r in self.conn.execute(sql + " ORDER BY a.id", args)]
+
+    def llm_label_of(self, item_id: str) -> int:
+        """The id of the LLM's newest standing label of ``item_id`` (what a review of the item reviews); NotFound without
+        one."""
+        row = self.conn.execute(
+            "SELECT MAX(id) FROM annotations WHERE item_id=? AND source='llm' AND label IS NOT NULL AND retracted_at IS NULL",
+            (item_id,),
+        ).fetchone()
+        if row[0] is None:
+            raise NotFound(f"item {item_id!r} has no LLM label to review")
+        return int(row[0])
+
+    def lease_review(self, reviewer: str, order: Sequence[int], seconds: float, now: float | None = None) -> int | None:
+        """Hand ``reviewer`` one LLM label to review, in the order given (annotation ids, most doubted first): the one
+        they hold already, else the first still open that nobody holds. Only while a round waits for people (Conflict
+        otherwise); None when every open one is held by others."""
+        now = time.time() if now is None else now
+        with self.transaction():
+            self._waiting_round()
+            self.conn.execute("DELETE FROM review_leases WHERE expires_at <= ?", (now,))
+            still = {c["id"] for c in self.review_candidates()}
+            held = {r[0]: r[1] for r in self.conn.execute("SELECT annotation_id, reviewer FROM review_leases")}
+            mine = [a for a in order if a in still and held.get(a) == reviewer]
+            free = [a for a in order if a in still and a not in held]
+            choice = next(iter(mine or free), None)
+            if choice is None:
+                return None
+            self.conn.execute(
+                "INSERT INTO review_leases(annotation_id, reviewer, expires_at) VALUES(?, ?, ?) ON CONFLICT(annotation_id)"
+                " DO UPDATE SET reviewer=excluded.reviewer, expires_at=excluded.expires_at",
+                (choice, reviewer, now + seconds),
+            )
+            return choice
+
+    def add_review(
+        self,
+        reviewer: str,
+        annotation_id: int,
+        verdict: str,
+        label: str | None,
+        labels: Sequence[str],
+        cost: float = 0.0,
+        now: float | None = None,
+    ) -> dict:
+        """Record ``reviewer``'s verdict on the LLM label ``annotation_id``: ``confirm`` (it is right) or ``correct`` with
+        the right ``label``, which also becomes the reviewer's human label of the item (method ``review``, ``cost``).
+        Only while a round waits for people. Raises ``Rejected`` (nothing written): InvalidLabel for a verdict or label
+        that does not fit, NotFound for an annotation that is no LLM label, Conflict for one not open for review (reviewed
+        already, the item labeled by a person, a newer LLM label) or held by another reviewer."""
+        now = time.time() if now is None else now
+        if verdict not in REVIEW_VERDICTS:
+            raise InvalidLabel(f"verdict {verdict!r} is not one of {', '.join(REVIEW_VERDICTS)}")
+        if label is not None and label not in labels:
+            raise InvalidLabel(f"label {label!r} is not one of {', '.join(labels)}")
+        if verdict == "correct" and label is None:
+            raise InvalidLabel(f"label: a correction needs the right label, one of {', '.join(labels)}")
+        with self.transaction():
+            t = self._waiting_round()
+            row = self.conn.execute(
+                "SELECT item_id, source, label FROM annotations WHERE id=? AND retracted_at IS NULL", (annotation_id,)
+            ).fetchone()
+            if row is None or row["source"] != "llm" or row["label"] is None:
+                raise NotFound(f"annotation {annotation_id} is not an LLM label; review one that GET /api/review/next hands out")
+            item_id, said = row["item_id"], row["label"]
+            if not self.review_candidates(annotation_id):
+                done = self.conn.execute("SELECT reviewer FROM reviews WHERE annotation_id=?", (annotation_id,)).fetchone()
+                why = (
+                    f"was reviewed already (by {done[0]})"
+                    if done
+                    else "is not open for review (a person labeled it, or the LLM labeled it again)"
+                )
+                raise Conflict(f"the LLM label of item {item_id!r} {why}")
+            if verdict == "correct" and label == said:
+                raise InvalidLabel(f"label {label!r} is what the LLM said: confirm it instead")
+            if verdict == "confirm" and label not in (None, said):
+                raise InvalidLabel(f"label {label!r} differs from the LLM's {said!r}: send verdict correct to change it")
+            lease = self.conn.execute(
+                "SELECT reviewer, expires_at FROM review_leases WHERE annotation_id=?", (annotation_id,)
+            ).fetchone()
+            if lease and lease[0] != reviewer and lease[1] > now:
+                raise Conflict(f"the LLM label of item {item_id!r} is being reviewed by someone else")
+            right = said if verdict == "confirm" else label
+            correction = None
+            if verdict == "correct":
+                correction = self.conn.execute(
+                    "INSERT INTO annotations(item_id, round, source, annotator, label, confidence, cost, method, created_at)"
+                    " VALUES(?, ?, 'human', ?, ?, 1.0, ?, 'review', ?)",
+                    (item_id, t, reviewer, right, cost, now),
+                ).lastrowid
+            self.conn.execute(
+                "INSERT INTO reviews(annotation_id, item_id, round, reviewer, verdict, llm_label, label, correction_id, cost,"
+                " created_at) VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (annotation_id, item_id, t, reviewer, verdict, said, right, correction, cost, now),
+            )
+            self.conn.execute("DELETE FROM review_leases WHERE annotation_id=?", (annotation_id,))
+            return {
+                "round": t,
+                "annotation_id": annotation_id,
+                "item_id": item_id,
+                "verdict": verdict,
+                "llm_label": said,
+                "label": right,
+            }
+
+    def reviews(self) -> list[dict]:
+        """Every review, oldest first, with the reviewed LLM label's confidence (``llm_confidence``)."""
+        rows = self.conn.execute(
+            "SELECT r.*, a.confidence AS llm_confidence FROM reviews r JOIN annotations a ON a.id = r.annotation_id ORDER BY r.id"
+        )
+        return [dict(r) for r in rows]
 
     # -- who may label (imfl people) ---------------------------------------------------------------
     def has_people(self) -> bool:
