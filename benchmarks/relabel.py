@@ -6,8 +6,9 @@ relabeling, at the same budget. Scored on held-out pool items, never a test file
 
 Per seed the pool is split: --held-out items become the run's test file (less any whose text the rest repeats),
 the rest its pool. One run per --relabel
-value (strategy, budget and LLM from the config), one JSON line each: held-out accuracy, the LLM labels trained on
-and how many are right, the relabels and how many of them changed, fixed or broke a label, and the seconds taken.
+value (strategy, budget and LLM from the config), one JSON line each: held-out accuracy (and the human-only
+student's), the LLM labels trained on and how many are right, the relabels and how many of them changed, fixed or
+broke a label, and the seconds taken; with --out, each run's metrics.json is copied beside it.
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                     "held_out": len(held),
                     "held_out_accuracy": final["test_accuracy"],
                     "held_out_macro_f1": final["test_macro_f1"],
+                    "human_only_accuracy": final.get("human_only", {}).get("test_accuracy"),
                     "human_labels": final["human_total"],
                     "llm_answers": final["llm_total"],
                     "llm_labels_trained": len(trained),
@@ -88,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
                 },
                 args.out,
             )
+            if args.out:  # every round's metrics beside the JSON lines
+                (args.out.parent / f"{args.out.stem}-{name}.metrics.json").write_text(
+                    (result.run_dir / "metrics.json").read_text(encoding="utf-8"), encoding="utf-8"
+                )
     return 0
 
 
