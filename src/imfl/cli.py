@@ -390,6 +390,7 @@ def init(
 def status(project: Project) -> None:
     """Rounds and their states, budget used per source, pending human items, latest metrics."""
 
+    from imfl.agreement import agreement
     from imfl.loop import money_spent, planned_total
 
     def go() -> None:
@@ -402,6 +403,10 @@ def status(project: Project) -> None:
             for a in store.annotations():
                 counts[(a.round, a.source)] = counts.get((a.round, a.source), 0) + 1
             total, spent = planned_total(cfg, store.n_items()), money_spent(cfg, store, run_dir)
+            overlap_rounds = sorted({r["round"] for r in rounds if store.overlap_items(r["round"])})
+            settled = store.adjudications()
+            agreed = {t: (agreement(store.human_answers(t), settled), len(store.disputes(t))) for t in overlap_rounds}
+            agreed_all = agreement(store.human_answers(), settled) if overlap_rounds else None
         table = Table(title=f"{run_dir.name}: {len(rounds)} of {cfg.budget.rounds} rounds")
         for col in ("round", "state", "human (planned)", "LLM (planned)", "pending human", "test acc.", "test macro-F1"):
             table.add_column(col, justify="right")
@@ -424,8 +429,35 @@ def status(project: Project) -> None:
         )
         if cfg.budget.cost is not None:
             out.print(f"money spent: {spent:g} of budget.cost {cfg.budget.cost:g}")
+        if agreed_all is not None:
+            _print_agreement(agreed, agreed_all)
 
     _guarded(go)
+
+
+def _print_agreement(per_round: dict[int, tuple[dict, int]], overall: dict) -> None:
+    """``imfl status``'s agreement table (human.overlap): per round and over the run, then kappa per pair of people."""
+    fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
+    table = Table(title="agreement of people on items two of them labeled (human.overlap)")
+    for col in ("round", "double-labeled", "disagreements", "settled", "open", "Cohen's kappa", "Fleiss' kappa"):
+        table.add_column(col, justify="right")
+    rows = [(str(t), a, str(n_open)) for t, (a, n_open) in per_round.items()]
+    rows.append(("all", overall, str(sum(n for _, n in per_round.values()))))
+    for name, a, n_open in rows:
+        table.add_row(
+            name,
+            str(a["items_double"]),
+            str(a["disagreements"]),
+            str(a["settled"]),
+            n_open,
+            fmt(a["cohen_kappa"]),
+            fmt(a["fleiss_kappa"]),
+        )
+    out.print(table)
+    for p in overall["pairs"]:
+        out.print(
+            f"{p['a']} and {p['b']}: {p['items']} items both labeled, {p['agreed']} agreed, Cohen's kappa {fmt(p['kappa'])}"
+        )
 
 
 @app.command()

@@ -175,6 +175,14 @@ class HumanConfig(_Section):
         description="people: cost of reviewing one LLM label on the page's Review tab (unit of human.cost; a correction "
         "becomes a human label at this cost, a confirmation costs it too).",
     )
+    overlap: StrictFloat = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="people: the share of each round's human items (a seeded choice) that two different people label; "
+        "the round completes when both answered and an admin settled any disagreement (the Adjudicate tab). Each answer "
+        "counts as one human label of the budget and costs human.cost, so overlap buys fewer distinct items.",
+    )
     guidelines: Path | None = Field(
         None,
         description="people: a Markdown file of labeling guidelines, shown on the annotation page (rendered without raw "

@@ -21,7 +21,11 @@ meanwhile shows whole or not at all), and the fidelity state files (``state/fide
   the reviewer's label as the truth); zeros and no classes without reviews. Reviewed labels are the ones the fidelity
   policy doubted most, so this precision is a pessimistic one;
 * ``people``: labels per person and per round, and labels per hour from the times their labels were recorded
-  (the time between consecutive labels of one person, pauses over ``BREAK_SECONDS`` left out).
+  (the time between consecutive labels of one person, pauses over ``BREAK_SECONDS`` left out);
+* ``agreement`` (``human.overlap``): per round with items two people labeled, and over the run, how many such items,
+  how many disagreements and how many of them an admin settled, Cohen's kappa per pair of people and Fleiss' kappa
+  with more than two people (``imfl.agreement``); ``waiting.disputes``: disagreements of the waiting round still open
+  (only with overlap items).
 
 Label counts are standing labels (a retracted one does not count) that carry a label (a failed LLM call does not);
 costs count every standing annotation, failed LLM calls included, as the round metrics do.
@@ -39,6 +43,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+from imfl.agreement import agreement
 from imfl.errors import DataError
 from imfl.store import SCHEMA_VERSION, Store
 
@@ -164,13 +169,20 @@ def _assemble(store: Store, run_dir: Path) -> dict[str, Any]:
     totals["cost"] = round(totals["human"]["cost"] + totals["llm"]["cost"] + self_check_cost + confirm_cost, 6)
 
     latest = store.latest_round()
-    waiting = None
+    waiting: dict[str, Any] | None = None
     if latest is None:
         status = "new"
     elif latest[1] == "human_pending":
         status, t = "labeling", latest[0]
         held = conn.execute("SELECT COUNT(*) FROM leases WHERE round=? AND expires_at > ?", (t, time.time())).fetchone()[0]
-        waiting = {"round": t, "pending": len(store.pending_human(t)), "total": len(store.selection(t, "human")), "held": held}
+        waiting = {
+            "round": t,
+            "pending": len(store.pending_human(t)),
+            "total": len(store.selection(t, "human")),
+            "held": held,
+        }
+        if store.overlap_items(t):  # human.overlap: disagreements still waiting for an admin
+            waiting["disputes"] = len(store.disputes(t))
     elif latest[1] == "evaluated" and latest[0] >= planned_rounds:
         status = "finished"
     else:
@@ -188,7 +200,19 @@ def _assemble(store: Store, run_dir: Path) -> dict[str, Any]:
         "llm_per_class": _llm_per_class(store, labels, states),
         "llm_review": _llm_review(labels, reviews),
         "people": _people(store),
+        "agreement": _agreement(store),
         "break_seconds": BREAK_SECONDS,
+    }
+
+
+def _agreement(store: Store) -> dict[str, Any]:
+    """People's agreement on the items two of them answered (``human.overlap``): per round with such items (with its
+    disputes still open) and over the run (``imfl.agreement``); no rounds and zeros without overlap."""
+    settled = store.adjudications()
+    rounds = [r[0] for r in store.conn.execute("SELECT DISTINCT round FROM selections WHERE overlap=1 ORDER BY round")]
+    return {
+        "overall": agreement(store.human_answers(), settled),
+        "rounds": [{"round": t, **agreement(store.human_answers(t), settled), "open": len(store.disputes(t))} for t in rounds],
     }
 
 

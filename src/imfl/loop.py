@@ -42,7 +42,7 @@ import time
 import tomllib
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -50,6 +50,7 @@ import numpy as np
 from sklearn.metrics import accuracy_score, f1_score
 
 from imfl import fidelity
+from imfl.agreement import agreement
 from imfl.annotators import AnnotationContext, Annotator, make_human, make_llm
 from imfl.config import RunConfig, config_to_toml, resolve_strategy, settings_difference
 from imfl.data import Dataset, Example, load_dataset
@@ -566,10 +567,20 @@ class Run:
         if state not in ("selected", "human_pending"):
             return
         if state == "selected":
-            self.store.set_round_state(t, "human_pending")
+            self.store.open_human_batch(t, self._overlap_pick(t))
         if not self.store.close_human_batch(t, partial=t == self._partial_round):
-            raise _WaitingForPeople(t, len(self.store.pending_human(t)))
+            raise _WaitingForPeople(t, len(self.store.pending_human(t)) + len(self.store.disputes(t)))
         # Items left unlabeled go back to the pool; the human budget they did not spend moves to the next round.
+
+    def _overlap_pick(self, t: int) -> list[str]:
+        """The items of round ``t``'s human batch that two different people label (``human.overlap``): round(overlap x
+        batch) of them, a choice seeded by the run's seed and the round (none with overlap 0)."""
+        batch = self.store.selection(t, "human")
+        n = round(self.cfg.human.overlap * len(batch))
+        if not n:
+            return []
+        rng = np.random.default_rng([self.cfg.seed, t, 42])
+        return [batch[i] for i in sorted(rng.choice(len(batch), size=n, replace=False).tolist())]
 
     # -- fidelity (beyond the paper; see fidelity.py) ----------------------------------------------------
     def _fidelity_state(self, t: int) -> dict:
@@ -636,7 +647,7 @@ class Run:
             len(task.labels),
             [np.nan if r["confidence"] is None else r["confidence"] for r in probe],
         )
-        human = self.store.annotations(source="human")
+        human = self._one_human_label(self.store.annotations(source="human"))
         y = np.array([task.index(cast(str, a.label)) for a in human], dtype=int)  # ok_only: every label is set
         oof = fidelity.out_of_fold_proba(self.embeddings[[self.index[a.item_id] for a in human]], y, len(task.labels), cfg.seed)
         student = fidelity.estimate(oof.argmax(axis=1), y, len(task.labels), oof.max(axis=1)) if oof is not None else None
@@ -785,7 +796,7 @@ class Run:
         return out
 
     def _context(self, t: int) -> AnnotationContext:
-        human = self.store.annotations(source="human")
+        human = self._one_human_label(self.store.annotations(source="human"))
         demos = list(zip(self.store.examples([a.item_id for a in human]), [cast(str, a.label) for a in human]))  # ok_only
         return AnnotationContext(
             round=t,
@@ -796,13 +807,34 @@ class Run:
 
     def _training_labels(self) -> list:
         """The labels a student learns from: every label, a human one winning over the LLM's for the same item and
-        the LLM's newest answer over its older ones (llm.relabel)."""
-        annotations = self.store.annotations()
+        the LLM's newest answer over its older ones (llm.relabel). An item two people answered (``human.overlap``) has
+        one label: the admin's settled one where they disagreed (as the admin's annotation, method ``adjudicated``),
+        else their first answer (the agreed label; a dispute left open by a partial close keeps the first answer)."""
+        annotations = self._one_human_label(self.store.annotations())
         human = {a.item_id for a in annotations if a.source == "human"}
         newest = {a.item_id: row for row, a in enumerate(annotations) if a.source == "llm"}  # ordered by insertion
         return [
             a for row, a in enumerate(annotations) if a.source == "human" or (a.item_id not in human and newest[a.item_id] == row)
         ]
+
+    def _one_human_label(self, annotations: list) -> list:
+        """``annotations`` with one human label per overlap item (see ``_training_labels``); unchanged without overlap."""
+        overlap = set(self.store.overlap_items())
+        if not overlap:
+            return annotations
+        settled = self.store.adjudications()
+        seen: set[str] = set()
+        out = []
+        for a in annotations:
+            if a.source == "human" and a.item_id in overlap:
+                if a.item_id in seen:
+                    continue
+                seen.add(a.item_id)
+                if a.item_id in settled:
+                    s = settled[a.item_id]
+                    a = replace(a, annotator=s["admin"], label=s["label"], method="adjudicated")
+            out.append(a)
+        return out
 
     def _train(self, t: int, human_only: bool = False) -> Student:
         """Round ``t``'s student on every label so far (``human_only``: on the human labels alone, unweighted by
@@ -904,6 +936,11 @@ class Run:
                 reviews_corrected=sum(r["verdict"] == "correct" for r in reviews),
                 review_cost=round(sum(r["cost"] for r in reviews), 6),
             )
+        if store.overlap_items(t):  # human.overlap: how well people agreed on this round's items, and over the run
+            metrics["agreement"] = {
+                **agreement(store.human_answers(t), store.adjudications()),
+                "overall": agreement(store.human_answers(), store.adjudications()),
+            }
         metrics.update(self._round_extra.pop(t, {}))
         gold = self._gold([a.item_id for a in this_round if a.ok and a.source == "llm"])
         llm = [a for a in this_round if a.ok and a.source == "llm" and gold.get(a.item_id) is not None]

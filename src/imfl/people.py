@@ -13,6 +13,10 @@ personal tokens are accepted, and a label is recorded under the person the token
 People may also review the LLM's labels while a round waits for them (``Labeling.review_next`` / ``review``): the
 labels the fidelity policy doubts most come first (``review_order``), each held for one reviewer at a time; a
 confirmation or a correction costs ``human.review_cost``, and a correction is the reviewer's human label of the item.
+
+With ``human.overlap``, some items of each round's batch go to two different people (``Store.lease`` never hands an
+item to someone who answered it); where their answers differ an admin settles the item (``adjudication_next``,
+``adjudicate``), and the round's batch is done only when every such dispute is settled.
 """
 
 from __future__ import annotations
@@ -268,13 +272,17 @@ class Labeling:
             t, state = latest
             total = len(store.selection(t, "human"))
             pending = len(store.pending_human(t)) if state in ("selected", "human_pending") else 0
+            disputes = len(store.disputes(t)) if state == "human_pending" else 0
             if state == "human_pending":
                 phase = "labeling"
             elif state == "evaluated" and t >= self.rounds:
                 phase = "finished"
             else:
                 phase = "busy"
-            return {"state": phase, "round": t, "done": total - pending, "total": total}
+            out = {"state": phase, "round": t, "done": max(total - pending - disputes, 0), "total": total}
+            if store.overlap_items(t):  # human.overlap: items waiting for an admin's settlement count as not done
+                out["disputes"] = disputes
+            return out
 
     def pending_items(self) -> list[dict]:
         """The waiting round's items still without a human label (id, text, text_pair), most wanted first."""
@@ -370,6 +378,44 @@ class Labeling:
                 annotation_id = store.llm_label_of(cast(str, item_id))
             done = store.add_review(reviewer, annotation_id, verdict, label, self.labels, cost=self.review_cost)
         return {**self.status(), "reviewed": done}
+
+    def adjudication_next(self) -> dict:
+        """The oldest open dispute of the waiting round (an overlap item whose two answers differ) for an admin to settle:
+        the run's status with ``item``, ``answers`` ([{annotator, label}]) and ``labels``; or the status with ``state``
+        ``settled`` when no dispute is open."""
+        status = self.status()
+        if status["state"] != "labeling":
+            return status
+        with self._store() as store:
+            open_ = store.disputes(status["round"])
+            if not open_:
+                return {**status, "state": "settled", "open": 0}
+            first = open_[0]
+            item = store.item(first["item_id"])
+        answers = [{"annotator": who, "label": label} for who, label in first["answers"].items()]
+        return {**status, "open": len(open_), "item": item, "answers": answers, "labels": list(self.labels)}
+
+    def adjudicate(self, admin: str, item_id: str, label: str) -> dict:
+        """Record ``admin``'s settled ``label`` of a disputed item (see ``Store.adjudicate``); the student trains on it."""
+        check_name(admin, "admin")
+        with self._store() as store:
+            done = store.adjudicate(admin, item_id, label, self.labels)
+        return {**self.status(), "adjudicated": done}
+
+    def agreement(self) -> dict:
+        """Agreement of the people on the items two of them answered: the waiting (or latest) round's and the run's
+        (``imfl.agreement``)."""
+        from imfl.agreement import agreement
+
+        with self._store() as store:
+            latest = store.latest_round()
+            settled = store.adjudications()
+            this = agreement(store.human_answers(latest[0]), settled) if latest else None
+            return {
+                "round": latest[0] if latest else None,
+                "this_round": this,
+                "overall": agreement(store.human_answers(), settled),
+            }
 
     def export_rows(self) -> list[dict]:
         """Every standing label with its provenance and the item's text (as ``imfl export`` writes them)."""

@@ -29,10 +29,15 @@ person's name: ``?annotator=NAME`` or ``"annotator": NAME``). Admins: ``GET /api
 with the new person's token, shown this once), ``DELETE /api/people/NAME``, ``GET /api/export`` (every label with
 its provenance), ``GET /api/dashboard`` (where the run stands, read from its store: rounds and their states, the items
 still waiting, the learning curve, labels and cost per source, the LLM's measured accuracy, each person's throughput;
-``imfl.dashboard``; the page draws it with its own SVG code, for admins only). A label outside the label set: 422; an
-item that is not pending in the waiting round, or held by someone else: 409; likewise for reviews (a verdict or label
-that does not fit: 422; an LLM label reviewed already, not open for review or held by another reviewer, or no round
-waiting: 409; an annotation that is no LLM label: 404); nothing is written on any refused request.
+``imfl.dashboard``; the page draws it with its own SVG code, for admins only), ``GET /api/adjudication/next`` (with
+``human.overlap``: the oldest disagreement of the waiting round, the item with both people's answers, or ``state:
+settled``) and ``POST /api/adjudicate {item_id, label}`` (the admin's settled label, recorded with their name and
+the time; the student trains on it, both answers stay; a label outside the set: 422, an item not in dispute: 409;
+an annotator: 403). A label outside the label set: 422; an item that is not pending in the waiting round, or held
+by someone else, or labeled by that person already (an overlap item's second answer comes from someone else): 409;
+likewise for reviews (a verdict or label that does not fit: 422; an LLM label reviewed already, not open for review
+or held by another reviewer, or no round waiting: 409; an annotation that is no LLM label: 404); nothing is written
+on any refused request.
 
 Hardening, since the port may be reachable by others: API request bodies over 64 KiB get 413 before they are read
 (a label request is well under 1 KiB); a request the API cannot use gets one short line naming the field and why,
@@ -135,6 +140,11 @@ class ReviewIn(BaseModel):
     item_id: ItemId | None = None  # or the item whose newest LLM label is reviewed
     verdict: Literal["confirm", "correct"]
     label: Annotated[str, Field(max_length=500)] | None = None  # the right label: needed to correct
+
+
+class AdjudicateIn(BaseModel):
+    item_id: ItemId
+    label: Annotated[str, Field(max_length=500)]
 
 
 class PersonIn(BaseModel):
@@ -294,6 +304,16 @@ def create_app(labeling: Labeling, token: str) -> FastAPI:
     @api.get("/export")
     def export(caller: Admin) -> dict:
         return {"labels": labeling.export_rows()}
+
+    @api.get("/adjudication/next")
+    def adjudication_next(caller: Admin) -> dict:
+        return labeling.adjudication_next()
+
+    @api.post("/adjudicate")
+    def adjudicate(caller: Admin, body: AdjudicateIn) -> dict:
+        if caller.name is None:  # admins have personal tokens; the shared one is an annotator's
+            raise HTTPException(403, "adjudication needs an admin's personal token")
+        return labeling.adjudicate(caller.name, body.item_id, body.label)
 
     @api.get("/dashboard")
     def dash(caller: Admin) -> dict:

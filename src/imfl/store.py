@@ -21,6 +21,13 @@ who gave it, when, in which waiting round, the LLM's label and the right one, an
 human annotation of the item (``method = 'review'``, cost the review's), which the student trains on; a confirmation
 is no label, and its cost counts only in ``money_spent``. Reviewers hold what they review through ``review_leases``,
 apart from the labeling leases.
+
+Agreement (``human.overlap``, schema 6): the items of a round's human batch chosen to get two answers are marked in
+``selections.overlap`` when the batch opens to people. Such an item stays pending until two different people have
+answered it (the same person is never handed it twice); both answers are human annotations with their annotators.
+When they differ, the item is in dispute until an admin settles it: ``adjudications`` records the settled label, the
+admin and the time, and the raw answers stay as they are. The round's batch closes only when nothing is pending and
+no dispute is open.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from typing import overload
 from imfl.data import Annotation, Example
 from imfl.errors import Conflict, DataError, InvalidLabel, NotFound
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 ROUND_STATES = ("selected", "human_pending", "human_done", "llm_done", "trained", "evaluated")
 
 MIGRATIONS: dict[int, str] = {
@@ -131,6 +138,17 @@ MIGRATIONS: dict[int, str] = {
         annotation_id INTEGER PRIMARY KEY REFERENCES annotations(id),
         reviewer TEXT NOT NULL,
         expires_at REAL NOT NULL
+    );
+    """,
+    6: """
+    ALTER TABLE selections ADD COLUMN overlap INTEGER NOT NULL DEFAULT 0;  -- 1: the item needs two people's answers
+    CREATE TABLE adjudications (
+        item_id TEXT PRIMARY KEY REFERENCES items(id),
+        round INTEGER NOT NULL REFERENCES rounds(round),  -- the round whose batch the item was in
+        admin TEXT NOT NULL,                -- who settled it
+        label TEXT NOT NULL,                -- the settled label: the one the student trains on
+        answers TEXT NOT NULL,              -- JSON {annotator: label}: the answers it settled (they stay in annotations)
+        created_at REAL NOT NULL
     );
     """,
 }
@@ -378,15 +396,92 @@ class Store:
         row = self.conn.execute("SELECT round, state FROM rounds ORDER BY round DESC LIMIT 1").fetchone()
         return (row[0], row[1]) if row else None
 
-    def pending_human(self, round: int) -> list[str]:
-        """Items of the round's human batch without a (standing) human label, most wanted first."""
-        rows = self.conn.execute(
-            "SELECT s.item_id FROM selections s WHERE s.round=? AND s.target='human' AND NOT EXISTS ("
-            " SELECT 1 FROM annotations a WHERE a.item_id=s.item_id AND a.source='human' AND a.retracted_at IS NULL)"
-            " ORDER BY s.rank",
-            (round,),
+    def pending_human(self, round: int, annotator: str | None = None) -> list[str]:
+        """Items of the round's human batch without a (standing) human label, most wanted first; an overlap item
+        (``human.overlap``) until two different people answered it. With ``annotator``: only the items they may label
+        now (not those they answered already)."""
+        sql = (
+            "SELECT s.item_id FROM selections s WHERE s.round=? AND s.target='human' AND (SELECT COUNT(DISTINCT a.annotator)"
+            " FROM annotations a WHERE a.item_id=s.item_id AND a.source='human' AND a.retracted_at IS NULL)"
+            " < (CASE WHEN s.overlap THEN 2 ELSE 1 END)"
         )
-        return [r[0] for r in rows]
+        args: list[object] = [round]
+        if annotator is not None:
+            sql += (
+                " AND NOT EXISTS (SELECT 1 FROM annotations b WHERE b.item_id=s.item_id AND b.source='human'"
+                " AND b.retracted_at IS NULL AND b.annotator=?)"
+            )
+            args.append(annotator)
+        return [r[0] for r in self.conn.execute(sql + " ORDER BY s.rank", args)]
+
+    def open_human_batch(self, round: int, overlap: Sequence[str] = ()) -> None:
+        """Open the round's human batch to people (state ``human_pending``), marking the ``overlap`` items as needing two
+        people's answers, in one transaction."""
+        with self.transaction():
+            self.conn.executemany(
+                "UPDATE selections SET overlap=1 WHERE round=? AND item_id=? AND target='human'", [(round, i) for i in overlap]
+            )
+            self.set_round_state(round, "human_pending")
+
+    def overlap_items(self, round: int | None = None) -> list[str]:
+        """The items chosen for two answers (of ``round``, or of every round), in round and rank order."""
+        sql, args = "SELECT item_id FROM selections WHERE overlap=1 AND target='human'", list[object]()
+        if round is not None:
+            sql, args = sql + " AND round=?", [round]
+        return [r[0] for r in self.conn.execute(sql + " ORDER BY round, rank", args)]
+
+    def human_answers(self, round: int | None = None) -> list[dict]:
+        """Every standing human answer to an overlap item (of ``round``'s batch, or of every round): item_id, round (the
+        batch's), annotator, label, oldest first. Reviews' corrections are not answers to a batch and are left out."""
+        sql = (
+            "SELECT a.item_id, s.round, a.annotator, a.label FROM annotations a JOIN selections s ON s.item_id=a.item_id"
+            " AND s.round=a.round AND s.target='human' AND s.overlap=1 WHERE a.source='human' AND a.label IS NOT NULL"
+            " AND a.retracted_at IS NULL AND COALESCE(a.method, '') != 'review'"
+        )
+        args: list[object] = []
+        if round is not None:
+            sql, args = sql + " AND s.round=?", [round]
+        return [dict(r) for r in self.conn.execute(sql + " ORDER BY a.id", args)]
+
+    def disputes(self, round: int | None = None) -> list[dict]:
+        """Overlap items whose two answers differ and that no admin settled yet (of ``round``, or of every round), most
+        wanted first: item_id, round, answers ({annotator: label}, in the order given)."""
+        answers: dict[str, dict] = {}
+        for a in self.human_answers(round):
+            answers.setdefault(a["item_id"], {"item_id": a["item_id"], "round": a["round"], "answers": {}})["answers"][
+                a["annotator"]
+            ] = a["label"]
+        settled = self.adjudications()
+        return [
+            d
+            for d in answers.values()
+            if len(d["answers"]) >= 2 and len(set(d["answers"].values())) > 1 and d["item_id"] not in settled
+        ]
+
+    def adjudications(self) -> dict[str, dict]:
+        """Every settled dispute: item_id -> round, admin, label, answers ({annotator: label}), created_at."""
+        rows = self.conn.execute("SELECT * FROM adjudications ORDER BY created_at")
+        return {r["item_id"]: {**dict(r), "answers": json.loads(r["answers"])} for r in rows}
+
+    def adjudicate(self, admin: str, item_id: str, label: str, labels: Sequence[str], now: float | None = None) -> dict:
+        """Record ``admin``'s settled ``label`` of a disputed item of the waiting round (its answers stay as they are).
+        Raises ``Rejected`` (nothing written): InvalidLabel for a label outside ``labels``, Conflict for an item not in
+        dispute (or no round waiting)."""
+        now = time.time() if now is None else now
+        if label not in labels:
+            raise InvalidLabel(f"label {label!r} is not one of {', '.join(labels)}")
+        with self.transaction():
+            t = self._waiting_round()
+            found = next((d for d in self.disputes(t) if d["item_id"] == item_id), None)
+            if found is None:
+                raise Conflict(
+                    f"item {item_id!r} is not in dispute in round {t}; settle one GET /api/adjudication/next hands out"
+                )
+            self.conn.execute(
+                "INSERT INTO adjudications(item_id, round, admin, label, answers, created_at) VALUES(?, ?, ?, ?, ?, ?)",
+                (item_id, t, admin, label, json.dumps(found["answers"]), now),
+            )
+            return {"round": t, "item_id": item_id, "label": label, "answers": found["answers"], "admin": admin}
 
     def _waiting_round(self) -> int:
         latest = self.latest_round()
@@ -402,7 +497,7 @@ class Store:
             t = self._waiting_round()
             self.conn.execute("DELETE FROM leases WHERE expires_at <= ?", (now,))
             held = {r[0]: r[1] for r in self.conn.execute("SELECT item_id, annotator FROM leases WHERE round=?", (t,))}
-            pending = self.pending_human(t)
+            pending = self.pending_human(t, annotator)  # an overlap item's second answer: never from its first annotator
             mine = [i for i in pending if held.get(i) == annotator]
             skipped = {r[0] for r in self.conn.execute("SELECT item_id FROM skips WHERE round=? AND annotator=?", (t, annotator))}
             free = [i for i in pending if i not in held]
@@ -438,6 +533,8 @@ class Store:
             t = self._waiting_round()
             if item_id not in self.pending_human(t):
                 raise Conflict(f"item {item_id!r} is not waiting for a human label in round {t}")
+            if item_id not in self.pending_human(t, annotator):
+                raise Conflict(f"you labeled item {item_id!r} already; it waits for another person's answer")
             row = self.conn.execute("SELECT annotator, expires_at FROM leases WHERE item_id=?", (item_id,)).fetchone()
             if row and row[0] != annotator and row[1] > now:
                 raise Conflict(f"item {item_id!r} is being labeled by someone else")
@@ -462,6 +559,8 @@ class Store:
             ).fetchone()
             if row is None:
                 return None
+            if self.conn.execute("SELECT 1 FROM adjudications WHERE item_id=?", (row[1],)).fetchone():
+                raise Conflict(f"item {row[1]!r} was settled by an admin already; your label of it stays")
             self.conn.execute("UPDATE annotations SET retracted_at=? WHERE id=?", (now, row[0]))
             self.conn.execute(
                 "INSERT INTO leases(item_id, round, annotator, expires_at) VALUES(?, ?, ?, ?) ON CONFLICT(item_id) DO UPDATE"
@@ -471,10 +570,10 @@ class Store:
             return row[1]
 
     def close_human_batch(self, round: int, partial: bool = False) -> bool:
-        """Move a waiting round on to ``human_done`` if none of its human items is pending, or anyway with
-        ``partial`` (atomic with respect to labels and undos); True when the round moved on."""
+        """Move a waiting round on to ``human_done`` if none of its human items is pending and no dispute is open, or
+        anyway with ``partial`` (atomic with respect to labels and undos); True when the round moved on."""
         with self.transaction():
-            if self.pending_human(round) and not partial:
+            if (self.pending_human(round) or self.disputes(round)) and not partial:
                 return False
             self.conn.execute("DELETE FROM leases WHERE round=?", (round,))
             self.set_round_state(round, "human_done")
