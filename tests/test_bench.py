@@ -16,7 +16,7 @@ GRID = REPO / "benchmarks" / "paper.toml"
 def quick(tmp_path_factory, imfl_cache):
     d = tmp_path_factory.mktemp("bench")
     env = {"IMFL_CACHE": str(imfl_cache)}
-    args = ("bench", str(GRID), "--quick", "--workers", "2", "--results", str(d / "results"), "--work", str(d / "work"))
+    args = ("bench", "run", str(GRID), "--quick", "--workers", "2", "--results", str(d / "results"), "--work", str(d / "work"))
     first = imfl(*args, env=env)
     return {"dir": d, "first": first, "args": args, "env": env}
 
@@ -120,7 +120,8 @@ def test_rerun_skips_finished_cells(quick):
     assert r.returncode == 0, r.stderr
     assert "10 already done, 0 to run" in r.stdout
     assert {p.name: p.stat().st_mtime_ns for p in (results / "cells").glob("*.json")} == before
-    listed = imfl(*quick["args"], "--list", env=quick["env"], timeout=120)
+    where = quick["args"][quick["args"].index("--results") :]
+    listed = imfl("bench", "list", str(GRID), "--quick", *where, env=quick["env"], timeout=120)
     assert listed.returncode == 0 and listed.stdout.count("done") >= 10 and "to run" not in listed.stdout.split("\n", 2)[2]
 
 
@@ -180,16 +181,14 @@ def test_a_grid_changed_under_its_results_is_refused(quick, tmp_path):
     epochs = rec["config"]["student"]["epochs"]
     rec["config"]["student"]["epochs"] = 99
     path.write_text(json.dumps(rec))
-    r = imfl("bench", str(GRID), "--quick", "--results", str(results), "--work", str(quick["dir"] / "work"), timeout=120)
+    r = imfl("bench", "run", str(GRID), "--quick", "--results", str(results), "--work", str(quick["dir"] / "work"), timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "fpb__none__human-1x__seed0.json" in r.stderr and f"student.epochs: 99 then, {epochs} now" in r.stderr
     # A setting added to imfl after a result was made is no change while it keeps its default.
     rec["config"]["student"]["epochs"] = epochs
     del rec["config"]["fidelity"], rec["config"]["llm"]["accuracy"]
     path.write_text(json.dumps(rec))
-    r = imfl(
-        "bench", str(GRID), "--quick", "--results", str(results), "--work", str(quick["dir"] / "work"), "--list", timeout=120
-    )
+    r = imfl("bench", "list", str(GRID), "--quick", "--results", str(results), "--work", str(quick["dir"] / "work"), timeout=120)
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
 
 
@@ -224,7 +223,7 @@ def test_bad_grid_files_get_one_line(tmp_path, text, message):
     grid = tmp_path / "grid.toml"
     if text is not None:
         grid.write_text(text)
-    r = imfl("bench", str(grid), "--list", timeout=120)
+    r = imfl("bench", "list", str(grid), timeout=120)
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 

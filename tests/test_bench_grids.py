@@ -37,7 +37,7 @@ annotators.smollm2 = {{}}
 
 
 def test_a_failing_cell_does_not_stop_the_grid(tmp_path, imfl_cache):
-    r = imfl("bench", str(tiny_grid(tmp_path)), env={"IMFL_CACHE": str(imfl_cache)})
+    r = imfl("bench", "run", str(tiny_grid(tmp_path)), env={"IMFL_CACHE": str(imfl_cache)})
     assert r.returncode == 1, r.stderr
     assert "fpb/none/too-big/seed3" in r.stderr and "budget.total (80) is larger than the pool (60 items" in r.stderr
     assert "Traceback" not in r.stderr
@@ -50,11 +50,11 @@ def test_a_cell_whose_result_was_lost_is_rebuilt_from_its_store(tmp_path, imfl_c
     """The store keeps every finished round: re-running a cell whose JSON is gone trains nothing again, and the
     cell's time still counts the rounds of its first attempt."""
     grid, env = tiny_grid(tmp_path), {"IMFL_CACHE": str(imfl_cache)}
-    assert imfl("bench", str(grid), "--only", "*/small/*", env=env).returncode == 0
+    assert imfl("bench", "run", str(grid), "--only", "*/small/*", env=env).returncode == 0
     path = tmp_path / "out" / "cells" / "fpb__none__small__seed3.json"
     first = json.loads(path.read_text())
     path.unlink()
-    r = imfl("bench", str(grid), "--only", "*/small/*", env=env)
+    r = imfl("bench", "run", str(grid), "--only", "*/small/*", env=env)
     assert r.returncode == 0, r.stderr
     assert "2 cells, 1 selected: 0 already done, 1 to run" in r.stdout
     again = json.loads(path.read_text())
@@ -70,33 +70,33 @@ def test_until_starts_only_the_cells_that_should_end_in_time(tmp_path, imfl_cach
 
     grid = tiny_grid(tmp_path, seeds="[3, 4]", strategies="medium = { total = 2, human = 2 }")
     env = {"IMFL_CACHE": str(imfl_cache)}
-    assert imfl("bench", str(grid), "--only", "*/seed3", env=env).returncode == 0
+    assert imfl("bench", "run", str(grid), "--only", "*/seed3", env=env).returncode == 0
     slow = tmp_path / "out" / "cells" / "fpb__none__small__seed3.json"
     rec = json.loads(slow.read_text())
     rec["wall_seconds"], rec["loop_seconds"] = 36000.0, 35000.0  # as if that cell had taken 10 hours
     slow.write_text(json.dumps(rec))
-    listed = imfl("bench", str(grid), "--list", env=env)
+    listed = imfl("bench", "list", str(grid), env=env)
     assert listed.returncode == 0 and "2 to run (about 10.0 h of cells)" in listed.stdout, listed.stdout
     assert any("fpb/none/small/seed4" in line and line.rstrip(" │").endswith("600") for line in listed.stdout.splitlines())
 
     in_an_hour = (datetime.now() + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M")
-    r = imfl("bench", str(grid), "--until", in_an_hour, env=env)
+    r = imfl("bench", "run", str(grid), "--until", in_an_hour, env=env)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "out" / "cells" / "fpb__none__medium__seed4.json").is_file()
     assert not (tmp_path / "out" / "cells" / "fpb__none__small__seed4.json").exists()
     assert "1 cells done, 0 failed" in r.stdout and "1 cell(s) not started (first: fpb/none/small/seed4)" in r.stdout
 
     (tmp_path / "out" / "cells" / "fpb__none__medium__seed4.json").unlink()
-    r = imfl("bench", str(grid), "--until", "2020-01-01T00:00", env=env)  # past: not even a short cell starts
+    r = imfl("bench", "run", str(grid), "--until", "2020-01-01T00:00", env=env)  # past: not even a short cell starts
     assert r.returncode == 0 and "0 cells done" in r.stdout and "2 cell(s) not started" in r.stdout, r.stdout
-    r = imfl("bench", str(grid), "--until", "25:00", env=env)
+    r = imfl("bench", "run", str(grid), "--until", "25:00", env=env)
     assert r.returncode == 2 and "--until '25:00': not a time" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "out" / "cells" / "fpb__none__small__seed4.json").exists()
 
     # Cells that ran on this processor come first: the slow one ran on another, so the medium cell estimates it.
     rec["machine"]["cpu"] = "another processor"
     slow.write_text(json.dumps(rec))
-    listed = imfl("bench", str(grid), "--list", env=env)
+    listed = imfl("bench", "list", str(grid), env=env)
     assert listed.returncode == 0 and "(about 0.0 h of cells)" in listed.stdout, listed.stdout
 
 
@@ -155,7 +155,7 @@ def test_a_ladder_cell_reproduces_exactly_from_its_json(tmp_path, imfl_cache):
     grid = REPO / "benchmarks" / "ladder-fpb.toml"
     where = ("--results", str(tmp_path / "results"), "--work", str(tmp_path / "work"))
     env = {"IMFL_CACHE": str(imfl_cache)}
-    r = imfl("bench", str(grid), "--quick", "--workers", "2", *where, env=env)
+    r = imfl("bench", "run", str(grid), "--quick", "--workers", "2", *where, env=env)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     got = cells(tmp_path / "results")
     assert set(got) == {
@@ -195,7 +195,7 @@ def test_a_ladder_cell_reproduces_exactly_from_its_json(tmp_path, imfl_cache):
     for key in ("pool", "test"):
         old["config"]["data"][key] = os.path.relpath(REPO / "benchmarks" / old["config"]["data"][key], grid_dir)
     assert _annotator_accuracy(old, grid_dir / "results" / "ladder") == 0.4007
-    r = imfl("bench", str(grid), "--quick", *where, "--reproduce", "*/llama2-7b/fidelity/*", env=env)
+    r = imfl("bench", "reproduce", str(grid), "--quick", *where, "*/llama2-7b/fidelity/*", env=env)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert "fpb-recorded/llama2-7b/fidelity/seed0: reproduced exactly" in r.stdout
     assert (tmp_path / "work" / "reproduce" / "results" / "cells" / "fpb-recorded__llama2-7b__fidelity__seed0.json").is_file()
@@ -204,7 +204,7 @@ def test_a_ladder_cell_reproduces_exactly_from_its_json(tmp_path, imfl_cache):
     rec = json.loads(path.read_text())
     rec["selected"][1]["llm"] = rec["selected"][1]["llm"][::-1]
     path.write_text(json.dumps(rec))
-    r = imfl("bench", str(grid), "--quick", *where, "--reproduce", "*/llama2-7b/fidelity/*", env=env)
+    r = imfl("bench", "reproduce", str(grid), "--quick", *where, "*/llama2-7b/fidelity/*", env=env)
     assert r.returncode == 1 and "DIFFERS: round 2: the items selected for the llm differ" in r.stdout
-    r = imfl("bench", str(grid), "--quick", *where, "--reproduce", "*/nothing/*", env=env)
+    r = imfl("bench", "reproduce", str(grid), "--quick", *where, "*/nothing/*", env=env)
     assert r.returncode == 2 and "no cell of ladder-fpb.toml matches */nothing/* (ids look like fpb-recorded/" in r.stderr

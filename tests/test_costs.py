@@ -170,7 +170,7 @@ annotators.llama2-7b = {{}}
 """,  # noqa: E501 - a TOML inline table (the `set` line) must stay on one line
         encoding="utf-8",
     )
-    r = imfl("bench", str(grid), env={"IMFL_CACHE": str(imfl_cache)})
+    r = imfl("bench", "run", str(grid), env={"IMFL_CACHE": str(imfl_cache)})
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert set(cells(tmp_path / "results")) == {"fpb-recorded/none/human/seed0", "fpb-recorded/llama2-7b/imfl/seed0"}
 

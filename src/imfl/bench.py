@@ -1,4 +1,4 @@
-"""Experiment grids over the loop: ``imfl bench GRID.toml``.
+"""Experiment grids over the loop: ``imfl bench run | list | reproduce GRID.toml``.
 
 A grid file names *datasets* (each a run config file plus ``H``, the unit of human budget), the LLM
 *annotators* tried on each, *strategies* (a budget as multiples of H, plus setting overrides) and *seeds*.
@@ -22,6 +22,7 @@ import fnmatch
 import json
 import os
 import platform
+import shutil
 import statistics
 import time
 import traceback
@@ -371,8 +372,9 @@ def run_cell(cell: Cell, grid: Grid) -> dict:
         result = Run(cell.config, Lines(write)).execute()
         write(f"done in {time.time() - started:.0f} s")
     rounds = result.metrics
-    llm_n = sum(r["llm_labels"] for r in rounds if r.get("llm_accuracy") is not None)
-    llm_right = sum(r["llm_accuracy"] * r["llm_labels"] for r in rounds if r.get("llm_accuracy") is not None)
+    measured = [(accuracy, r["llm_labels"]) for r in rounds if (accuracy := r.get("llm_accuracy")) is not None]
+    llm_n = sum(n for _, n in measured)
+    llm_right = sum(accuracy * n for accuracy, n in measured)
     with Store.open(store_file) as store:
         selected = [
             {"round": r["round"], "human": store.selection(r["round"], "human"), "llm": store.selection(r["round"], "llm")}
@@ -515,6 +517,43 @@ def estimate_seconds(cell: Cell, records: list[dict], cpu: dict | None = None) -
     return None
 
 
+@dataclass
+class PlannedCell:
+    """A cell as ``imfl bench list`` shows it: done or not, and for a cell to run, how long it should take
+    (:func:`estimate_seconds` on this processor; None when no finished cell is like it)."""
+
+    cell: Cell
+    done: bool
+    seconds: float | None = None
+
+    @property
+    def budget(self) -> str:
+        """The cell's budget as a person reads it: human + LLM labels, or human labels + LLM labels for the money."""
+        b = self.cell.config.budget
+        return f"{b.human} + {b.total - b.human}" if b.cost is None else f"{b.human} + LLM, cost {b.cost:g}"
+
+
+def grid_status(grid: Grid, only: list[str] | None = None, skip: list[str] | None = None) -> list[PlannedCell]:
+    """Every chosen cell of ``grid`` in grid order, done or with its time estimate."""
+    done, todo = pending_cells(grid, only, skip)
+    records = load_results(grid.results) if grid.cells_dir.is_dir() else []
+    cpu = this_cpu()
+    planned = [PlannedCell(c, True) for c in done] + [PlannedCell(c, False, estimate_seconds(c, records, cpu)) for c in todo]
+    return sorted(planned, key=lambda p: grid.cells.index(p.cell))
+
+
+class Eta:
+    """Cells finished out of ``total``, and the seconds left at the pace so far."""
+
+    def __init__(self, total: int):
+        self.total, self.finished, self.started = total, 0, time.perf_counter()
+
+    def tick(self) -> float:
+        """One more cell finished: the seconds the rest should take."""
+        self.finished += 1
+        return (time.perf_counter() - self.started) / self.finished * (self.total - self.finished)
+
+
 def run_grid(
     grid: Grid,
     workers: int = 1,
@@ -584,10 +623,12 @@ def reproduce(
 ) -> list[tuple[Cell, str | None]]:
     """Run the finished cells matching ``patterns`` again from nothing but their grid and JSON, one at a time in a
     fresh process with the thread count the JSON records, into ``scratch``; compare what they select and score.
-    Returns (cell, first difference or None) per cell."""
+    Returns (cell, first difference or None) per cell. ``scratch`` is emptied first."""
     done, _ = pending_cells(grid, patterns)
     if not done:
-        raise ConfigError(f"no finished cell of {grid.path.name} matches {', '.join(patterns)}; `imfl bench --list` shows them")
+        raise ConfigError(f"no finished cell of {grid.path.name} matches {', '.join(patterns)}; `imfl bench list` shows them")
+    if scratch.exists():
+        shutil.rmtree(scratch)
     fresh = load_grid(grid.path, quick, results=scratch / "results", work=scratch / "work")
     by_id = {c.id: c for c in fresh.cells}
     fresh.cells_dir.mkdir(parents=True, exist_ok=True)
@@ -644,7 +685,7 @@ def load_results(results: Path) -> list[dict]:
     folder = Path(results) / "cells"
     if not folder.is_dir():
         raise ConfigError(
-            f"{results}: no cells/ folder with results here; run `imfl bench GRID.toml` first, or pass its results folder"
+            f"{results}: no cells/ folder with results here; run `imfl bench run GRID.toml` first, or pass its results folder"
         )
     records = []
     for path in sorted(folder.glob("*.json")):

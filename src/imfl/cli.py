@@ -760,17 +760,10 @@ def export_cmd(
         with store:
             rows = store.export_rows()
         out_dir.mkdir(parents=True, exist_ok=True)
-        target = out_dir / f"labels.{fmt}"
-        with target.open("w", encoding="utf-8", newline="") as fh:
-            if fmt == "jsonl":
-                for r in rows:
-                    fh.write(json.dumps(r, ensure_ascii=False) + "\n")
-            else:
-                import csv
+        from imfl.io import write_csv, write_jsonl
 
-                w = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["id"])
-                w.writeheader()
-                w.writerows({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items()} for r in rows)
+        target = out_dir / f"labels.{fmt}"
+        (write_jsonl if fmt == "jsonl" else write_csv)(target, rows)
         copied = ""
         if (run_dir / "adapter").is_dir():
             shutil.copytree(run_dir / "adapter", out_dir / "adapter", dirs_exist_ok=True)
@@ -932,33 +925,34 @@ def _minutes(record: dict) -> str:
     return f"{wall} (resumed; {record['loop_seconds'] / 60:.1f} min of rounds in all)"
 
 
-@app.command()
-def bench(
-    grid_file: Annotated[Path, typer.Argument(metavar="GRID", help="Grid file (see benchmarks/paper.toml).")],
-    quick: Annotated[
-        bool, typer.Option("--quick", help="Run the grid's \\[quick] table: one seed, small budgets (minutes).")
-    ] = False,
+bench_app = typer.Typer(
+    help="Experiment grids: dataset × annotator × strategy × seed through the loop (see benchmarks/paper.toml).",
+    no_args_is_help=True,
+)
+app.add_typer(bench_app, name="bench")
+
+GridFile = Annotated[Path, typer.Argument(metavar="GRID", help="Grid file (see benchmarks/paper.toml).")]
+Quick = Annotated[bool, typer.Option("--quick", help="The grid's \\[quick] table: one seed, small budgets (minutes).")]
+Only = Annotated[
+    list[str] | None,
+    typer.Option("--only", help="Only cells whose id matches this glob, e.g. 'fpb/*/imfl/*' (repeatable)."),
+]
+Skip = Annotated[list[str] | None, typer.Option("--skip", help="Leave out cells whose id matches this glob (repeatable).")]
+Results = Annotated[Path | None, typer.Option(help="Results folder (default: the grid's `results`).")]
+Work = Annotated[Path | None, typer.Option(help="Folder for run stores and logs (default: the grid's `work`).")]
+
+
+@bench_app.command("run")
+def bench_run(
+    grid_file: GridFile,
+    quick: Quick = False,
     workers: Annotated[
         int, typer.Option(min=1, help="Cells run at once, each in its own process with cores/workers threads.")
     ] = 1,
-    only: Annotated[
-        list[str] | None,
-        typer.Option("--only", help="Run only cells whose id matches this glob, e.g. 'fpb/*/imfl/*' (repeatable)."),
-    ] = None,
-    skip: Annotated[
-        list[str] | None, typer.Option("--skip", help="Leave out cells whose id matches this glob (repeatable).")
-    ] = None,
-    results: Annotated[Path | None, typer.Option(help="Results folder (default: the grid's `results`).")] = None,
-    work: Annotated[Path | None, typer.Option(help="Folder for run stores and logs (default: the grid's `work`).")] = None,
-    list_: Annotated[bool, typer.Option("--list", help="List the cells and whether each is done, run nothing.")] = False,
-    reproduce_: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--reproduce",
-            help="Run finished cells matching this glob again from scratch (under WORK/reproduce) and compare "
-            "their selections and scores with their JSON (repeatable).",
-        ),
-    ] = None,
+    only: Only = None,
+    skip: Skip = None,
+    results: Results = None,
+    work: Work = None,
     until: Annotated[
         str | None,
         typer.Option(
@@ -968,61 +962,14 @@ def bench(
         ),
     ] = None,
 ) -> None:
-    """Run a grid of dataset × annotator × strategy × seed through the loop; finished cells are skipped on a re-run.
+    """Run the grid's cells that have no result yet, each one run of the loop; finished cells are skipped on a re-run.
     Writes one JSON per cell under RESULTS/cells/ and the aggregates RESULTS/rounds.csv and RESULTS/cells.csv."""
-    from imfl.bench import estimate_seconds, load_grid, load_results, pending_cells, reproduce, run_grid, this_cpu
+    from imfl.bench import Eta, load_grid, pending_cells, run_grid
 
     def go() -> None:
         deadline = _deadline(until) if until else None
         grid = load_grid(grid_file, quick, results, work)
-        if reproduce_:
-
-            def said(cell, diff) -> None:
-                out.print(
-                    f"{cell.id}: "
-                    + (
-                        "reproduced exactly (same selections, labels and scores every round)"
-                        if diff is None
-                        else f"DIFFERS: {diff}"
-                    ),
-                    highlight=False,
-                )
-
-            scratch = grid.work / "reproduce"
-            if scratch.exists():
-                import shutil
-
-                shutil.rmtree(scratch)
-            outcome = reproduce(grid, reproduce_, quick, scratch, said)
-            differing = [cell.id for cell, diff in outcome if diff is not None]
-            if differing:
-                _fail(
-                    f"{len(differing)} of {len(outcome)} cell(s) did not reproduce (first: {differing[0]}); "
-                    f"their new runs are in {scratch}",
-                    1,
-                )
-            return
         done, todo = pending_cells(grid, only, skip)
-        if list_:
-            records = load_results(grid.results) if grid.cells_dir.is_dir() else []
-            cpu = this_cpu()
-            estimates = {cell.id: estimate_seconds(cell, records, cpu) for cell in todo}
-            known = [e for e in estimates.values() if e is not None]
-            hours = f"about {sum(known) / 3600:.1f} h of cells" + (
-                f", {len(todo) - len(known)} with no finished cell like them" if len(known) < len(todo) else ""
-            )
-            table = Table(title=f"{grid_file.name}: {len(done)} done, {len(todo)} to run" + (f" ({hours})" if todo else ""))
-            table.add_column("cell")
-            table.add_column("budget (human + LLM)", justify="right")
-            table.add_column("status")
-            table.add_column("minutes (estimate)", justify="right")
-            for cell in sorted(done + todo, key=grid.cells.index):
-                b = cell.config.budget
-                minutes = "" if cell in done else "–" if (est := estimates[cell.id]) is None else f"{est / 60:.0f}"
-                budget = f"{b.human} + {b.total - b.human}" if b.cost is None else f"{b.human} + LLM, cost {b.cost:g}"
-                table.add_row(cell.id, budget, "done" if cell in done else "to run", minutes)
-            out.print(table)
-            return
         by_time = time.strftime("%a %H:%M", time.localtime(deadline)) if deadline else ""
         by = f"; starting only cells that should end by {by_time}" if deadline else ""
         chosen = len(done) + len(todo)
@@ -1033,18 +980,13 @@ def bench(
         )
         if not todo:
             return
-        started = time.perf_counter()
-        finished = [0]
+        eta = Eta(len(todo))
 
         def plain(event) -> None:
             if event.kind in ("done", "failed"):
-                finished[0] += 1
-                spent = time.perf_counter() - started
-                eta = spent / finished[0] * (len(todo) - finished[0])
-                console.print(
-                    Text.assemble(f"[{finished[0]}/{len(todo)}] ", _cell_line(event, event.record), f" (eta {eta / 60:.0f} min)"),
-                    highlight=False,
-                )
+                left = f" (eta {eta.tick() / 60:.0f} min)"
+                line = Text.assemble(f"[{eta.finished}/{eta.total}] ", _cell_line(event, event.record), left)
+                console.print(line, highlight=False)
 
         if console.is_terminal:
             with _progress() as progress:
@@ -1064,18 +1006,78 @@ def bench(
         deferred = [e for e in events if e.kind == "deferred"]
         out.print(
             f"{len(events) - len(failed) - len(deferred)} cells done, {len(failed)} failed in "
-            f"{(time.perf_counter() - started) / 60:.1f} min; `imfl report {grid.results}` makes the tables and figures"
+            f"{(time.perf_counter() - eta.started) / 60:.1f} min; `imfl report {grid.results}` makes the tables and figures"
         )
         if deferred:
             out.print(
                 f"{len(deferred)} cell(s) not started (first: {deferred[0].cell.id}): by the times of finished cells like "
-                f"them, none would end by {by_time}; run the same command "
-                "again to continue"
+                f"them, none would end by {by_time}; run the same command again to continue"
             )
         if failed:
             _fail(
                 f"{len(failed)} cell(s) failed (first: {failed[0].cell.id}: {failed[0].error}); fix the cause and run the "
                 "same command again: finished cells are kept",
+                1,
+            )
+
+    _guarded(go)
+
+
+@bench_app.command("list")
+def bench_list(
+    grid_file: GridFile, quick: Quick = False, only: Only = None, skip: Skip = None, results: Results = None, work: Work = None
+) -> None:
+    """The grid's cells: done, or to run with how long each should take (from finished cells like it); runs nothing."""
+    from imfl.bench import grid_status, load_grid
+
+    def go() -> None:
+        grid = load_grid(grid_file, quick, results, work)
+        planned = grid_status(grid, only, skip)
+        todo = [p for p in planned if not p.done]
+        known = [p.seconds for p in todo if p.seconds is not None]
+        hours = f"about {sum(known) / 3600:.1f} h of cells" + (
+            f", {len(todo) - len(known)} with no finished cell like them" if len(known) < len(todo) else ""
+        )
+        title = f"{grid_file.name}: {len(planned) - len(todo)} done, {len(todo)} to run" + (f" ({hours})" if todo else "")
+        table = Table(title=title)
+        table.add_column("cell")
+        table.add_column("budget (human + LLM)", justify="right")
+        table.add_column("status")
+        table.add_column("minutes (estimate)", justify="right")
+        for p in planned:
+            minutes = "" if p.done else "–" if p.seconds is None else f"{p.seconds / 60:.0f}"
+            table.add_row(p.cell.id, p.budget, "done" if p.done else "to run", minutes)
+        out.print(table)
+
+    _guarded(go)
+
+
+@bench_app.command("reproduce")
+def bench_reproduce(
+    grid_file: GridFile,
+    cells: Annotated[list[str], typer.Argument(metavar="CELL...", help="Glob(s) of finished cell ids, e.g. 'fpb/*/imfl/seed0'.")],
+    quick: Quick = False,
+    results: Results = None,
+    work: Work = None,
+) -> None:
+    """Run finished cells again from scratch (under WORK/reproduce) and compare their selections and scores with their
+    JSON; exit 1 when one differs."""
+    from imfl.bench import load_grid, reproduce
+
+    def go() -> None:
+        grid = load_grid(grid_file, quick, results, work)
+
+        def said(cell, diff) -> None:
+            same = "reproduced exactly (same selections, labels and scores every round)"
+            out.print(f"{cell.id}: " + (same if diff is None else f"DIFFERS: {diff}"), highlight=False)
+
+        scratch = grid.work / "reproduce"
+        outcome = reproduce(grid, cells, quick, scratch, said)
+        differing = [cell.id for cell, diff in outcome if diff is not None]
+        if differing:
+            _fail(
+                f"{len(differing)} of {len(outcome)} cell(s) did not reproduce (first: {differing[0]}); "
+                f"their new runs are in {scratch}",
                 1,
             )
 

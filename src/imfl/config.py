@@ -620,7 +620,7 @@ def read_toml(
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
     except UnicodeDecodeError:
-        from imfl.data import not_utf8  # imfl.data imports this module
+        from imfl.io import not_utf8
 
         raise ConfigError(not_utf8(path)) from None
 

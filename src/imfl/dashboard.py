@@ -45,6 +45,7 @@ from typing import Any
 
 from imfl.agreement import agreement
 from imfl.errors import DataError
+from imfl.fidelity import read_state
 from imfl.store import SCHEMA_VERSION, Store
 
 __all__ = ["BREAK_SECONDS", "dashboard", "labels_per_hour"]
@@ -91,9 +92,8 @@ def _finite(value: Any) -> Any:
 
 
 def _fidelity_state(run_dir: Path, t: int) -> dict:
-    path = run_dir / "state" / f"fidelity_round{t}.json"
     try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        return read_state(run_dir, t)
     except (OSError, ValueError):  # being rewritten (the loop replaces it atomically, but be safe): shown next time
         return {}
 

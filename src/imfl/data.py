@@ -7,8 +7,6 @@ only ever read.
 
 from __future__ import annotations
 
-import csv
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +16,7 @@ import numpy as np
 
 from imfl.config import DataConfig, near_duplicates
 from imfl.errors import ConfigError, DataError
+from imfl.io import read_rows
 
 DEFAULT_INSTRUCTION = "Classify the text into exactly one of these labels: {labels}. Answer with the label only."
 
@@ -74,89 +73,6 @@ class Task:
 
     def index(self, label: str) -> int:
         return self.labels.index(label)
-
-
-# JSONL and CSV are read as utf-8-sig: a byte order mark at the start (as some Windows tools write) is not data.
-def jsonl_objects(path: Path) -> Iterator[tuple[int, dict | str]]:
-    """(line, row) per non-blank line of a JSONL file; the row is a message instead when the line is not a JSON
-    object (the caller decides whether that stops the read or skips the line)."""
-    with path.open(encoding="utf-8-sig") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield lineno, f"not valid JSON ({exc.msg} at column {exc.colno})"
-                continue
-            yield lineno, row if isinstance(row, dict) else f"expected a JSON object per line, got {type(row).__name__}"
-
-
-def _rows_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    for lineno, row in jsonl_objects(path):
-        if isinstance(row, str):
-            raise DataError(f"{path}:{lineno}: {row}; fix or remove the line")
-        yield lineno, row
-
-
-def _rows_csv(path: Path) -> Iterator[tuple[int, dict]]:
-    with path.open(encoding="utf-8-sig", newline="") as fh:
-        reader = csv.DictReader(fh)
-        for row in reader:
-            # The reader's line_num is the line the record ended on: right for one-line records.
-            yield reader.line_num, {k: (v if v != "" else None) for k, v in row.items() if k is not None}
-
-
-def _rows_parquet(path: Path) -> Iterator[tuple[int, dict]]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise DataError(f"{path}: reading Parquet needs pyarrow; install it with `pip install pyarrow`") from None
-    try:
-        pf = pq.ParquetFile(path)
-    except Exception as exc:  # pyarrow raises several types for a damaged file
-        raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
-    lineno = 0
-    for batch in pf.iter_batches(batch_size=10_000):
-        for row in batch.to_pylist():
-            lineno += 1
-            yield lineno, row
-
-
-_READERS = {".jsonl": _rows_jsonl, ".json": _rows_jsonl, ".ndjson": _rows_jsonl, ".csv": _rows_csv, ".parquet": _rows_parquet}
-
-
-def read_rows(path: Path, what: str = "file") -> Iterator[tuple[int, dict]]:
-    """Yield (line number, row dict) from a JSONL, CSV or Parquet file, chosen by its suffix."""
-    path = Path(path)
-    if not path.is_file():
-        hint = f"set data.{what} to an existing file" if what in ("pool", "test") else "check the path"
-        raise DataError(f"{path}: {what} file not found; {hint}")
-    reader = _READERS.get(path.suffix.lower())
-    if reader is None:
-        raise DataError(f"{path}: unknown file type {path.suffix!r}; use .jsonl, .csv or .parquet")
-    try:
-        yield from reader(path)
-    except UnicodeDecodeError:
-        raise DataError(not_utf8(path)) from None
-
-
-def not_utf8(path: Path) -> str:
-    """Where a file's first byte that is not UTF-8 is, as a message: the decoder's error only gives a position in the
-    chunk it was decoding. A multi-byte character never spans a newline byte, so each line can be decoded alone."""
-    offset = 0
-    with Path(path).open("rb") as fh:
-        for lineno, line in enumerate(fh, 1):
-            try:
-                line.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                column = len(line[: exc.start].decode("utf-8")) + 1
-                return (
-                    f"{path}:{lineno}: byte {line[exc.start]:#04x} at byte offset {offset + exc.start} (column {column} "
-                    "of the line) is not UTF-8; save the file as UTF-8"
-                )
-            offset += len(line)
-    return f"{path}: not UTF-8 text; save the file as UTF-8"  # the file changed since the failed read
 
 
 def _text(value: Any) -> str | None:

@@ -6,17 +6,14 @@ waits for no labels, stops the import before anything goes in: the file is read 
 
 from __future__ import annotations
 
-import codecs
-import csv
-import io
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from imfl.errors import DataError
+from imfl.io import LABEL_FORMATS, label_rows, read_text, write_csv, write_json, write_jsonl
 from imfl.people import Labeling, Rejected
 
-FORMATS = ("csv", "jsonl", "labelstudio")
+FORMATS = LABEL_FORMATS
 
 
 def guess_format(path: Path) -> str:
@@ -41,20 +38,14 @@ def export_batch(labeling: Labeling, path: str | Path, fmt: str | None = None) -
     if status["state"] != "labeling":
         raise DataError(f"no round is waiting for human labels (the run is {status['state']}); run `imfl run` first")
     items = labeling.pending_items()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    with tmp.open("w", encoding="utf-8", newline="") as fh:
-        if fmt == "csv":
-            w = csv.writer(fh)
-            w.writerow(["id", "text", "text_pair", "label"])
-            w.writerows([i["id"], i["text"], i["text_pair"] or "", ""] for i in items)
-        elif fmt == "jsonl":
-            for i in items:
-                fh.write(json.dumps({**i, "label": None}, ensure_ascii=False) + "\n")
-        else:
-            tasks = [{"id": n + 1, "data": {k: v for k, v in i.items() if v is not None}} for n, i in enumerate(items)]
-            json.dump(tasks, fh, ensure_ascii=False, indent=1)
-    tmp.replace(path)
+    if fmt == "csv":
+        rows = ({**i, "text_pair": i["text_pair"] or "", "label": ""} for i in items)
+        write_csv(path, rows, ["id", "text", "text_pair", "label"])
+    elif fmt == "jsonl":
+        write_jsonl(path, ({**i, "label": None} for i in items))
+    else:
+        tasks = [{"id": n + 1, "data": {k: v for k, v in i.items() if v is not None}} for n, i in enumerate(items)]
+        write_json(path, tasks)
     return len(items)
 
 
@@ -72,8 +63,8 @@ def import_labels(labeling: Labeling, path: str | Path, annotator: str, fmt: str
     if not path.is_file():
         raise DataError(f"{path}: file not found; check the path")
     fmt = fmt or guess_format(path)
-    text = _read(path)
-    rows = list(_rows(path, fmt, text)) if text.strip() else []
+    text = read_text(path)
+    rows = list(label_rows(path, fmt, text)) if text.strip() else []
     if not rows:
         what = "the file is empty" if not text.strip() else f"no {'tasks' if fmt == 'labelstudio' else 'rows'} in the file"
         raise DataError(f"{path}: nothing to import: {what}; label the file `imfl export-batch` wrote and import that")
@@ -121,82 +112,3 @@ def _problem(raw_id, item_id: str | None, raw_label, labels: tuple[str, ...], im
     if not isinstance(raw_label, str) or raw_label.strip() not in labels:
         return f"label {raw_label!r} is not one of {', '.join(labels)}"
     return None
-
-
-def _read(path: Path) -> str:
-    """The whole file as text (without the byte-order mark Excel puts before a "CSV UTF-8" file)."""
-    data = path.read_bytes().removeprefix(codecs.BOM_UTF8)
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise DataError(f"{path}:{line}: not UTF-8 text; save the file as UTF-8") from None
-
-
-def _rows(path: Path, fmt: str, text: str):
-    """(where, ref, id, label, problem) per row, id and label as the file has them; ``where`` is FILE:LINE (or
-    FILE: task N) for the report, ``ref`` the same within the file (line N, task N); problem is None for a row
-    that can be checked."""
-    lines = io.StringIO(text, newline=None)  # universal newlines, as open() reads
-    if fmt == "csv":
-        reader = csv.reader(lines)
-        header = [name.strip() for name in next(reader)]
-        if not {"id", "label"} <= set(header):
-            raise DataError(f"{path}:1: the header needs the columns id and label (found {', '.join(header)})")
-        start = 2
-        try:
-            for values in reader:  # a quoted text may span lines: a row is reported by its first line
-                if any(v.strip() for v in values):  # blank lines and the empty rows spreadsheets leave are no rows
-                    row = dict(zip(header, values))
-                    yield f"{path}:{start}", f"line {start}", row.get("id"), row.get("label"), None
-                start = reader.line_num + 1
-        except csv.Error as exc:  # an unclosed quote makes the rest of the file one field, too long at some point
-            raise DataError(f"{path}:{start}: not readable as CSV ({exc}); check the quotes from this line on") from None
-    elif fmt == "jsonl":
-        for lineno, line in enumerate(lines, 1):
-            where, ref = f"{path}:{lineno}", f"line {lineno}"
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield where, ref, None, None, f"not valid JSON ({exc.msg})"
-                continue
-            if not isinstance(row, dict):
-                yield where, ref, None, None, "not a JSON object"
-                continue
-            yield where, ref, row.get("id"), row.get("label"), None
-    elif fmt == "labelstudio":
-        yield from _label_studio(path, text)
-    else:
-        raise DataError(f"format {fmt!r} is unknown; use one of {', '.join(FORMATS)}")
-
-
-def _label_studio(path: Path, text: str):
-    """Label Studio's JSON export: a list of tasks, each with ``data.id`` and an annotation whose result holds
-    one choice (the last non-cancelled annotation counts)."""
-    try:
-        tasks = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}); export the tasks from Label Studio as JSON") from None
-    if not isinstance(tasks, list):
-        raise DataError(f"{path}: expected a JSON list of Label Studio tasks")
-    for n, task in enumerate(tasks, 1):
-        where, ref = f"{path}: task {n}", f"task {n}"
-        data = task.get("data") if isinstance(task, dict) else None
-        if not isinstance(data, dict):
-            yield where, ref, None, None, "no data object"
-            continue
-        choices = []
-        for ann in task.get("annotations") or []:
-            if not isinstance(ann, dict) or ann.get("was_cancelled"):
-                continue
-            for res in ann.get("result") or []:
-                value = res.get("value") if isinstance(res, dict) else None
-                if isinstance(value, dict) and value.get("choices"):
-                    choices = value["choices"]
-        if len(choices) != 1:
-            why = f"item {data.get('id')!r} needs exactly one chosen label (found {len(choices)})"
-            yield where, ref, data.get("id"), None, why
-            continue
-        yield where, ref, data.get("id"), choices[0], None

@@ -7,8 +7,8 @@ before the LLM's prompts are built, so they are already among its demonstrations
 student is fine-tuned on every label so far and evaluated on the test set.
 
 With ``llm.eval_sample``, the LLM is also measured on human-labeled items right after the human step
-(fidelity-aware IMFL, beyond the paper: ``fidelity.py``); the ``[fidelity]`` switches then weight, route
-or filter its labels before training and may stop buying them (the plan of later rounds is kept in the
+(fidelity-aware IMFL, beyond the paper: the run asks ``fidelity.Policy``); the ``[fidelity]`` switches then weight,
+route or filter its labels before training and may stop buying them (the plan of later rounds is kept in the
 store). A human label of an item always wins over an LLM label of the same item.
 
 A budget in money (``budget.cost``) becomes a number of labels when the run is planned (``planned_total``) and is
@@ -20,7 +20,8 @@ People may review the LLM's labels while a round waits for them (``imfl.people``
 that round (method ``review``, cost ``human.review_cost``), so it counts in ``budget_used`` and the round's human
 labels and cost, and wins over the LLM's label in training; a confirmation is no label, and its cost counts in
 ``money_spent`` (the round metrics give ``reviews_confirmed``, ``reviews_corrected`` and ``review_cost``). Every review
-is (LLM label, right label) evidence for the next self-check's estimate (``_probe``), beside the probe answers.
+is (LLM label, right label) evidence for the next self-check's estimate (``fidelity.Policy.measure``), beside the probe
+answers.
 
 Every step is committed to the run's store before the next starts; a run whose store already holds
 rounds continues after the last evaluated one (same config required).
@@ -32,7 +33,6 @@ them: the items of a round, the labeled ones for training, the pool a window at 
 
 from __future__ import annotations
 
-import csv
 import ctypes
 import fcntl
 import itertools
@@ -41,7 +41,7 @@ import sys
 import time
 import tomllib
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -57,9 +57,11 @@ from imfl.data import Dataset, Example, load_dataset
 from imfl.embeddings import Embedder, embedding_input
 from imfl.engine import make_engine
 from imfl.errors import AnnotatorError, BudgetError, ConfigError
+from imfl.io import write_csv, write_jsonl
 from imfl.progress import Reporter, Silent
 from imfl.pseudo import pseudo_label_pick
 from imfl.query import Rows, get_query, least_confidence, round_plan, split_by_uncertainty
+from imfl.records import HumanOnly, RoundMetrics
 from imfl.store import Store
 
 if TYPE_CHECKING:
@@ -76,7 +78,7 @@ class RunResult:
     ``student`` is the student of the last evaluated round (loaded from ``run_dir/adapter`` on first use)."""
 
     run_dir: Path
-    metrics: list[dict]
+    metrics: list[RoundMetrics]
     budget_used: dict[str, int]
     timings: dict[str, float] = field(default_factory=dict)
     waiting_round: int | None = None  # the round that waits for people, if the run stopped for them
@@ -132,15 +134,9 @@ def planned_total(cfg: RunConfig, pool_size: int) -> int:
     return b.human + min(room, max(int(left / price + 1e-9), 0))
 
 
-def _fidelity_state(run_dir: Path, t: int) -> dict:
-    """What fidelity-aware IMFL measured and did in round ``t`` (state/fidelity_round<t>.json; empty before)."""
-    path = run_dir / "state" / f"fidelity_round{t}.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-
 def _self_check_answers(cfg: RunConfig, run_dir: Path) -> list[dict]:
     """The fidelity self-check's answers of every round so far."""
-    return [row for t in range(1, cfg.budget.rounds + 1) for row in _fidelity_state(run_dir, t).get("probe", [])]
+    return [row for t in range(1, cfg.budget.rounds + 1) for row in fidelity.read_state(run_dir, t).get("probe", [])]
 
 
 def money_spent(cfg: RunConfig, store: Store, run_dir: Path) -> float:
@@ -300,11 +296,12 @@ class Run:
         stored_plan = self.store.get_meta("plan")
         self.plan = [tuple(p) for p in json.loads(stored_plan)] if stored_plan else self.base_plan
         self.timings: dict[str, float] = {}
-        self._round_extra: dict[int, dict] = {}
+        self._round_extra: dict[int, RoundMetrics] = {}
         start = time.perf_counter()
         with self.reporter.phase("embedding the pool", len(self.ds.pool)) as advance:
             self.embeddings = self.engine.embed(self._embedder(), StoredTexts(self.store, len(self.ids)), advance)
         self._timed("embedding", start)
+        self.policy = fidelity.Policy(cfg, self.ds.task, self.run_dir, self.embeddings, self.index, self.reporter)
 
     def _check_pool_unchanged(self) -> None:
         """The run works on its store's copy of the pool: the pool file must still hold the same items in the same order."""
@@ -401,8 +398,10 @@ class Run:
         stats = getattr(self.llm, "stats", {})
         if "calls" in stats:
             self._round_extra.setdefault(t, {}).update(
-                llm_calls=stats["calls"] - stats_before.get("calls", 0),
-                llm_cached=stats["cached"] - stats_before.get("cached", 0),
+                {
+                    "llm_calls": stats["calls"] - stats_before.get("calls", 0),
+                    "llm_cached": stats["cached"] - stats_before.get("cached", 0),
+                }
             )
 
         start = time.perf_counter()
@@ -466,9 +465,9 @@ class Run:
         out = []
         if self.cfg.llm.on_failure == "human":
             out += [a.item_id for a in self.store.annotations(round=t - 1, source="llm", ok_only=False) if not a.ok]
-        if self.cfg.fidelity.routing and self.cfg.fidelity.route_to_human:
+        if routed := self.policy.routed(t - 1):
             human = {a.item_id for a in self.store.annotations(source="human")}
-            out += [i for i in self._fidelity_state(t - 1).get("routed", []) if i not in human]
+            out += [i for i in routed if i not in human]
         return list(dict.fromkeys(out))
 
     def _annotate(self, t: int, source: str, annotator: Annotator) -> None:
@@ -541,11 +540,13 @@ class Run:
             json.dumps({"demos_from_llm": len(verified), "relabeled": changes}), encoding="utf-8"
         )
         ok = [c for c in changes if c["after"] is not None]
-        extra = {"llm_relabeled": len(ok), "llm_relabel_changed": sum(c["after"] != c["before"] for c in ok)}
+        extra: RoundMetrics = {"llm_relabeled": len(ok), "llm_relabel_changed": sum(c["after"] != c["before"] for c in ok)}
         if ok and all(c["gold"] is not None for c in ok):
             extra.update(
-                llm_relabel_right_before=sum(c["before"] == c["gold"] for c in ok),
-                llm_relabel_right_after=sum(c["after"] == c["gold"] for c in ok),
+                {
+                    "llm_relabel_right_before": sum(c["before"] == c["gold"] for c in ok),
+                    "llm_relabel_right_after": sum(c["after"] == c["gold"] for c in ok),
+                }
             )
         self._round_extra.setdefault(t, {}).update(extra)
         return len(ok)
@@ -583,217 +584,39 @@ class Run:
         return [batch[i] for i in sorted(rng.choice(len(batch), size=n, replace=False).tolist())]
 
     # -- fidelity (beyond the paper; see fidelity.py) ----------------------------------------------------
-    def _fidelity_state(self, t: int) -> dict:
-        return _fidelity_state(self.run_dir, t)
-
-    def _save_fidelity_state(self, t: int, state: dict) -> None:
-        path = self._state_dir() / f"fidelity_round{t}.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(state), encoding="utf-8")
-        tmp.replace(path)
-
     def _measure(self, t: int) -> None:
-        """How good is the LLM on this task right now, and how good would the student be on human labels alone:
-        the LLM labels up to llm.eval_sample human-labeled items it has not labeled before, each with
-        demonstrations from the *other* human-labeled items; the student's stand-in is scored out-of-fold on
-        all human labels. Probes of earlier rounds count too. With fidelity.adaptive, decides whether to buy
-        LLM labels from now on."""
-        state = self._fidelity_state(t)
-        if "llm" not in state:
-            state = self._probe(t)
-            self._save_fidelity_state(t, state)
-        if self.cfg.fidelity.adaptive and "decision" not in state:
-            state["decision"] = self._adapt(t, state)
-            self._save_fidelity_state(t, state)
+        """The fidelity self-check of round ``t`` and, with fidelity.adaptive, whether to buy LLM labels from now on."""
+        self.policy.measure(t, self._context(t), self.llm, self.store.reviews())
+        self.policy.decide(t, self.plan, self.base_plan, self._set_plan)
 
-    def _probe(self, t: int) -> dict:
-        task, cfg = self.ds.task, self.cfg
-        context = self._context(t)
-        earlier = [row for r in range(1, t) for row in self._fidelity_state(r).get("probe", [])]
-        # People's reviews of LLM labels are (LLM label, right label) pairs like probe answers: evidence too (their
-        # items are not probed again). No review: exactly the probes, as before.
-        reviewed = self.store.reviews()
-        seen = {row["id"] for row in earlier} | {r["item_id"] for r in reviewed}
-        candidates = [i for i, (e, _) in enumerate(context.human_labeled) if e.id not in seen]
-        rng = np.random.default_rng([cfg.seed, t])
-        pick = (
-            sorted(rng.choice(candidates, size=min(cfg.llm.eval_sample, len(candidates)), replace=False).tolist())
-            if candidates
-            else []
-        )
-        items = [context.human_labeled[i][0] for i in pick]
-        rows = []
-        if items:
-            context.item_embeddings = self.embeddings[[self.index[e.id] for e in items]]
-            context.exclude = pick
-            with self.reporter.phase(f"round {t}: LLM self-check on {len(items)} human labels", len(items)) as advance:
-                context.progress = advance
-                answers = self.llm.annotate(items, context)
-            rows = [
-                {
-                    "id": a.item_id,
-                    "gold": context.human_labeled[i][1],
-                    "label": a.label,
-                    "confidence": a.confidence,
-                    "cost": a.cost,
-                }
-                for i, a in zip(pick, answers)
-            ]
-        probe = [r for r in earlier + rows if r["label"] is not None]
-        probe += [{"label": r["llm_label"], "gold": r["label"], "confidence": r["llm_confidence"]} for r in reviewed]
-        llm = fidelity.estimate(
-            [task.index(r["label"]) for r in probe],
-            [task.index(r["gold"]) for r in probe],
-            len(task.labels),
-            [np.nan if r["confidence"] is None else r["confidence"] for r in probe],
-        )
-        human = self._one_human_label(self.store.annotations(source="human"))
-        y = np.array([task.index(cast(str, a.label)) for a in human], dtype=int)  # ok_only: every label is set
-        oof = fidelity.out_of_fold_proba(self.embeddings[[self.index[a.item_id] for a in human]], y, len(task.labels), cfg.seed)
-        student = fidelity.estimate(oof.argmax(axis=1), y, len(task.labels), oof.max(axis=1)) if oof is not None else None
-        state: dict = {"probe": rows, "llm": llm.to_dict(), "student": student.to_dict() if student else None}
-        if reviewed:
-            state["reviews"] = len(reviewed)  # of llm.n, the reviewed LLM labels (the rest are probe answers)
-        return state
+    def _set_plan(self, plan: list[tuple[int, int]]) -> None:
+        self.plan = plan
+        self.store.set_meta("plan", json.dumps(plan))
 
-    def _adapt(self, t: int, state: dict) -> dict | None:
-        """The adaptive human share: buy LLM labels only while the LLM measures at least as good as the student."""
-        llm = fidelity.Estimate.from_dict(state["llm"])
-        student = fidelity.Estimate.from_dict(state["student"]) if state["student"] else None
-        decision = fidelity.decide(t, llm, student, llm_done_this_round=self.cfg.budget.order == "llm-first")
-        if decision is None:
-            return None
-        cap = self.cfg.fidelity.human_max if self.cfg.fidelity.human_max is not None else self.cfg.budget.human
-        plan, decision.moved_to_human = fidelity.apply_decision(self.plan, self.base_plan, decision, cap, human_open_from=t + 1)
-        if plan != self.plan:
-            self.plan = plan
-            self.store.set_meta("plan", json.dumps(plan))
-        verb = "buy LLM labels" if decision.buy_llm else "buy no LLM labels"
-        moved = f"; {decision.moved_to_human} labels move to humans" if decision.moved_to_human else ""
-        self.reporter.log(f"round {t}: {verb} from round {decision.effective} on: {decision.reason}{moved}")
-        return vars(decision)
+    def _one_epoch_proba(self, t: int, annotations: list) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+        """For the small-loss filter: given every label's class and weight, the probabilities on the LLM-labeled rows
+        of ``annotations`` of a student trained one epoch on every label."""
 
-    def _fidelity_weights(self, t: int, annotations: list, weights: np.ndarray) -> np.ndarray:
-        """Training weights after calibration weighting, routing and filtering of the LLM's labels (each as
-        configured). What happened to every LLM label is kept in the round's state file (``training``), the
-        counts in its metrics, and the routed ids for the next round's human batch."""
-        cfg, task = self.cfg, self.ds.task
-        state = self._fidelity_state(t)
-        llm_rows = np.array([i for i, a in enumerate(annotations) if a.source == "llm"], dtype=int)
-        if "llm" not in state or not len(llm_rows) or state["llm"]["calibration"] is None:
-            return weights
-        calibration = fidelity.Estimate.from_dict(state["llm"]).calibration
-        assert calibration is not None  # state["llm"]["calibration"] is set (checked above)
-        labels = np.array([task.index(a.label) for a in annotations], dtype=int)
-        conf = np.array([np.nan if annotations[i].confidence is None else annotations[i].confidence for i in llm_rows])
-        p = calibration.p_correct(labels[llm_rows], conf)
-        routed = np.zeros(len(llm_rows), dtype=bool)
-        filtered = np.zeros(len(llm_rows), dtype=bool)
-        info: dict = {}
-        if cfg.fidelity.routing:
-            threshold = cfg.fidelity.route_threshold
-            if threshold is None:
-                threshold = state["student"]["accuracy"] if state["student"] else 1 / len(task.labels)
-            routed = ~fidelity.route(p, threshold)
-            state["routed"] = [annotations[i].item_id for i in llm_rows[routed] if annotations[i].round == t]
-            info.update(route_threshold=round(float(threshold), 4), llm_routed=int(routed.sum()))
-        if cfg.fidelity.filter:
-            # cleanlab sees every label still in (human ones inform its estimate) but may only remove LLM ones.
-            kept = np.ones(len(annotations), dtype=bool)
-            kept[llm_rows[routed]] = False
-            rows = np.flatnonzero(kept)
-            oof = fidelity.out_of_fold_proba(
-                self.embeddings[[self.index[annotations[i].item_id] for i in rows]], labels[rows], len(task.labels), cfg.seed
-            )
-            if oof is not None:
-                flagged = set(rows[fidelity.label_issues(labels[rows], oof, np.isin(rows, llm_rows))].tolist())
-                filtered = np.array([i in flagged for i in llm_rows])
-            info.update(
-                llm_filtered=int(filtered.sum()), llm_filtered_wrong=self._wrong([annotations[i] for i in llm_rows[filtered]])
-            )
-        dropped = np.zeros(len(llm_rows), dtype=bool)
-        if cfg.fidelity.small_loss:
-            share = cfg.fidelity.small_loss_share
-            dropped = self._small_loss(
-                t, annotations, labels, weights, llm_rows, 1 - state["llm"]["accuracy"] if share is None else share
-            )
-            info.update(
-                llm_small_loss=int(dropped.sum()), llm_small_loss_wrong=self._wrong([annotations[i] for i in llm_rows[dropped]])
-            )
-        weights = weights.copy()
-        if cfg.fidelity.weighting:
-            weights[llm_rows] *= p
-        weights[llm_rows[routed | filtered | dropped]] = 0.0
-        used = weights[llm_rows] > 0
-        info["llm_weight_mean"] = round(float(weights[llm_rows][used].mean()), 4) if used.any() else 0.0
-        state["training"] = [
-            {
-                "id": annotations[i].item_id,
-                "p_correct": round(float(q), 6),
-                "routed": bool(r),
-                "filtered": bool(f),
-                "small_loss": bool(d),
-                "weight": float(weights[i]),
-            }
-            for i, q, r, f, d in zip(llm_rows, p, routed, filtered, dropped)
-        ]
-        self._save_fidelity_state(t, state)
-        self._round_extra.setdefault(t, {}).update(info)
-        return weights
+        def proba(labels: np.ndarray, weights: np.ndarray) -> np.ndarray:
+            task = self.ds.task
+            items = self.store.examples([a.item_id for a in annotations])
+            warm = make_student(self.cfg, self.cfg.seed).set_params(epochs=1, min_steps=0, contrastive_pairs=0)
+            pairs = _text_pairs(items) if task.has_pair else None
+            with self.reporter.phase(f"round {t}: one epoch to score the LLM's labels", len(items)) as advance:
+                warm.fit(
+                    [e.text for e in items],
+                    labels.tolist(),
+                    len(task.labels),
+                    text_pairs=pairs,
+                    sample_weight=weights.tolist(),
+                    label_names=task.labels,
+                    progress=advance,
+                )
+            scored = [e for e, a in zip(items, annotations) if a.source == "llm"]
+            with self.reporter.phase(f"round {t}: scoring {len(scored)} LLM labels", len(scored)) as advance:
+                return self._predict(warm, scored, advance)
 
-    def _wrong(self, annotations: list) -> int | None:
-        """How many of these labels disagree with the pool's gold labels (None when some item has no gold label)."""
-        gold = self._gold([a.item_id for a in annotations])
-        if any(gold.get(a.item_id) is None for a in annotations):
-            return None
-        return sum(a.label != gold[a.item_id] for a in annotations)
-
-    def _small_loss(
-        self, t: int, annotations: list, labels: np.ndarray, weights: np.ndarray, llm_rows: np.ndarray, share: float
-    ) -> np.ndarray:
-        """Which LLM labels (a mask over ``llm_rows``) a student trained one epoch on every label fits worst: the
-        ``share`` with the highest cross-entropy."""
-        if share <= 0:
-            return np.zeros(len(llm_rows), dtype=bool)
-        task = self.ds.task
-        items = self.store.examples([a.item_id for a in annotations])
-        warm = make_student(self.cfg, self.cfg.seed).set_params(epochs=1, min_steps=0, contrastive_pairs=0)
-        pairs = _text_pairs(items) if task.has_pair else None
-        with self.reporter.phase(f"round {t}: one epoch to score the LLM's labels", len(items)) as advance:
-            warm.fit(
-                [e.text for e in items],
-                labels.tolist(),
-                len(task.labels),
-                text_pairs=pairs,
-                sample_weight=weights.tolist(),
-                label_names=task.labels,
-                progress=advance,
-            )
-        scored = [items[i] for i in llm_rows]
-        with self.reporter.phase(f"round {t}: scoring {len(scored)} LLM labels", len(scored)) as advance:
-            proba = self._predict(warm, scored, advance)
-        loss = -np.log(np.clip(proba[np.arange(len(llm_rows)), labels[llm_rows]], 1e-12, None))
-        return loss > np.quantile(loss, 1 - share)
-
-    def _fidelity_metrics(self, t: int) -> dict:
-        state = self._fidelity_state(t)
-        if "llm" not in state:
-            return {}
-        llm, student, decision = state["llm"], state["student"], state.get("decision")
-        out = {
-            "llm_self_n": llm["n"],
-            "llm_self_accuracy": llm["accuracy"],
-            "llm_self_ece": llm["ece"],
-            "llm_probe_cost": round(sum(r["cost"] for r in state["probe"]), 6),
-            "student_est_n": student["n"] if student else 0,
-            "student_est_accuracy": student["accuracy"] if student else None,
-            "fidelity": {"llm": _sparse_confusion(llm), "student": _sparse_confusion(student)},
-        }
-        if decision:
-            out.update(buy_llm=decision["buy_llm"], human_moved=decision["moved_to_human"], decision=decision["reason"])
-        if state.get("reviews"):
-            out["llm_self_reviews"] = state["reviews"]
-        return out
+        return proba
 
     def _context(self, t: int) -> AnnotationContext:
         human = self._one_human_label(self.store.annotations(source="human"))
@@ -844,7 +667,8 @@ class Run:
         items = self.store.examples([a.item_id for a in annotations])
         weights = np.array([self.cfg.student.weights.get(a.source, 1.0) for a in annotations], dtype=float)
         if self.cfg.fidelity.active and not human_only:
-            weights = self._fidelity_weights(t, annotations, weights)
+            weights, info = self.policy.weights(t, annotations, weights, self._gold, self._one_epoch_proba(t, annotations))
+            self._round_extra.setdefault(t, {}).update(info)
         labels = [task.index(a.label) for a in annotations]
         if self.cfg.self_training.items and not human_only:
             extra, extra_labels = self._pseudo_labels(t, {a.item_id for a in annotations})
@@ -888,7 +712,7 @@ class Run:
         gold = self._gold(chosen)
         known = [lab == self.ds.task.index(g) for i, lab in zip(chosen, labels) if (g := gold.get(i)) is not None]
         self._round_extra.setdefault(t, {}).update(
-            pseudo_labels=len(chosen), pseudo_accuracy=round(float(np.mean(known)), 4) if known else None
+            {"pseudo_labels": len(chosen), "pseudo_accuracy": round(float(np.mean(known)), 4) if known else None}
         )
         (self._state_dir() / f"pseudo_round{t}.json").write_text(
             json.dumps(
@@ -901,13 +725,13 @@ class Run:
         )
         return self.store.examples(chosen), labels
 
-    def _evaluate(self, t: int, student: Student) -> tuple[dict, np.ndarray | None]:
+    def _evaluate(self, t: int, student: Student) -> tuple[RoundMetrics, np.ndarray | None]:
         task, store = self.ds.task, self.store
         this_round = store.annotations(round=t, ok_only=False)
         used = store.budget_used()
         everything = store.annotations()
         llm_missing = [a for a in this_round if a.source == "llm" and not a.ok]
-        metrics: dict = {
+        metrics: RoundMetrics = {
             "round": t,
             "human_labels": sum(a.ok and a.source == "human" for a in this_round),
             "llm_labels": sum(a.ok and a.source == "llm" for a in this_round),
@@ -928,13 +752,15 @@ class Run:
             metrics["prequential_n"], metrics["prequential_accuracy"] = prequential_accuracy(
                 data["ids"].tolist(), data["proba"], new_human, task.labels
             )
-        metrics.update(self._fidelity_metrics(t))
+        metrics.update(self.policy.metrics(t))
         reviews = [r for r in store.reviews() if r["round"] == t]
         if reviews:  # people's verdicts on LLM labels in this round (a correction is also among its human labels)
             metrics.update(
-                reviews_confirmed=sum(r["verdict"] == "confirm" for r in reviews),
-                reviews_corrected=sum(r["verdict"] == "correct" for r in reviews),
-                review_cost=round(sum(r["cost"] for r in reviews), 6),
+                {
+                    "reviews_confirmed": sum(r["verdict"] == "confirm" for r in reviews),
+                    "reviews_corrected": sum(r["verdict"] == "correct" for r in reviews),
+                    "review_cost": round(sum(r["cost"] for r in reviews), 6),
+                }
             )
         if store.overlap_items(t):  # human.overlap: how well people agreed on this round's items, and over the run
             metrics["agreement"] = {
@@ -967,7 +793,7 @@ class Run:
                 np.savez(self._state_dir() / f"llm_proba_round{t}.npz", ids=np.array(llm_ids), proba=p_llm)
         return metrics, proba
 
-    def _test_scores(self, t: int, student: Student, what: str = "") -> dict:
+    def _test_scores(self, t: int, student: Student, what: str = "") -> RoundMetrics:
         """``test_accuracy`` and ``test_macro_f1`` of ``student`` on the test file."""
         task, test = self.ds.task, self.ds.test
         with self.reporter.phase(f"round {t}: evaluating {what}on {len(test)} test items", len(test)) as advance:
@@ -997,11 +823,12 @@ class Run:
             scores = self._test_scores(t, self._train(t, human_only=True), "the human-only student ")
             self._timed("human-only comparison", start)
         else:  # the final student already is the human-only one (no LLM label, no pseudo-label)
-            scores = {"test_accuracy": last["test_accuracy"], "test_macro_f1": last["test_macro_f1"]}
-        comparison = {
+            scores = RoundMetrics(test_accuracy=last["test_accuracy"], test_macro_f1=last["test_macro_f1"])
+        comparison: HumanOnly = {
             "human_labels": n_human,
             "llm_labels": n_llm,
-            **scores,
+            "test_accuracy": scores["test_accuracy"],
+            "test_macro_f1": scores["test_macro_f1"],
             "gain_accuracy": round(last["test_accuracy"] - scores["test_accuracy"], 4),
             "gain_macro_f1": round(last["test_macro_f1"] - scores["test_macro_f1"], 4),
         }
@@ -1036,27 +863,14 @@ class Run:
         return self._pool_proba(data["ids"].tolist(), data["proba"])
 
     # -- outputs ----------------------------------------------------------------------------------
-    def metrics(self) -> list[dict]:
+    def metrics(self) -> list[RoundMetrics]:
         return [r["metrics"] for r in self.store.rounds() if r["state"] == "evaluated" and r["metrics"]]
 
     def _write_outputs(self, student: Student) -> None:
         self._write_metrics()
-        with (self.run_dir / "labels.jsonl").open("w", encoding="utf-8") as fh:
-            for a in self.store.annotations():
-                fh.write(
-                    json.dumps(
-                        {
-                            "id": a.item_id,
-                            "label": a.label,
-                            "source": a.source,
-                            "annotator": a.annotator,
-                            "round": a.round,
-                            "confidence": a.confidence,
-                        },
-                        ensure_ascii=False,
-                    )
-                    + "\n"
-                )
+        fields = ("label", "source", "annotator", "round", "confidence")
+        rows = ({"id": a.item_id} | {k: getattr(a, k) for k in fields} for a in self.store.annotations())
+        write_jsonl(self.run_dir / "labels.jsonl", rows)
         student.save(self.run_dir / "adapter")
 
     def _write_metrics(self) -> None:
@@ -1069,11 +883,7 @@ class Run:
             | {f"human_only_{k}": v for k, v in r.get("human_only", {}).items() if k != "summary"}
             for r in rows
         ]
-        columns = list(dict.fromkeys(k for r in flat for k in r))
-        with (self.run_dir / "metrics.csv").open("w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(flat)
+        write_csv(self.run_dir / "metrics.csv", flat)
 
 
 class StoredTexts(Sequence[str]):
@@ -1112,7 +922,7 @@ def _release_memory() -> None:
 NOISE = 0.005  # test-accuracy differences below this are not called a gain (one test file, one seed)
 
 
-def human_only_summary(last: dict, comparison: dict, rounds: Sequence[dict], planned_llm: int) -> str:
+def human_only_summary(last: RoundMetrics, comparison: HumanOnly, rounds: Sequence[RoundMetrics], planned_llm: int) -> str:
     """One line: what the run's LLM labels bought over its human labels alone, or that they did not help and
     what to try; for a run that declined LLM labels (strategy fidelity), what it declined and why."""
     final, alone, n_h, n_l = (
@@ -1150,7 +960,7 @@ def human_only_summary(last: dict, comparison: dict, rounds: Sequence[dict], pla
     )
 
 
-def _round_line(m: dict) -> str:
+def _round_line(m: RoundMetrics) -> str:
     test = f", test accuracy {m['test_accuracy']:.3f}, macro-F1 {m['test_macro_f1']:.3f}" if "test_accuracy" in m else ""
     llm = f", LLM accuracy {m['llm_accuracy']:.3f}" if m.get("llm_accuracy") is not None else ""
     if m.get("llm_failed") or m.get("llm_unparsed"):
@@ -1188,13 +998,3 @@ def prequential_accuracy(
         return 0, None
     hits = [labels[int(proba[row[i]].argmax())] == gold[i] for i in scored]
     return len(scored), round(float(np.mean(hits)), 4)
-
-
-def _sparse_confusion(est: dict | None) -> dict | None:
-    """An estimate for the round metrics with its confusion matrix as ``[gold, predicted, count]`` triples
-    of the non-zero cells: a 77-intent matrix is 5,929 numbers, almost all zero."""
-    if not est:
-        return est
-    return {k: v for k, v in est.items() if k != "confusion"} | {
-        "confusion_nonzero": [[g, p, n] for g, row in enumerate(est["confusion"]) for p, n in enumerate(row) if n]
-    }

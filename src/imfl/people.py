@@ -216,7 +216,7 @@ def read_guidelines(path: Path | None) -> str:
             f"{path}: human.guidelines file not found; give the path of a Markdown file, or remove the setting"
         ) from None
     except UnicodeDecodeError:
-        from imfl.data import not_utf8
+        from imfl.io import not_utf8
 
         raise ConfigError(not_utf8(path)) from None
     except OSError as exc:

@@ -40,8 +40,8 @@ from typing import IO, Any
 
 import numpy as np
 
-from imfl.data import jsonl_objects, not_utf8
 from imfl.errors import ConfigError, DataError, ModelError
+from imfl.io import jsonl_objects, not_utf8, read_rows
 
 __all__ = ["Fields", "ModelInfo", "Predictor", "PredictSummary", "inspect_model", "load_predictor", "predict_file"]
 
@@ -293,8 +293,6 @@ def _rows(path: Path) -> Iterator[tuple[int, dict | str]]:
         except UnicodeDecodeError:
             raise DataError(not_utf8(path)) from None
         return
-    from imfl.data import read_rows
-
     yield from read_rows(path, "input")
 
 

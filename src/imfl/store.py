@@ -35,9 +35,9 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import overload
+from typing import Any, overload
 
 from imfl.data import Annotation, Example
 from imfl.errors import Conflict, DataError, InvalidLabel, NotFound
@@ -270,7 +270,7 @@ class Store:
         row = self.conn.execute("SELECT state FROM rounds WHERE round=?", (round,)).fetchone()
         return row[0] if row else None
 
-    def set_round_state(self, round: int, state: str, metrics: dict | None = None) -> None:
+    def set_round_state(self, round: int, state: str, metrics: Mapping[str, Any] | None = None) -> None:
         assert state in ROUND_STATES, state
         self.conn.execute(
             "UPDATE rounds SET state=?, updated_at=?, metrics=COALESCE(?, metrics) WHERE round=?",

@@ -12,8 +12,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from imfl.annotators.base import Annotation, AnnotationContext
-from imfl.data import Example, Task, read_rows
+from imfl.data import Example, Task
 from imfl.errors import AnnotatorError, DataError
+from imfl.io import read_rows
 from imfl.llm.base import parse_label
 
 
