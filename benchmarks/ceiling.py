@@ -12,13 +12,18 @@ than a frozen probe, so this is a floor on what the base can read and no bound o
 
     python benchmarks/ceiling.py configs/pubmedqa.toml configs/fpb.toml configs/banking77.toml
 
-Embeds each pool and test set once (through the embedding cache): about a minute for PubMedQA's 1,000 abstracts.
+With ``--out FILE`` it also writes the rows as one JSON file, with the command that made them (the committed one:
+``benchmarks/results/ceilings/linear-probe.json``). Embeds each pool and test set once (through the embedding cache):
+about a minute for PubMedQA's 1,000 abstracts.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
 import sys
+from pathlib import Path
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
@@ -38,16 +43,26 @@ def scores(gold: np.ndarray, pred: np.ndarray) -> tuple[float, float, float]:
     return accuracy_score(gold, pred), f1_score(gold, pred, average="macro"), cohen_kappa_score(gold, pred)
 
 
-def cells(runs: list[tuple[float, float, float]]) -> str:
-    """The table cells of one or more runs' scores: their mean, with ± the sample std when there are several."""
+def summary(runs: list[tuple[float, float, float]]) -> dict:
+    """One or more runs' scores: their mean, and the sample std when there are several."""
     runs = np.array(runs)
-    out = [f"{m:.3f}" for m in runs.mean(axis=0)]
-    if len(runs) > 1:
-        out = [f"{c} ± {s:.3f}" for c, s in zip(out, runs.std(axis=0, ddof=1))]
+    out: dict = {"runs": len(runs)}
+    for i, name in enumerate(("accuracy", "macro_f1", "kappa")):
+        out[name] = float(runs[:, i].mean())
+        out[f"{name}_std"] = float(runs[:, i].std(ddof=1)) if len(runs) > 1 else None
+    return out
+
+
+def cells(row: dict) -> str:
+    """The table cells of a summary: the mean, with ± the sample std when there are several runs."""
+    out = []
+    for name in ("accuracy", "macro_f1", "kappa"):
+        cell = f"{row[name]:.3f}"
+        out.append(cell if row[f"{name}_std"] is None else f"{cell} ± {row[f'{name}_std']:.3f}")
     return " | ".join(out)
 
 
-def probe(config: str) -> list[str]:
+def probe(config: str) -> list[dict]:
     cfg = load_config(config)
     ds = load_dataset(cfg.data)
     if not ds.test or any(e.label is None for e in ds.pool):
@@ -64,31 +79,45 @@ def probe(config: str) -> list[str]:
     best = max(CS, key=lambda c: oof[c][2])
     labels, counts = np.unique(y_test, return_counts=True)
     majority = labels[counts.argmax()]
-    rows = [f"| {cfg.name} | always {majority} | {cells([scores(y_test, np.full_like(y_test, majority))])} |"]
+    rows = [{"dataset": cfg.name, "answers": f"always {majority}"} | summary([scores(y_test, np.full_like(y_test, majority))])]
     for n in (cfg.budget.human, cfg.budget.total, len(y)):
         seeds = SEEDS if n < len(y) else SEEDS[:1]  # the whole pool is the same subset at every seed
         subsets = [np.random.default_rng(seed).permutation(len(y))[:n] for seed in seeds]
         runs = [
             scores(y_test, LogisticRegression(C=C, max_iter=3000).fit(X[rows_n], y[rows_n]).predict(X_test)) for rows_n in subsets
         ]
-        rows.append(f"| {cfg.name} | probe, {n} gold labels{' (whole pool)' if n == len(y) else ''}, C={C:g} | {cells(runs)} |")
-    rows.append(f"| {cfg.name} | probe, out of fold on the pool (5-fold), C={best:g} (most kappa) | {cells([oof[best]])} |")
+        answers = f"probe, {n} gold labels{' (whole pool)' if n == len(y) else ''}, C={C:g}"
+        rows.append({"dataset": cfg.name, "answers": answers, "gold_labels": n, "C": C, "seeds": list(seeds)} | summary(runs))
+    answers = f"probe, out of fold on the pool (5-fold), C={best:g} (most kappa)"
+    rows.append({"dataset": cfg.name, "answers": answers, "gold_labels": len(y), "C": best} | summary([oof[best]]))
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("configs", nargs="+", help="run configs (imfl run TOML) whose pool and test set to probe")
+    ap.add_argument("--out", type=Path, default=None, help="also write the rows as one JSON file, with this command")
     args = ap.parse_args(argv)
+    command = shlex.join(["python", "benchmarks/ceiling.py", *(sys.argv[1:] if argv is None else argv)])
     print("| dataset | answers | accuracy | macro-F1 | kappa |")
     print("|---|---|---|---|---|")
+    done: list[dict] = []
     for config in args.configs:
         try:
             rows = probe(config)
         except ImflError as e:
             print(e, file=sys.stderr)
             return 2
-        print("\n".join(rows), flush=True)
+        print("\n".join(f"| {row['dataset']} | {row['answers']} | {cells(row)} |" for row in rows), flush=True)
+        done += [{"config": config} | {k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()} for row in rows]
+    if args.out:
+        what = (
+            "A logistic regression on the frozen sentence embeddings with gold pool labels, scored on each config's test "
+            "set: H, budget-sized (3 seeds: mean and sample std) and whole-pool subsets at the C of least 5-fold log "
+            "loss on the pool; then the out-of-fold pool score of the C with the most kappa; and always the majority label."
+        )
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"what": what, "command": command, "Cs": list(CS), "rows": done}, indent=2) + "\n")
     return 0
 
 

@@ -14,7 +14,9 @@ label tokens side by side and the shared prefix computed once; the largest proba
 20,000), ``ray`` (embedding and student predictions through ``engine = "ray"`` on a local Ray with two one-CPU
 actors, against this process; the largest difference). FLOPs are counted by ``torch.utils.flop_counter`` on a
 separate pass over the same inputs (the counter slows what it counts).
-Each row is also printed as a JSON line (and appended to ``--out``); peak RSS is the process's so far.
+Each row is also printed as a JSON line (and appended to ``--out``); peak RSS is the process's so far. ``--out`` also
+gets a first line with the machine and the command, and a last row per dtype with the best matmul rate of the run
+(the reference of every "% of matmul").
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
 import os
 import platform
 import resource
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -482,6 +486,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"machine: {machine_line()}", flush=True)
+    if args.out:
+        command = shlex.join(["python", "benchmarks/perf.py", *(sys.argv[1:] if argv is None else argv)])
+        with args.out.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"machine": machine_line(), "command": command}) + "\n")
     table = Table(args.out, args.matmul_size)
     ds = None
     if set(only) & {"embed", "predict", "train", "llm", "ray"}:
@@ -504,6 +512,9 @@ def main(argv: list[str] | None = None) -> int:
         bench_select(table, args)
     if "ray" in only:
         bench_ray(table, args, ds)
+    for dtype, rate in table.matmul.items():
+        n = args.matmul_size
+        emit({"operation": f"torch.matmul {n}x{n} (best in the run)", "dtype": dtype, "gflops": round(rate, 1)}, args.out)
     table.show()
     return 0
 
