@@ -110,6 +110,7 @@ def test_fidelity_sweep_quick_grid_and_its_chart(tmp_path, imfl_cache):
     results = tmp_path / "results"
     r = imfl(
         "bench",
+        "run",
         str(grid),
         "--quick",
         "--workers",

@@ -193,6 +193,7 @@ def test_the_value_grid_s_quick_form_spends_its_money_on_the_whole_pool(tmp_path
     env = {"IMFL_CACHE": str(imfl_cache)}
     args = (
         "bench",
+        "run",
         str(REPO / "benchmarks" / "value.toml"),
         "--quick",
         "--results",
