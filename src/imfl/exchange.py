@@ -13,8 +13,6 @@ from imfl.errors import DataError
 from imfl.io import LABEL_FORMATS, label_rows, read_text, write_csv, write_json, write_jsonl
 from imfl.people import Labeling, Rejected
 
-FORMATS = LABEL_FORMATS
-
 
 def guess_format(path: Path) -> str:
     suffix = path.suffix.lower()
@@ -32,8 +30,8 @@ def export_batch(labeling: Labeling, path: str | Path, fmt: str | None = None) -
     how many. Label Studio gets one task per item with ``data`` = {id, text, text_pair}."""
     path = Path(path)
     fmt = fmt or guess_format(path)
-    if fmt not in FORMATS:
-        raise DataError(f"format {fmt!r} is unknown; use one of {', '.join(FORMATS)}")
+    if fmt not in LABEL_FORMATS:
+        raise DataError(f"format {fmt!r} is unknown; use one of {', '.join(LABEL_FORMATS)}")
     status = labeling.status()
     if status["state"] != "labeling":
         raise DataError(f"no round is waiting for human labels (the run is {status['state']}); run `imfl run` first")

@@ -3,8 +3,8 @@
 Readers: data files as rows (``read_rows``: JSONL, CSV or Parquet, streamed, each row with its line), JSONL text as
 objects or one-line problems (``json_lines``, ``jsonl_objects``), label files people bring back (``label_rows``:
 CSV, JSONL or Label Studio's JSON export, each row with where it is and what is wrong with it). Writers: rows as
-JSONL or CSV (``write_jsonl``, ``write_csv``), always to a temporary file first, renamed over the target when
-complete, so a reader never sees half a file and a crash leaves the previous one.
+JSONL or CSV (``write_jsonl``, ``write_csv``) and one JSON document (``write_json``), always to a temporary file
+first, renamed over the target when complete, so a reader never sees half a file and a crash leaves the previous one.
 
 JSONL and CSV are read as utf-8-sig: a byte order mark at the start (as some Windows tools write) is not data.
 """
@@ -197,26 +197,21 @@ def _replace_when_written(path: Path) -> Iterator[TextIO]:
         tmp.unlink(missing_ok=True)
 
 
-def write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> int:
-    """``rows`` as one JSON object per line (UTF-8, not ASCII-escaped); returns how many."""
-    n = 0
+def write_jsonl(path: Path, rows: Iterable[Mapping[str, Any]]) -> None:
+    """``rows`` as one JSON object per line (UTF-8, not ASCII-escaped)."""
     with _replace_when_written(Path(path)) as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-            n += 1
-    return n
+        fh.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
 
 
-def write_csv(path: Path, rows: Iterable[Mapping[str, Any]], columns: list[str] | None = None) -> int:
+def write_csv(path: Path, rows: Iterable[Mapping[str, Any]], columns: list[str] | None = None) -> None:
     """``rows`` as CSV with a header (``columns``, default: every key in the order first seen); a value that is a
-    list or a dict is written as JSON, a missing one empty. Returns how many rows."""
+    list or a dict is written as JSON, a missing one empty."""
     rows = list(rows)
     columns = columns or list(dict.fromkeys(k for r in rows for k in r)) or ["id"]
     with _replace_when_written(Path(path)) as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)
         writer.writeheader()
         writer.writerows({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in r.items()} for r in rows)
-    return len(rows)
 
 
 def write_json(path: Path, data: Any) -> None:
