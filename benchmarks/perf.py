@@ -388,7 +388,7 @@ def bench_select(table: Table, args) -> None:
     from sklearn.cluster import MiniBatchKMeans
 
     from imfl.query import strategies
-    from imfl.query.strategies import eeq
+    from imfl.query.acquisition import eeq
 
     n_clusters, components = 200, 500
     for n in (20_000, args.pool_size):

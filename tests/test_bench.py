@@ -53,8 +53,8 @@ def test_quick_grid_runs_every_cell_with_its_budget(quick):
         assert 0 <= rec["final"]["test_accuracy"] <= 1 and rec["wall_seconds"] > 0
         assert rec["config"]["data"]["pool_sample"] == 300 and not rec["config"]["data"]["pool"].startswith("/")
         assert sum(len(s["human"]) for s in rec["selected"]) == human
-    assert got["fpb/smollm2/random-query/seed0"]["config"]["query"]["strategy"] == "random"
-    assert got["fpb/smollm2/imfl/seed0"]["config"]["query"]["strategy"] == "eeq"
+    assert got["fpb/smollm2/random-query/seed0"]["config"]["query"]["acquisition"] == "random"
+    assert got["fpb/smollm2/imfl/seed0"]["config"]["query"]["acquisition"] == "eeq"
     assert got["fpb/none/human-1x/seed0"]["llm_accuracy"] is None
     for dataset in ("fpb/smollm2", "pubmedqa/gpt4"):  # fidelity-aware IMFL measured the LLM and the student every round
         rec = got[f"{dataset}/fidelity/seed0"]

@@ -51,13 +51,16 @@ def test_the_demo_is_the_grid_cell_its_numbers_come_from(shared_data):
     from imfl.cli import demo_config
     from imfl.config import resolve_strategy, settings_difference
 
-    cell = json.loads((REPO / "benchmarks/results/paper/cells/fpb__smollm2__fidelity__seed0.json").read_text())["config"]
+    record = json.loads((REPO / "benchmarks/results/paper/cells/fpb__smollm2__fidelity__seed0.json").read_text())
+    cell, cell_threads = record["config"], record["machine"]["threads"]
     demo = resolve_strategy(demo_config(shared_data / "fpb", True)).model_dump(mode="json")  # the cell holds it resolved
     for where in (cell, demo):  # where the files are and what the run is called are not settings of the method
         where.pop("name"), where.pop("output_dir", None)
         where["data"]["pool"] = where["data"]["test"] = None
     assert settings_difference(cell, demo) is None
     assert demo["strategy"] == "fidelity" and demo["data"]["labels"] == ["neutral", "positive", "negative"]
+    # and it computes what decides on the cell's one thread (benchmarks/results/demo/ has the run: the same rounds)
+    assert demo["student"]["num_threads"] == demo["embeddings"]["num_threads"] == 1 == cell_threads
 
 
 def test_demo_without_data_says_where_to_point(tmp_path):

@@ -37,3 +37,31 @@ def test_the_engine_is_not_part_of_a_runs_identity():
     old = {"seed": 0, "engine": "local", "ray": {"actors": 2}}
     assert settings_difference(old, {"seed": 0, "engine": "ray", "ray": {"actors": 8, "address": "ray://head:10001"}}) is None
     assert settings_difference(old, {"seed": 1, "engine": "ray"}) == "seed: 0 then, 1 now"
+    # nor are thread counts (the demo pins them to repeat a grid cell; a run may continue on another machine)
+    pinned = {"seed": 0, "student": {"num_threads": 1, "epochs": 4}, "embeddings": {"num_threads": 1}}
+    assert settings_difference(pinned, {"seed": 0, "student": {"epochs": 4}, "embeddings": {"num_threads": 2}}) is None
+    assert settings_difference(pinned, {**pinned, "student": {"epochs": 5}}) == "student.epochs: 4 then, 5 now"
+
+
+def test_a_renamed_setting_is_still_read_under_its_old_name(tmp_path):
+    """query.strategy became query.acquisition: old config files, --set and stored configurations still work, both
+    names at once is a one-line error, and the committed benchmark cells (written under the old name) still count
+    as made with the grid's configuration."""
+    import pytest
+
+    from imfl.bench import load_grid, pending_cells
+    from imfl.config import config_from_dict, load_config, settings_difference
+    from imfl.errors import ConfigError
+
+    (tmp_path / "old.toml").write_text('[data]\npool = "pool.jsonl"\n\n[query]\nstrategy = "random"\n', encoding="utf-8")
+    assert load_config(tmp_path / "old.toml").query.acquisition == "random"
+    assert config_from_dict({"data": {"pool": "p"}}, ["query.strategy=diversity"]).query.acquisition == "diversity"
+    with pytest.raises(ConfigError, match="query.strategy and query.acquisition are both set"):
+        config_from_dict({"data": {"pool": "p"}, "query": {"strategy": "eeq", "acquisition": "random"}})
+    assert settings_difference({"query": {"strategy": "eeq"}}, {"query": {"acquisition": "eeq"}}) is None
+    assert settings_difference({"query": {"strategy": "eeq"}}, {"query": {"acquisition": "random"}}) == (
+        "query.acquisition: 'eeq' then, 'random' now"
+    )
+    grid = load_grid(Path(__file__).resolve().parents[1] / "benchmarks" / "paper.toml")
+    done, todo = pending_cells(grid, ["fpb/*"])
+    assert done and not todo

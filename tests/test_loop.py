@@ -157,6 +157,27 @@ def test_outputs_and_metrics(imfl_run):
     assert (d / "metrics.csv").read_text().splitlines()[0].startswith("round,")
 
 
+def test_the_last_rounds_kappa_and_label_shares_are_the_saved_students(imfl_run):
+    """test_kappa and test_answered say whether the student reads or guesses (0 = chance at its own label shares);
+    they are the saved student's on the test file."""
+    import numpy as np
+    from sklearn.metrics import cohen_kappa_score
+
+    from imfl.data import load_dataset
+    from imfl.student import Student
+
+    cfg, result = imfl_run
+    last = json.loads((result.run_dir / "metrics.json").read_text())[-1]
+    ds = load_dataset(cfg.data)
+    labels = list(ds.task.labels)
+    pred = Student.load(result.run_dir / "adapter").predict_proba([e.text for e in ds.test]).argmax(axis=1)
+    gold = [labels.index(e.label) for e in ds.test]
+    assert last["test_accuracy"] == pytest.approx(np.mean(pred == np.array(gold)), abs=0.011)
+    assert last["test_kappa"] == pytest.approx(cohen_kappa_score(gold, pred), abs=0.03)
+    assert set(last["test_answered"]) == set(labels) and sum(last["test_answered"].values()) == pytest.approx(1, abs=1e-3)
+    assert "test_answered" not in (result.run_dir / "metrics.csv").read_text().splitlines()[0]
+
+
 def test_prequential_accuracy_is_the_last_student_on_the_new_human_labels(imfl_run):
     import numpy as np
 

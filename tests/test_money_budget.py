@@ -138,7 +138,7 @@ def test_label_all_labels_the_whole_pool_when_the_llm_is_free_and_human_only_buy
             llm={"annotator": "simulated", "accuracy": 0.8},
         )
     )
-    assert (cfg.budget.rounds, cfg.query.strategy, planned_total(cfg, 60)) == (1, "random", 60)
+    assert (cfg.budget.rounds, cfg.query.acquisition, planned_total(cfg, 60)) == (1, "random", 60)
     result = run(cfg)
     assert result.budget_used == {"human": 6, "llm": 54} and len(result.metrics) == 1
     human_only = resolve_strategy(

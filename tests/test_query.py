@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from imfl.query import QUERY_STRATEGIES, Rows, eeq, get_query, least_confidence, round_plan, split_by_uncertainty
-from imfl.query.strategies import kmeans
+from imfl.query import ACQUISITIONS, Rows, eeq, get_query, least_confidence, round_plan, split_by_uncertainty
+from imfl.query.acquisition import kmeans
 
 
 def blobs(n_per=30, centers=8, dim=16, seed=0):
@@ -45,10 +45,10 @@ def test_eeq_without_a_student_is_diversity_alone():
 def test_large_pools_fit_kmeans_on_a_sample_and_assign_every_row():
     """Past KMEANS_EXACT_MAX rows, k-means is fitted on a seeded sample and every row goes to its nearest centre (in
     chunks): the same clusters on well-separated blobs, each row's distance right, and the same picks for the same seed."""
-    from imfl.query import strategies
+    from imfl.query import acquisition
 
     x, true = blobs(n_per=2_500, centers=12, dim=24, seed=4)  # 30,000 rows: past the exact limit
-    assert len(x) > strategies.KMEANS_EXACT_MAX
+    assert len(x) > acquisition.KMEANS_EXACT_MAX
     assign, dist, centres = kmeans(x, 12, seed=1)
     nearest = ((x[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2).argmin(axis=1)
     np.testing.assert_array_equal(assign, nearest)
@@ -94,12 +94,12 @@ def test_fixed_schedule_is_flat():
     assert [h for h, _ in round_plan(1000, 200, 5, "fixed")] == [40] * 5
 
 
-@pytest.mark.parametrize("name", sorted(QUERY_STRATEGIES))
-def test_strategies_are_seeded_and_return_distinct_indices(name):
+@pytest.mark.parametrize("name", sorted(ACQUISITIONS))
+def test_acquisition_functions_are_seeded_and_return_distinct_indices(name):
     x, _ = blobs()
     unc = np.random.default_rng(2).random(len(x))
-    a = QUERY_STRATEGIES[name](x, unc, 10, 7)
-    b = QUERY_STRATEGIES[name](x, unc, 10, 7)
+    a = ACQUISITIONS[name](x, unc, 10, 7)
+    b = ACQUISITIONS[name](x, unc, 10, 7)
     assert list(a) == list(b)
     assert len(set(a.tolist())) == 10 and a.max() < len(x)
 
@@ -115,11 +115,11 @@ def test_a_rows_view_of_a_memory_mapped_pool_selects_exactly_what_the_copied_row
     np.testing.assert_array_equal(np.asarray(rows), x[keep])
     np.testing.assert_array_equal(rows[10:20], x[keep[10:20]])
     unc = np.random.default_rng(1).random(len(keep))
-    for name, query in QUERY_STRATEGIES.items():
+    for name, query in ACQUISITIONS.items():
         np.testing.assert_array_equal(query(rows, unc, 12, 3), query(x[keep], unc, 12, 3), err_msg=name)
 
 
-def test_query_kmeans_iter_reaches_the_strategies_that_cluster():
+def test_query_kmeans_iter_reaches_the_acquisition_functions_that_cluster():
     x, _ = blobs(n_per=40, centers=12)
     # One Lloyd step stops where k-means++ put the centres; a hundred move them on (a cluster's nearest item changes).
     short, full = get_query("diversity", kmeans_iter=1), get_query("diversity", kmeans_iter=100)
@@ -128,5 +128,5 @@ def test_query_kmeans_iter_reaches_the_strategies_that_cluster():
         kmeans(x, 12, 0, max_iter=1)[2], kmeans(x, 12, 0, max_iter=100)[2]
     )
     # Strategies without clustering take no such keyword and come back as registered.
-    assert get_query("random", kmeans_iter=1) is QUERY_STRATEGIES["random"]
-    assert get_query("uncertainty", kmeans_iter=1) is QUERY_STRATEGIES["uncertainty"]
+    assert get_query("random", kmeans_iter=1) is ACQUISITIONS["random"]
+    assert get_query("uncertainty", kmeans_iter=1) is ACQUISITIONS["uncertainty"]

@@ -10,7 +10,7 @@ import pytest
 from sklearn.exceptions import ConvergenceWarning
 
 from conftest import imfl, read_jsonl, write_jsonl
-from imfl.query import QUERY_STRATEGIES, eeq, round_plan
+from imfl.query import ACQUISITIONS, eeq, round_plan
 
 
 def duplicate_heavy(n_distinct=26, n_same=29, dim=8, seed=0):
@@ -46,9 +46,9 @@ def test_eeq_fills_its_batch_with_the_most_uncertain_items_left():
 @pytest.mark.parametrize("name", ["eeq", "diversity"])
 def test_without_a_student_the_batch_is_filled_too(name):
     x = duplicate_heavy()
-    picked = no_convergence_warning(QUERY_STRATEGIES[name], x, None, 45, 3)
+    picked = no_convergence_warning(ACQUISITIONS[name], x, None, 45, 3)
     assert len(set(picked.tolist())) == 45 and set(range(26)) <= set(picked.tolist())
-    np.testing.assert_array_equal(picked, QUERY_STRATEGIES[name](x, None, 45, 3))  # still seeded
+    np.testing.assert_array_equal(picked, ACQUISITIONS[name](x, None, 45, 3))  # still seeded
 
 
 def test_a_batch_as_large_as_the_pool_takes_every_item():

@@ -399,7 +399,15 @@ def run_cell(cell: Cell, grid: Grid) -> dict:
         "rounds": rounds,
         "final": {
             k: final.get(k)
-            for k in ("test_accuracy", "test_macro_f1", "human_total", "llm_total", "human_cost_total", "llm_cost_total")
+            for k in (
+                "test_accuracy",
+                "test_macro_f1",
+                "test_kappa",
+                "human_total",
+                "llm_total",
+                "human_cost_total",
+                "llm_cost_total",
+            )
         },
         "labels_used": result.budget_used,
         "llm_accuracy": round(llm_right / llm_n, 4) if llm_n else None,

@@ -143,7 +143,11 @@ class BudgetConfig(_Section):
 class QueryConfig(_Section):
     """Which items a round asks about."""
 
-    strategy: str = Field("eeq", description="Query strategy: eeq, random, uncertainty or diversity.")
+    acquisition: str = Field(
+        "eeq",
+        description="Acquisition function, which picks the items: eeq, random, uncertainty or diversity "
+        "(query.strategy in earlier versions, a name still read).",
+    )
     kmeans_iter: StrictInt = Field(100, ge=1, description="Maximum k-means iterations (eeq and diversity).")
 
 
@@ -373,6 +377,12 @@ class SelfTrainingConfig(_Section):
 class EmbeddingsConfig(_Section):
     model: str | None = Field(None, description="Sentence-transformers dir; empty = the bundled all-MiniLM-L6-v2.")
     batch_size: StrictInt = Field(64, ge=1, description="Texts per embedding batch.")
+    num_threads: StrictInt | None = Field(
+        None,
+        ge=1,
+        description="CPU threads for embedding; empty = torch's default. With student.num_threads = 1 a run repeats "
+        "the benchmark grid's cells (one thread each) exactly on the same kind of processor.",
+    )
 
 
 class RayConfig(_Section):
@@ -501,10 +511,10 @@ class RunConfig(_Section):
 # ``resolve_strategy``. Adding a strategy is one line here.
 # A value may be a function of the user's configuration.
 STRATEGIES: dict[str, dict[str, Any]] = {
-    "imfl": {"query.strategy": "eeq"},
-    "random": {"query.strategy": "random"},
-    "uncertainty": {"query.strategy": "uncertainty"},
-    "diversity": {"query.strategy": "diversity"},
+    "imfl": {"query.acquisition": "eeq"},
+    "random": {"query.acquisition": "random"},
+    "uncertainty": {"query.acquisition": "uncertainty"},
+    "diversity": {"query.acquisition": "diversity"},
     # with budget.cost: as many human labels as the money pays, and no LLM label with what is left over
     "human-only": {
         "budget.total": lambda cfg: _human_only_labels(cfg),
@@ -514,9 +524,9 @@ STRATEGIES: dict[str, dict[str, Any]] = {
     "llm-only": {"budget.human": 0},
     # the baseline a practitioner tries first: budget.human random items to people, the LLM labels as many others as the
     # budget buys (with budget.cost: up to the whole pool), one training; no query, no rounds
-    "label-all": {"query.strategy": "random", "budget.rounds": 1},
+    "label-all": {"query.acquisition": "random", "budget.rounds": 1},
     # every [fidelity] switch on, except those the configuration sets itself (an ablation turns one off)
-    "fidelity": {"query.strategy": "eeq", "llm.eval_sample": lambda cfg: cfg.llm.eval_sample or 50}
+    "fidelity": {"query.acquisition": "eeq", "llm.eval_sample": lambda cfg: cfg.llm.eval_sample or 50}
     | {
         f"fidelity.{k}": (lambda cfg, k=k: getattr(cfg.fidelity, k) if k in cfg.fidelity.model_fields_set else True)
         for k in ("weighting", "routing", "filter", "adaptive")
@@ -568,9 +578,31 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key, value
 
 
+# Settings renamed since they were first written, old name -> new name. Configuration files, run folders and
+# benchmark cells written under an old name still load (and compare equal in ``settings_difference``).
+RENAMED_SETTINGS = {"query.strategy": "query.acquisition"}
+
+
+def upgrade_settings(data: dict, source: str = "config") -> dict:
+    """``data`` (nested settings) with renamed settings under their new names; the input is not changed. Both names
+    at once is an error, since they could disagree."""
+    import copy
+
+    data = copy.deepcopy(data)
+    for old, new in RENAMED_SETTINGS.items():
+        (section, old_key), new_key = old.split("."), new.split(".")[1]
+        part = data.get(section)
+        if not isinstance(part, dict) or old_key not in part:
+            continue
+        if new_key in part:
+            raise ConfigError(f"{source}: {old} and {new} are both set; {old} is the old name of {new}: keep only {new}")
+        part[new_key] = part.pop(old_key)
+    return data
+
+
 def _validate(data: dict, source: str) -> RunConfig:
     try:
-        return RunConfig.model_validate(data)
+        return RunConfig.model_validate(upgrade_settings(data, source))
     except ValidationError as exc:
         if unknown := sorted(".".join(map(str, e["loc"])) for e in exc.errors() if e["type"] == "extra_forbidden"):
             verb = "is not a known setting" if len(unknown) == 1 else "are not known settings"
@@ -649,8 +681,9 @@ def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
 
 
 # Settings that change where the work runs or what is measured after the last round, never the rounds' labels and
-# students: a run may be continued under another engine, or with the human-only comparison switched.
-EXECUTION_SETTINGS = ("engine", "ray", "compare_human_only")
+# students beyond the last bits of a float: a run may be continued under another engine or thread count, or with the
+# human-only comparison switched.
+EXECUTION_SETTINGS = ("engine", "ray", "compare_human_only", "student.num_threads", "embeddings.num_threads")
 # Settings that change only what the annotation page shows: guidelines may be added or moved while a project runs.
 DISPLAY_SETTINGS = ("human.guidelines",)
 
@@ -660,8 +693,10 @@ def settings_difference(old: dict, new: dict, prefix: str = "") -> str | None:
     agree. A setting added to imfl since ``old`` was written counts as agreeing while ``new`` keeps its default,
     so results and stores stay valid across versions that only add options."""
     defaults = _defaults()
+    if not prefix:
+        old, new = upgrade_settings(old), upgrade_settings(new)
     for key in sorted(set(old) | set(new)):
-        if (not prefix and key in EXECUTION_SETTINGS) or f"{prefix}{key}" in DISPLAY_SETTINGS:
+        if f"{prefix}{key}" in EXECUTION_SETTINGS + DISPLAY_SETTINGS:
             continue
         a, b = old.get(key), new.get(key)
         if key not in old and _default_at(defaults, f"{prefix}{key}") == b:

@@ -11,6 +11,7 @@ import numpy as np
 
 from imfl.errors import ModelError
 from imfl.paths import bundled_encoder, cache_dir, local_model_dir
+from imfl.precision import torch_threads
 
 # rows (a slice or an index array) and their embeddings
 Chunks = Callable[[Sequence[str]], Iterator[tuple[slice | np.ndarray, np.ndarray]]]
@@ -24,10 +25,13 @@ def embedding_input(text: str, text_pair: str | None) -> str:
 class Embedder:
     """Normalised sentence embeddings (so a dot product is a cosine similarity)."""
 
-    def __init__(self, model: str | None = None, batch_size: int = 64, cache: str | Path | None = None):
+    def __init__(
+        self, model: str | None = None, batch_size: int = 64, cache: str | Path | None = None, num_threads: int | None = None
+    ):
         self.model = model
         self.batch_size = batch_size
         self.cache = cache
+        self.num_threads = num_threads
         self._st = None
 
     def _path(self) -> Path:
@@ -42,6 +46,8 @@ class Embedder:
 
     def _key(self, texts: Sequence[str]) -> str:
         h = hashlib.sha256(str(self._path().resolve()).encode())
+        if self.num_threads is not None:  # the last bits depend on the thread count: a pinned count is its own cache
+            h.update(f"threads={self.num_threads}".encode())
         for t in texts:
             h.update(hashlib.sha256(t.encode()).digest())
         return h.hexdigest()[:32]
@@ -61,15 +67,16 @@ class Embedder:
             lengths = [len(ids) for ids in tokenizer(texts, truncation=True, max_length=st.max_seq_length)["input_ids"]]
         order = np.argsort([-n for n in lengths], kind="stable")
         out = np.empty((len(texts), self._dimension()), dtype=np.float32)
-        for start in range(0, len(texts), self.batch_size):
-            rows = order[start : start + self.batch_size]
-            out[rows] = st.encode(
-                [texts[i] for i in rows],
-                batch_size=len(rows),
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
+        with torch_threads(self.num_threads):
+            for start in range(0, len(texts), self.batch_size):
+                rows = order[start : start + self.batch_size]
+                out[rows] = st.encode(
+                    [texts[i] for i in rows],
+                    batch_size=len(rows),
+                    normalize_embeddings=True,
+                    convert_to_numpy=True,
+                    show_progress_bar=False,
+                )
         return out
 
     def _chunks(self, texts: Sequence[str]) -> Iterator[tuple[slice, np.ndarray]]:

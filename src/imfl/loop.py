@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 import numpy as np
-from sklearn.metrics import accuracy_score, f1_score
+from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score
 
 from imfl import fidelity
 from imfl.agreement import agreement
@@ -238,7 +238,7 @@ class Run:
         self.cfg = cfg
         self.ds = load_dataset(cfg.data)
         check_budget(cfg, self.ds)
-        get_query(cfg.query.strategy)  # fail early on an unknown strategy
+        get_query(cfg.query.acquisition)  # fail early on an unknown acquisition function
         task = self.ds.task
         self.human: Annotator = (
             CustomAnnotator(self.custom["human"], "human", task, cfg.human.cost)
@@ -315,7 +315,9 @@ class Run:
                 )
 
     def _embedder(self) -> Embedder:
-        return Embedder(self.cfg.embeddings.model, self.cfg.embeddings.batch_size, self.cfg.cache_dir)
+        return Embedder(
+            self.cfg.embeddings.model, self.cfg.embeddings.batch_size, self.cfg.cache_dir, self.cfg.embeddings.num_threads
+        )
 
     # -- the run --------------------------------------------------------------------------------
     def init(self) -> Path:
@@ -443,7 +445,7 @@ class Run:
         n_query = n_h + n_l - len(first)
         picked = (
             rest[
-                get_query(cfg.query.strategy, cfg.query.kmeans_iter)(
+                get_query(cfg.query.acquisition, cfg.query.kmeans_iter)(
                     Rows(self.embeddings, free[rest]), unc[rest] if unc is not None else None, n_query, seed
                 )
             ]
@@ -794,14 +796,18 @@ class Run:
         return metrics, proba
 
     def _test_scores(self, t: int, student: Student, what: str = "") -> RoundMetrics:
-        """``test_accuracy`` and ``test_macro_f1`` of ``student`` on the test file."""
+        """``test_accuracy``, ``test_macro_f1``, ``test_kappa`` and ``test_answered`` of ``student`` on the test file."""
         task, test = self.ds.task, self.ds.test
         with self.reporter.phase(f"round {t}: evaluating {what}on {len(test)} test items", len(test)) as advance:
             pred = self._predict(student, test, advance).argmax(axis=1)
         y = [task.index(cast(str, e.label)) for e in test]  # the test file is read with require_label=True
+        answered = np.bincount(pred, minlength=len(task.labels)) / max(1, len(pred))
         return {
             "test_accuracy": round(float(accuracy_score(y, pred)), 4),
             "test_macro_f1": round(float(f1_score(y, pred, average="macro", labels=range(len(task.labels)), zero_division=0)), 4),
+            # undefined (NaN) only when the test set and the predictions are both one label: nothing above chance, 0
+            "test_kappa": round(float(np.nan_to_num(cohen_kappa_score(y, pred))), 4),
+            "test_answered": {label: round(float(q), 4) for label, q in zip(task.labels, answered)},
         }
 
     def _compare_human_only(self) -> None:
@@ -878,7 +884,7 @@ class Run:
         rows = self.metrics()
         (self.run_dir / "metrics.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
         flat = [
-            {k: v for k, v in r.items() if k not in ("seconds", "fidelity", "human_only")}
+            {k: v for k, v in r.items() if k not in ("seconds", "fidelity", "human_only", "test_answered")}
             | {f"seconds_{k}": v for k, v in r["seconds"].items()}
             | {f"human_only_{k}": v for k, v in r.get("human_only", {}).items() if k != "summary"}
             for r in rows

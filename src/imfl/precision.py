@@ -1,5 +1,7 @@
 """Which floating-point precision to compute in: ``auto`` means bfloat16 where the CPU (or GPU) runs it
-natively, float32 elsewhere (bfloat16 emulated in software is slower than float32).
+natively, float32 elsewhere (bfloat16 emulated in software is slower than float32). And on how many CPU threads
+(``torch_threads``): a float32 sum depends on how it was split between threads, so a benchmark cell's numbers repeat
+exactly only at its thread count.
 
 Measured on FPB pool splits (BENCHMARKS.md): bfloat16 left the LLM's and the student's accuracy within
 one item in a hundred of float32 while scoring prompts 1.5x and predicting 1.5-3x faster.
@@ -7,7 +9,9 @@ one item in a hundred of float32 while scoring prompts 1.5x and predicting 1.5-3
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 
 DTYPES = ("auto", "float32", "bfloat16")
 
@@ -32,3 +36,19 @@ def resolve_dtype(setting: str, device_type: str = "cpu") -> str:
 
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
     return "bfloat16" if native_bf16() else "float32"
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block on ``n`` torch CPU threads, then restore the previous count; ``None`` changes nothing."""
+    import torch
+
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

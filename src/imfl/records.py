@@ -101,6 +101,11 @@ class RoundMetrics(TypedDict, total=False):
     # the student of this round on the test file
     test_accuracy: float
     test_macro_f1: float
+    test_kappa: float
+    """Cohen's kappa: accuracy above the chance of answering at random with the student's own label shares, as a share
+    of the room above it (0: the student guesses, e.g. gives one label to everything)."""
+    test_answered: dict[str, float]
+    """Per label, the share of the test items the student gives it (metrics.json only, not metrics.csv)."""
     seconds: dict[str, float]
     """Per phase: select, human, llm, llm_self_eval, train, evaluate."""
     human_only: HumanOnly

@@ -39,6 +39,7 @@ import numpy as np
 
 from imfl.errors import ModelError
 from imfl.paths import bundled_encoder
+from imfl.precision import resolve_dtype, torch_threads
 
 __all__ = ["Student"]
 
@@ -334,21 +335,6 @@ class Student:
 
     # ------------------------------------------------------------------ model building
 
-    @contextlib.contextmanager
-    def _threads(self):
-        """Run with ``num_threads`` torch CPU threads, then restore the previous setting."""
-        import torch
-
-        if self.num_threads is None:
-            yield
-            return
-        before = torch.get_num_threads()
-        torch.set_num_threads(int(self.num_threads))
-        try:
-            yield
-        finally:
-            torch.set_num_threads(before)
-
     def _torch_device(self):
         import torch
 
@@ -385,6 +371,7 @@ class Student:
             raise ModelError(f"student base model {str(model_dir)!r} has no hidden_size in its config: use an encoder")
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+        tokenizer.padding_side = "right"  # cls pooling reads the first position
         return tokenizer, encoder.float()
 
     def _lora_config(self):
@@ -420,28 +407,20 @@ class Student:
         return [{k: enc[k][i] for k in keys} for i in range(len(texts))]
 
     def _collate(self, items: list[dict[str, list[int]]], device, tokenizer=None):
-        import torch
+        """A batch of encoded items as tensors on ``device``, padded on the right to the longest (transformers'
+        ``DataCollatorWithPadding``)."""
+        from transformers import DataCollatorWithPadding
 
-        width = max(len(it["input_ids"]) for it in items)
-        pad_id = int((tokenizer or self._tokenizer).pad_token_id or 0)
-        batch = {}
-        for key in items[0]:
-            fill = pad_id if key == "input_ids" else 0
-            t = torch.full((len(items), width), fill, dtype=torch.long)
-            for row, it in enumerate(items):
-                values = it[key]
-                t[row, : len(values)] = torch.tensor(values, dtype=torch.long)
-            batch[key] = t.to(device)
-        if "attention_mask" not in batch:
-            mask = torch.zeros((len(items), width), dtype=torch.long)
-            for row, it in enumerate(items):
-                mask[row, : len(it["input_ids"])] = 1
-            batch["attention_mask"] = mask.to(device)
-        return batch
+        batch = DataCollatorWithPadding(tokenizer or self._tokenizer, return_tensors="pt")(items)
+        return {key: value.to(device) for key, value in batch.items()}
 
     def _train_batches(self, lengths: np.ndarray, generator) -> list[np.ndarray]:
         """One epoch of index batches: shuffled; with group_by_length, sorted by length within chunks of
-        50 batches and then the batches shuffled, so each batch holds items of similar length."""
+        50 batches and then the batches shuffled, so each batch holds items of similar length.
+
+        Not transformers' ``LengthGroupedSampler``: that one orders each chunk's batches longest first and puts the
+        longest batch first, where this also shuffles the batches; the committed benchmark cells were trained with
+        this order, and ``imfl bench reproduce`` repeats them exactly."""
         import torch
 
         n, bs = len(lengths), int(self.batch_size)
@@ -504,14 +483,12 @@ class Student:
         import torch
         from peft import get_peft_model
 
-        from imfl.precision import resolve_dtype
-
         device = self._torch_device()
         tokenizer, encoder = self._load_base()
         encoded = self._encode(texts, pairs, tokenizer, encoder.config)
         lengths = np.array([len(e["input_ids"]) for e in encoded])
 
-        with self._threads(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with torch_threads(self.num_threads), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(int(self.seed))
             try:
                 with warnings.catch_warnings():  # peft reads an attribute transformers 5 deprecated
@@ -569,7 +546,10 @@ class Student:
         return self
 
     def _schedule(self, optimizer, total: int):
-        """The step size over ``total`` optimizer steps: linear warm-up over ``warmup_ratio`` of them, then linear decay."""
+        """The step size over ``total`` optimizer steps: linear warm-up over ``warmup_ratio`` of them, then linear decay.
+
+        transformers' ``get_linear_schedule_with_warmup`` differs in the warm-up only (its first step has step size
+        0, here 1/(warm-up + 1)); the committed benchmark cells were trained with this one."""
         import torch
 
         warmup = int(round(float(self.warmup_ratio) * total))
@@ -730,7 +710,7 @@ class Student:
         autocast = (
             torch.autocast(device.type, dtype=torch.bfloat16) if self._predict_in_bf16(device) else contextlib.nullcontext()
         )
-        with self._threads(), torch.inference_mode(), autocast:
+        with torch_threads(self.num_threads), torch.inference_mode(), autocast:
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
                 logits = self._net(self._collate([encoded[i] for i in idx], device))
@@ -741,7 +721,6 @@ class Student:
         return out
 
     def _predict_in_bf16(self, device) -> bool:
-        from imfl.precision import resolve_dtype
 
         return resolve_dtype(self.predict_dtype, device.type) == "bfloat16"
 

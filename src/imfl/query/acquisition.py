@@ -134,7 +134,7 @@ def random_query(embeddings: Vectors, uncertainty: np.ndarray | None, n: int, se
     return np.random.default_rng(seed).choice(len(embeddings), size=n, replace=False)
 
 
-QUERY_STRATEGIES: dict[str, QueryFn] = {
+ACQUISITIONS: dict[str, QueryFn] = {
     "eeq": eeq,
     "random": random_query,
     "uncertainty": uncertainty_query,
@@ -143,14 +143,14 @@ QUERY_STRATEGIES: dict[str, QueryFn] = {
 
 
 def get_query(name: str, kmeans_iter: int | None = None) -> QueryFn:
-    """The registered strategy ``name``; ``kmeans_iter`` (query.kmeans_iter) reaches those that cluster, which take
+    """The registered acquisition function ``name``; ``kmeans_iter`` (query.kmeans_iter) reaches those that cluster, which take
     it as the keyword ``max_iter``."""
     from imfl.errors import ConfigError
 
     try:
-        fn = QUERY_STRATEGIES[name]
+        fn = ACQUISITIONS[name]
     except KeyError:
-        raise ConfigError(f"query.strategy {name!r} is unknown: use one of {', '.join(QUERY_STRATEGIES)}") from None
+        raise ConfigError(f"query.acquisition {name!r} is unknown: use one of {', '.join(ACQUISITIONS)}") from None
     if kmeans_iter is not None and "max_iter" in inspect.signature(fn).parameters:
         return functools.partial(fn, max_iter=kmeans_iter)  # type: ignore[call-arg]  # QueryFn cannot spell the keyword
     return fn
