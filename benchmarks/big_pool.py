@@ -3,8 +3,9 @@
     python benchmarks/big_pool.py --rows 100000,1000000 --text-bytes 2000      # ~2 GB pool file at 1M rows
 
 For each size it writes a synthetic JSONL pool (``--rows`` rows of about ``--text-bytes`` bytes of text, three labels)
-and a 500-row test file, then runs ``imfl run`` on it: one round, 100 human labels from the simulated expert, the
-default student trained for 2 epochs. The run reads, checks and copies the pool as a stream, reads texts back from
+and a 500-row test file, then runs ``imfl run`` on it: one round of the paper's loop (``strategy = "imfl"``, so no LLM
+is loaded), 100 human labels from the simulated expert, the default student trained for 2 epochs. The run reads,
+checks and copies the pool as a stream, reads texts back from
 its store a window at a time, and holds per item only its id and its embedding (memory-mapped).
 Memory is reported three ways: peak RSS as the kernel counts it, and the peaks of its two parts, the process's own
 (anonymous) memory and the pages of mapped files (the embeddings), which the kernel can drop and read again.
@@ -132,7 +133,9 @@ def main() -> None:
         out = work / ("out-" + hashlib.sha256(str(args.src).encode()).hexdigest()[:8])
         shutil.rmtree(out, ignore_errors=True)  # a fresh run every time
         (work / "run.toml").write_text(
-            f'name = "big"\noutput_dir = "{out}"\nseed = 0\n'
+            # the paper's loop: with every label a person's it never loads the LLM (the default fidelity-aware
+            # strategy would, for its self-check), so the numbers are the pool's and the student's
+            f'name = "big"\noutput_dir = "{out}"\nseed = 0\nstrategy = "imfl"\n'
             '[data]\npool = "pool.jsonl"\ntest = "test.jsonl"\nlabels = ["neutral", "positive", "negative"]\n'
             "[budget]\ntotal = 100\nhuman = 100\nrounds = 1\n[student]\nepochs = 2\nmin_steps = 0\n",
             encoding="utf-8",

@@ -24,3 +24,35 @@ def test_each_row_is_its_texts_embedding(small_fpb, tmp_path):
     cached = embedder.encode(texts)
     assert np.abs(cached - got).max() < 1e-5 and np.array_equal(embedder.encode(texts), cached)
     assert embedder.compute([]).shape == (0, 384)
+
+
+def test_a_pinned_thread_count_computes_there_and_caches_apart(small_fpb, tmp_path):
+    """embeddings.num_threads: the vectors are computed on that many threads (their last bits depend on it, which is
+    why the demo pins it to repeat a grid cell), the caller's thread count is restored, and the cache keeps them apart
+    from vectors computed at the default count."""
+    import torch
+
+    texts = [r["text"] for r in read_jsonl(small_fpb["pool"])][:20]
+    seen = []
+
+    class Spy:  # sentence-transformers' model, noting the thread count of every encode call
+        def __init__(self, model):
+            self.model = model
+
+        def __getattr__(self, name):
+            return getattr(self.model, name)
+
+        def encode(self, *args, **kwargs):
+            seen.append(torch.get_num_threads())
+            return self.model.encode(*args, **kwargs)
+
+    class Watched(Embedder):
+        def _load(self):
+            return Spy(super()._load())
+
+    before = torch.get_num_threads()
+    one = Watched(batch_size=8, cache=tmp_path, num_threads=1).encode(texts)
+    assert seen and set(seen) == {1} and torch.get_num_threads() == before
+    default = Embedder(batch_size=8, cache=tmp_path).encode(texts)
+    assert np.abs(one - default).max() < 1e-5
+    assert len(list((tmp_path / "embeddings").glob("*.npy"))) == 2

@@ -245,12 +245,11 @@ def demo_config(
     }
     if shared_fpb:
         # The label order of configs/fpb.toml and the benchmark grid. The prompt lists the labels in this order, and
-        # SmolLM2 is sensitive to it: on round 1's 97 LLM items it labels 0.557 right in this order, 0.412 in the
-        # data's alphabetical one (BENCHMARKS.md, "The label order in the prompt").
+        # SmolLM2 is sensitive to it (docs/benchmarks/embedded-llm.md, "The label order in the prompt").
         settings["data"]["labels"] = list(DEMO_FPB_LABELS)
         # The grid runs each cell on one torch thread; the embeddings and the student on one thread here too make the
         # demo repeat the cell's students and decisions exactly (on the same kind of processor). The LLM keeps every
-        # core: it only measures itself here, and its last bits cannot turn a decision.
+        # core: here it only measures itself, far below the student, so its last bits do not turn a decision.
         settings["student"] = {"num_threads": 1}
         settings["embeddings"] = {"num_threads": 1}
     return config_from_dict(settings, list(overrides), source="imfl demo")
