@@ -721,7 +721,6 @@ class Student:
         return out
 
     def _predict_in_bf16(self, device) -> bool:
-
         return resolve_dtype(self.predict_dtype, device.type) == "bfloat16"
 
     def predict(self, texts: Sequence[str], text_pairs: Sequence[str] | None = None, *, batch_size: int = 64) -> list[str]:
